@@ -1,0 +1,190 @@
+"""From a decoded clip to a dataset item, the same way for every dataset and every on-disk layout.
+
+An item is a dict: ``'video'`` float ``[T, 3, H, W]`` in [0, 1] or ``'latent'`` float ``[T, c, h, w]``
+(raw, unscaled autoencoder latents), ``'index'`` (position in the dataset) and, depending on the
+dataset, ``'label'`` (int), ``'action'`` (LongTensor ``[T]``, the action taken at each frame) and other
+per-frame fields (``'revisit'``: BoolTensor ``[T]``).
+
+A sample that cannot be read (corrupt file, truncated video, too few frames, missing metadata) is
+skipped with a counted warning on the ``far`` logger, or stops the run when the dataset is ``strict``.
+"""
+import logging
+import pickle
+import random
+import tarfile
+import zipfile
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Protocol, Tuple
+
+import av
+import numpy as np
+import torch
+from torch.utils.data import Dataset, get_worker_info
+
+from far.data.video import crop_square, resize_short_side, sample_frame_ids
+
+logger = logging.getLogger('far')
+
+# What reading a broken sample raises: missing/corrupt files, bad archives, undecodable video, bad metadata.
+UNREADABLE = (OSError, ValueError, KeyError, EOFError, RuntimeError, av.FFmpegError, zipfile.BadZipFile,
+              tarfile.TarError, pickle.UnpicklingError)
+
+PER_FRAME_FIELDS = ('action', 'revisit')
+
+
+@dataclass
+class Clip:
+    """A whole decoded video (or latent sequence) with its annotations, before frame selection."""
+    frames: np.ndarray  # uint8 [T, H, W, 3] pixels, or float [T, c, h, w] raw latents when `latent`
+    latent: bool = False
+    label: Optional[int] = None
+    per_frame: Dict[str, np.ndarray] = field(default_factory=dict)  # 'action': int64 [T], 'revisit': bool [T]
+
+
+@dataclass
+class ClipSampler:
+    """Frame selection and augmentation: a Clip in, an item out.
+
+    ``train`` picks a random start (every ``frame_interval``-th frame), a random crop and, with ``flip``,
+    a random horizontal flip; evaluation starts at frame 0 and crops the centre. A video shorter than
+    ``num_frames`` is padded with black frames (``pad_short``, as UCF-101 and BAIR are) or unreadable.
+    ``resolution`` resizes the shorter side and crops a square (pixels only; latents are used as stored).
+    ``fields`` lists the annotations the items carry ('label', 'action', 'revisit'); a clip missing one
+    is unreadable.
+    """
+    num_frames: int
+    frame_interval: int = 1
+    train: bool = False
+    pad_short: bool = False
+    resolution: Optional[int] = None
+    flip: bool = False
+    fields: Tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.num_frames < 1 or self.frame_interval < 1:
+            raise ValueError(f'num_frames and frame_interval must be >= 1, '
+                             f'got {self.num_frames} and {self.frame_interval}')
+        unknown = set(self.fields) - {'label', *PER_FRAME_FIELDS}
+        if unknown:
+            raise ValueError(f'unknown item fields {sorted(unknown)}; known: label, {", ".join(PER_FRAME_FIELDS)}')
+
+    def __call__(self, clip: Clip, index: int, rng: random.Random) -> dict:
+        total = len(clip.frames)
+        if 'label' in self.fields and clip.label is None:
+            raise ValueError('the sample has no label')
+        per_frame = [name for name in self.fields if name in PER_FRAME_FIELDS]
+        for name in per_frame:
+            if name not in clip.per_frame:
+                raise ValueError(f"the sample has no '{name}' annotation")
+            if len(clip.per_frame[name]) != total:
+                raise ValueError(f"'{name}' has {len(clip.per_frame[name])} entries for {total} frames")
+
+        if total < self.num_frames:
+            if not self.pad_short:
+                raise ValueError(f'the clip has {total} frames, {self.num_frames} are needed')
+            ids = list(range(total))
+        else:
+            ids = sample_frame_ids(total, self.num_frames, self.frame_interval, self.train, rng)
+        pad = self.num_frames - len(ids)
+
+        data = torch.from_numpy(np.ascontiguousarray(clip.frames[ids]))
+        if clip.latent:
+            data = data.float()
+        else:
+            data = data.permute(0, 3, 1, 2).float() / 255.0
+        if pad:
+            data = torch.cat([data, data.new_zeros((pad, *data.shape[1:]))])
+        if not clip.latent:
+            data = self._augment(data, rng)
+
+        item = {'latent' if clip.latent else 'video': data.contiguous(), 'index': index}
+        if 'label' in self.fields:
+            item['label'] = int(clip.label)
+        for name in per_frame:
+            values = torch.from_numpy(np.ascontiguousarray(clip.per_frame[name][ids]))
+            item[name] = torch.cat([values, values.new_zeros(pad)]) if pad else values
+        return item
+
+    def _augment(self, video: torch.Tensor, rng: random.Random) -> torch.Tensor:
+        if self.resolution is not None:
+            video = resize_short_side(video, self.resolution)
+            video = crop_square(video, self.resolution, rng if self.train else None)
+        if self.flip and self.train and rng.random() < 0.5:
+            video = video.flip(-1)
+        return video
+
+
+class CorruptSampleError(RuntimeError):
+    """A sample could not be read and the dataset is strict."""
+
+
+class CorruptSamples:
+    """Counts one dataset's unreadable samples across its DataLoader worker processes, or stops at the
+    first one when ``strict``.
+
+    The count lives in shared memory, one slot per process (main + workers), so workers never race.
+    """
+    _SLOTS = 64
+
+    def __init__(self, dataset: str, strict: bool):
+        self.dataset, self.strict = dataset, strict
+        self._counts = torch.zeros(self._SLOTS, dtype=torch.int64).share_memory_()
+
+    @property
+    def count(self) -> int:
+        return int(self._counts.sum())
+
+    def report(self, sample: str, error: BaseException):
+        if self.strict:
+            raise CorruptSampleError(
+                f'{self.dataset}: sample {sample} is unreadable ({type(error).__name__}: {error}); '
+                f'the dataset is strict, set strict: false to skip such samples with a warning') from error
+        worker = get_worker_info()
+        self._counts[0 if worker is None else 1 + worker.id % (self._SLOTS - 1)] += 1
+        logger.warning('%s: skipped unreadable sample %s (%s: %s); %d skipped so far',
+                       self.dataset, sample, type(error).__name__, error, self.count)
+
+
+class ClipSource(Protocol):
+    """Random access to the clips of one on-disk layout (a JSON list of files, or indexed tar shards)."""
+    labels: Optional[List[int]]
+
+    def __len__(self) -> int: ...
+
+    def load(self, index: int) -> Clip: ...
+
+    def name(self, index: int) -> str: ...
+
+
+class ClipDataset(Dataset):
+    """Map-style dataset: clip ``i`` of ``source`` made an item by ``sampler``, in the source's fixed order.
+
+    An unreadable sample is replaced by the next readable one (its ``'index'`` says which), after
+    ``corrupt`` has counted it or, when strict, stopped the run. ``num_samples`` keeps the first N.
+    ``labels`` (class-labelled datasets) lists every item's label, for class-balanced evaluation subsets.
+    """
+
+    def __init__(self, source: ClipSource, sampler: ClipSampler, corrupt: CorruptSamples,
+                 num_samples: Optional[int] = None):
+        if num_samples is not None and not 0 < num_samples <= len(source):
+            raise ValueError(f'{corrupt.dataset}: num_samples={num_samples}, but the data holds {len(source)} samples')
+        self.source, self.sampler, self.corrupt = source, sampler, corrupt
+        self.length = len(source) if num_samples is None else num_samples
+        self.labels = None if source.labels is None else list(source.labels[:self.length])
+
+    @property
+    def num_skipped(self) -> int:
+        return self.corrupt.count
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        for offset in range(self.length):
+            i = (index + offset) % self.length
+            try:
+                # `random` is reseeded per DataLoader worker by torch, and by set_seed in the main process.
+                return self.sampler(self.source.load(i), i, random)
+            except UNREADABLE as error:
+                self.corrupt.report(self.source.name(i), error)
+        raise RuntimeError(f'{self.corrupt.dataset}: none of the {self.length} samples is readable')

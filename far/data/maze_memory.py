@@ -1,0 +1,140 @@
+"""MazeMemory: an embedded long-context benchmark, procedurally generated, no download.
+
+A top-down world of ``grid`` x ``grid`` cells, each painted a random colour of a 16-colour palette (new
+colours every episode), seen through an egocentric window of ``view`` x ``view`` cells around the agent,
+rendered to ``resolution`` pixels. The agent moves one cell per frame, north, east, south or west (4
+actions, as DMLab). An episode is a series of excursions from a home cell: out along a fresh random path,
+then back along the same path. On the way back the agent sees places it left long before, so predicting
+those frames needs memory beyond a short-term window, while the way out shows new places (unpredictable
+beyond the parts still in view).
+
+Items carry ``'video'``, ``'action'`` (``action[t]`` is the move that produced frame ``t``; frame 0 carries
+``START_ACTION``) and ``'revisit'``: True where the frame's view position was seen before, more than
+``window`` frames ago and not within the last ``window`` frames, i.e. frames only predictable from
+long-term memory. Score long-context models on those frames.
+
+On first use a split is rendered into ``root/<split>/shard-*.tar`` (lossless ``frames.npy``, positions in
+the json) and then read like every real dataset.
+"""
+import colorsys
+from pathlib import Path
+from typing import Dict, Iterator, List, Literal, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from far.data.clips import ClipDataset
+from far.data.layouts import video_dataset
+from far.data.shards import ShardStream, write_generated_split
+from far.registry import DATASETS
+
+MOVES = {0: (0, -1), 1: (1, 0), 2: (0, 1), 3: (-1, 0)}  # action -> (dx, dy): north, east, south, west
+NUM_ACTIONS = len(MOVES)
+START_ACTION = 0  # frame 0 follows no move; a fixed id keeps the 4-class action embedding of DMLab configs
+SPLIT_SEEDS = {'train': 0, 'val': 1, 'test': 2}
+DEFAULT_NUM_EPISODES = {'train': 256, 'val': 32, 'test': 32}
+# Eight hues at two brightnesses: cells a model can tell apart after lossless storage.
+PALETTE = np.array([[round(255 * c) for c in colorsys.hsv_to_rgb(hue / 8, 0.8, value)]
+                    for value in (1.0, 0.55) for hue in range(8)], np.uint8)
+
+
+def revisit_mask(positions: Sequence[Tuple[int, int]], window: int) -> np.ndarray:
+    """``[T]`` bool: position ``t`` was visited before, and last visited more than ``window`` frames ago."""
+    last_seen: Dict[Tuple[int, int], int] = {}
+    mask = np.zeros(len(positions), bool)
+    for t, position in enumerate(map(tuple, positions)):
+        mask[t] = position in last_seen and t - last_seen[position] > window
+        last_seen[position] = t
+    return mask
+
+
+def trajectory(rng: np.random.Generator, grid: int, length: int,
+               window: int) -> Tuple[List[Tuple[int, int]], List[int]]:
+    """Positions and actions of one episode: excursions of ``window`` to ``3 * window`` steps from a home cell,
+    each out along a self-avoiding path that prefers cells not seen yet, then back along the same path."""
+    home = (int(rng.integers(grid)), int(rng.integers(grid)))
+    positions, actions, visited = [home], [START_ACTION], {home}
+    while len(positions) < length:
+        path, moves = [home], []
+        for _ in range(rng.integers(window, 3 * window + 1)):
+            x, y = path[-1]
+            options = [(a, (x + dx, y + dy)) for a, (dx, dy) in MOVES.items()
+                       if 0 <= x + dx < grid and 0 <= y + dy < grid and (x + dx, y + dy) not in path]
+            if not options:
+                break
+            fresh = [o for o in options if o[1] not in visited]
+            action, cell = (fresh or options)[rng.integers(len(fresh or options))]
+            path.append(cell)
+            moves.append(action)
+            visited.add(cell)
+        back = [(a + 2) % 4 for a in reversed(moves)]  # the opposite moves, in reverse order
+        positions += path[1:] + path[-2::-1]
+        actions += moves + back
+    return positions[:length], actions[:length]
+
+
+def render_views(world: np.ndarray, positions: Sequence[Tuple[int, int]], view: int, resolution: int) -> np.ndarray:
+    """uint8 ``[T, resolution, resolution, 3]``: the ``view`` x ``view`` cells around each position (the agent
+    in cell ``(view // 2, view // 2)``), black beyond the world's edge."""
+    cell = resolution // view
+    padded = np.zeros((world.shape[0] + 2 * view, world.shape[1] + 2 * view, 3), np.uint8)
+    padded[view:-view, view:-view] = world
+    offset = view - view // 2
+    frames = [padded[y + offset:y + offset + view, x + offset:x + offset + view] for x, y in positions]
+    return np.stack(frames).repeat(cell, axis=1).repeat(cell, axis=2)
+
+
+def generate_samples(split: str, num_episodes: int, episode_length: int, grid: int, view: int, resolution: int,
+                     window: int, seed: int) -> Iterator[Dict]:
+    """The shard samples of one split; episode ``i`` depends only on ``(seed, split, i)``."""
+    for i in range(num_episodes):
+        rng = np.random.default_rng([seed, SPLIT_SEEDS[split], i])
+        world = PALETTE[rng.integers(len(PALETTE), size=(grid, grid))]  # indexed [y, x]
+        positions, actions = trajectory(rng, grid, episode_length, window)
+        meta = {'num_frames': episode_length, 'actions': actions,
+                'revisit': revisit_mask(positions, window).tolist(),
+                'positions': [list(p) for p in positions], 'source': 'MazeMemory'}
+        frames = render_views(world, positions, view, resolution)
+        yield {'__key__': f'{split}-{i:06d}', 'frames.npy': frames, 'json': meta}
+
+
+@DATASETS.register()
+def MazeMemory(
+    root: str = 'datasets/maze_memory',
+    split: Literal['train', 'val', 'test'] = 'train',
+    num_episodes: Optional[int] = None,
+    episode_length: int = 96,
+    grid: int = 12,
+    view: int = 4,
+    resolution: int = 32,
+    window: int = 8,
+    seed: int = 0,
+    episodes_per_shard: int = 64,
+    num_samples: Optional[int] = None,
+    streaming: bool = False,
+    shuffle_buffer: int = 64,
+    samples_per_epoch: Optional[int] = None,
+    strict: bool = False,
+    rank: Optional[int] = None,
+    world_size: Optional[int] = None,
+) -> Union[ClipDataset, ShardStream]:
+    """Action-conditioned episodes of a partially observed world, rendered once into ``root/<split>``.
+
+    ``num_episodes`` defaults to 256 for train and 32 for val/test. Items are whole episodes: ``'video'``
+    ``[episode_length, 3, resolution, resolution]``, ``'action'``, ``'revisit'`` (relative to the short-term
+    ``window``), ``'index'``. Reading keys as ``far.data.layouts.video_dataset``.
+    """
+    num_episodes = DEFAULT_NUM_EPISODES[split] if num_episodes is None else num_episodes
+    if resolution % view or num_episodes < 1 or episode_length < 2 or window < 1 or grid < 2:
+        raise ValueError(f'MazeMemory: need resolution divisible by view ({resolution}, {view}), num_episodes >= 1, '
+                         f'episode_length >= 2, window >= 1 and grid >= 2')
+    params = dict(num_episodes=num_episodes, episode_length=episode_length, grid=grid, view=view,
+                  resolution=resolution, window=window, seed=seed, episodes_per_shard=episodes_per_shard)
+    out_dir = Path(root) / split
+    write_generated_split(
+        out_dir, {'dataset': 'MazeMemory', **params},
+        lambda: generate_samples(split, num_episodes, episode_length, grid, view, resolution, window, seed),
+        episodes_per_shard)
+    return video_dataset(split, episode_length, shards=str(out_dir), num_samples=num_samples, streaming=streaming,
+                         shuffle_buffer=shuffle_buffer, samples_per_epoch=samples_per_epoch, strict=strict,
+                         rank=rank, world_size=world_size, dataset='MazeMemory', fields=('action', 'revisit'),
+                         pad_short=False)

@@ -1,0 +1,94 @@
+"""MazeMemory: deterministic episodes, actions that move the view, the revisit mask, enough revisits."""
+import numpy as np
+import pytest
+import torch
+
+from far.data.maze_memory import MOVES, START_ACTION, MazeMemory, generate_samples, revisit_mask, trajectory
+from far.registry import DATASETS
+
+
+@pytest.fixture(scope='module')
+def episodes(tmp_path_factory):
+    return MazeMemory(root=str(tmp_path_factory.mktemp('maze')), split='val', num_episodes=6, episodes_per_shard=4)
+
+
+def test_items_follow_the_dataset_contract(episodes):
+    assert len(episodes) == 6
+    item = episodes[2]
+    assert set(item) == {'video', 'action', 'revisit', 'index'} and item['index'] == 2
+    assert item['video'].shape == (96, 3, 32, 32) and item['video'].dtype == torch.float32
+    assert item['action'].shape == (96,) and item['action'].dtype == torch.int64
+    assert item['revisit'].shape == (96,) and item['revisit'].dtype == torch.bool
+    assert item['action'][0] == START_ACTION and set(item['action'].tolist()) <= set(MOVES)
+
+
+def test_generation_is_deterministic_and_splits_differ():
+    a = list(generate_samples('train', 3, 64, 12, 4, 32, 8, seed=0))
+    b = list(generate_samples('train', 3, 64, 12, 4, 32, 8, seed=0))
+    c = list(generate_samples('val', 3, 64, 12, 4, 32, 8, seed=0))
+    assert all(np.array_equal(x['frames.npy'], y['frames.npy']) and x['json'] == y['json'] for x, y in zip(a, b))
+    assert not any(np.array_equal(x['frames.npy'], y['frames.npy']) for x, y in zip(a, c))
+
+
+def test_each_action_moves_the_view_by_one_cell(episodes):
+    cell = 32 // 4
+    for i in range(len(episodes)):
+        item = episodes[i]
+        video, actions = item['video'], item['action']
+        for t in range(1, len(video)):
+            dx, dy = MOVES[int(actions[t])]
+            before, after = video[t - 1], video[t]
+            # the agent moved by (dx, dy) cells: what was at (x + dx, y + dy) is now at (x, y)
+            expected = before[:, max(dy, 0) * cell:32 + min(dy, 0) * cell, max(dx, 0) * cell:32 + min(dx, 0) * cell]
+            seen = after[:, max(-dy, 0) * cell:32 + min(-dy, 0) * cell, max(-dx, 0) * cell:32 + min(-dx, 0) * cell]
+            assert torch.equal(seen, expected), (i, t)
+
+
+def test_actions_replay_the_positions():
+    for sample in generate_samples('test', 4, 96, 12, 4, 32, 8, seed=0):
+        positions, actions = sample['json']['positions'], sample['json']['actions']
+        for t in range(1, len(positions)):
+            dx, dy = MOVES[actions[t]]
+            assert positions[t] == [positions[t - 1][0] + dx, positions[t - 1][1] + dy]
+        assert all(0 <= c < 12 for p in positions for c in p)
+
+
+def test_revisit_mask_on_a_hand_built_trajectory():
+    # out along A B C D E, back along D C B A, then F (new), then A again right after visiting it
+    a, b, c, d, e, f = (0, 0), (1, 0), (2, 0), (3, 0), (4, 0), (0, 1)
+    positions = [a, b, c, d, e, d, c, b, a, f, a]
+    # window 2: a revisit needs a last visit more than 2 frames back
+    #            t: 0  1  2  3  4  5  6  7  8  9  10
+    expected = [0, 0, 0, 0, 0, 0, 1, 1, 1, 0, 0]
+    assert revisit_mask(positions, window=2).astype(int).tolist() == expected
+    # window 4: d (t=5, last seen t=3) and c (t=6, last t=2) are recent; b (t=7, last t=1) and a (t=8, t=0) are not
+    assert revisit_mask(positions, window=4).astype(int).tolist() == [0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0]
+
+
+def test_default_episodes_have_enough_long_term_revisits():
+    fractions = [np.mean(s['json']['revisit']) for s in generate_samples('val', 16, 96, 12, 4, 32, 8, seed=0)]
+    assert min(fractions) > 0.15 and np.mean(fractions) > 0.25
+
+
+def test_revisits_show_what_was_seen_long_before(episodes):
+    item = episodes[0]
+    video, revisit = item['video'], item['revisit']
+    for t in torch.nonzero(revisit).flatten().tolist():
+        earlier = [s for s in range(t - 8) if torch.equal(video[s], video[t])]
+        recent = [s for s in range(t - 8, t) if torch.equal(video[s], video[t])]
+        assert earlier and not recent
+
+
+def test_trajectory_goes_out_and_comes_back():
+    positions, actions = trajectory(np.random.default_rng(0), grid=12, length=200, window=8)
+    home = positions[0]
+    returns = [t for t, p in enumerate(positions) if p == home]
+    assert len(returns) >= 3 and len(actions) == len(positions) == 200
+
+
+def test_registered_and_validated(tmp_path):
+    ds = DATASETS.build({'type': 'MazeMemory', 'root': str(tmp_path), 'split': 'test', 'num_episodes': 2,
+                         'episode_length': 64, 'window': 4})
+    assert ds[1]['video'].shape == (64, 3, 32, 32)
+    with pytest.raises(ValueError, match='divisible by view'):
+        MazeMemory(root=str(tmp_path), split='test', num_episodes=2, view=5)

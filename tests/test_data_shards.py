@@ -1,0 +1,305 @@
+"""Tar shards: writing, finding, indexed reading, streaming over ranks and workers, unreadable samples."""
+import io
+import json
+import logging
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from far.data import CorruptSampleError, ShardStream, list_shards, video_dataset, write_shards
+from far.data.clips import ClipDataset
+from far.data.shards import distributed_rank, scan_shard, write_generated_split
+from far.data.video import encode_video
+
+T, H, W = 8, 16, 16
+
+
+def frames_of(index: int, num_frames: int = T) -> np.ndarray:
+    """Pixel (0, 0) of frame t holds the sample index, pixel (0, 1) the frame number."""
+    frames = np.zeros((num_frames, H, W, 3), np.uint8)
+    frames[:, 0, 0] = index
+    frames[:, 0, 1] = np.arange(num_frames)[:, None]
+    return frames
+
+
+def sample(index: int, member: str = 'frames.npy', num_frames: int = T) -> dict:
+    meta = {'num_frames': num_frames, 'label': index % 3, 'actions': [(index + t) % 4 for t in range(num_frames)]}
+    if member == 'frames.npy':
+        data = frames_of(index, num_frames)
+    elif member == 'mp4':
+        data = encode_video(np.full((num_frames, H, W, 3), 10 * index, np.uint8))
+    else:
+        data = np.full((num_frames, 4, 2, 2), index, np.float16)
+    return {'__key__': f'{index:06d}', member: data, 'json': meta}
+
+
+def make_shards(folder, sizes, member='frames.npy'):
+    """Shards of the given sizes, samples numbered 0, 1, ... across them."""
+    start = 0
+    for s, size in enumerate(sizes):
+        write_shards((sample(i, member) for i in range(start, start + size)), folder / f'part{s}', size)
+        (folder / f'part{s}' / 'shard-000000.tar').rename(folder / f'shard-{s:06d}.tar')
+        start += size
+    return folder
+
+
+def item_number(item) -> int:
+    return int(round(item['video'][0, 0, 0, 0].item() * 255))
+
+
+def test_write_shards_cuts_and_names_shards(tmp_path):
+    assert write_shards((sample(i) for i in range(10)), tmp_path, samples_per_shard=4) == 10
+    shards = list_shards(str(tmp_path))
+    assert [s.rsplit('/', 1)[1] for s in shards] == ['shard-000000.tar', 'shard-000001.tar', 'shard-000002.tar']
+    assert [len(scan_shard(s)) for s in shards] == [4, 4, 2]
+    key, members = scan_shard(shards[0])[0]
+    assert key == '000000' and set(members) == {'frames.npy', 'json'}
+    with tarfile.open(shards[0]) as tar:  # plain POSIX tar, webdataset naming
+        assert tar.getnames()[:2] == ['000000.frames.npy', '000000.json']
+
+
+def test_list_shards_takes_folders_globs_and_braces(tmp_path):
+    write_shards((sample(i) for i in range(6)), tmp_path, samples_per_shard=2)
+    assert len(list_shards(str(tmp_path))) == 3
+    assert len(list_shards(str(tmp_path / 'shard-*.tar'))) == 3
+    assert len(list_shards(str(tmp_path / 'shard-{000000..000001}.tar'))) == 2
+    with pytest.raises(FileNotFoundError, match='no tar shards'):
+        list_shards(str(tmp_path / 'missing'))
+
+
+def test_indexed_shards_give_items_in_a_fixed_order(tmp_path):
+    make_shards(tmp_path, [3, 2, 4])
+    ds = video_dataset('val', T, shards=str(tmp_path), dataset='X', fields=('label', 'action'), pad_short=False)
+    assert isinstance(ds, ClipDataset) and len(ds) == 9
+    assert ds.labels == [i % 3 for i in range(9)]
+    for i in range(9):
+        item = ds[i]
+        assert item['index'] == i and item_number(item) == i and item['label'] == i % 3
+        assert item['video'].shape == (T, 3, H, W) and item['video'].dtype == torch.float32
+        frame_numbers = (item['video'][:, 1, 0, 1] * 255).round().long()
+        assert torch.equal(item['action'], (i + frame_numbers) % 4)  # action[t] belongs to frame t
+
+
+def test_training_clips_keep_actions_aligned_with_frames(tmp_path):
+    write_shards((sample(i, num_frames=30) for i in range(2)), tmp_path, 2)
+    ds = video_dataset('train', 8, shards=str(tmp_path), frame_interval=2, dataset='X', fields=('action',),
+                       pad_short=False)
+    starts = set()
+    for _ in range(30):
+        item = ds[1]
+        frame_numbers = (item['video'][:, 1, 0, 1] * 255).round().long()
+        assert torch.equal(frame_numbers, frame_numbers[0] + 2 * torch.arange(8))
+        assert torch.equal(item['action'], (1 + frame_numbers) % 4)
+        starts.add(int(frame_numbers[0]))
+    assert len(starts) > 3
+
+
+def test_mp4_and_latent_shards(tmp_path):
+    write_shards((sample(i, 'mp4') for i in range(3)), tmp_path / 'mp4', 2)
+    ds = video_dataset('val', T, shards=str(tmp_path / 'mp4'), dataset='X', fields=(), pad_short=False)
+    assert abs(ds[2]['video'].mean().item() * 255 - 20) < 2
+
+    write_shards((sample(i, 'latent.npy') for i in range(3)), tmp_path / 'latent', 2)
+    ds = video_dataset('train', 4, shards=str(tmp_path / 'latent'), use_latent=True, dataset='X',
+                       fields=('action',), pad_short=False)
+    item = ds[2]
+    assert 'video' not in item and item['latent'].shape == (4, 4, 2, 2) and item['latent'].dtype == torch.float32
+    assert (item['latent'] == 2).all()
+
+
+def test_latent_option_must_match_the_shards(tmp_path):
+    write_shards((sample(i) for i in range(2)), tmp_path, 2)
+    with pytest.raises(ValueError, match='use_latent'):
+        video_dataset('val', T, shards=str(tmp_path), use_latent=True, dataset='X', fields=(), pad_short=False)
+
+
+def test_exactly_one_layout_is_required(tmp_path):
+    with pytest.raises(ValueError, match='exactly one of data_list'):
+        video_dataset('val', T, dataset='X', fields=(), pad_short=False)
+
+
+def test_streaming_needs_training_shards(tmp_path):
+    make_shards(tmp_path, [2])
+    with pytest.raises(ValueError, match='split: train'):
+        video_dataset('val', T, shards=str(tmp_path), streaming=True, dataset='X', fields=(), pad_short=False)
+    with pytest.raises(ValueError, match='streaming: true only'):
+        video_dataset('train', T, shards=str(tmp_path), rank=0, dataset='X', fields=(), pad_short=False)
+
+
+def stream(folder, **kwargs) -> ShardStream:
+    return video_dataset('train', T, shards=str(folder), streaming=True, dataset='X', fields=('label',),
+                         pad_short=False, **kwargs)
+
+
+def test_three_shards_over_two_ranks_give_equal_counts(tmp_path):
+    make_shards(tmp_path, [5, 4, 3])  # 12 samples; rank 0 reads shards 0 and 2 (8), rank 1 shard 1 (4)
+    torch.manual_seed(0)
+    seen = {}
+    for rank in (0, 1):
+        ds = stream(tmp_path, rank=rank, world_size=2, shuffle_buffer=4)
+        assert len(ds) == 6
+        epochs = [[item_number(item) for item in ds] for _ in range(3)]
+        assert [len(e) for e in epochs] == [6, 6, 6]
+        seen[rank] = set().union(*epochs)
+    assert seen[0] <= {0, 1, 2, 3, 4, 9, 10, 11} and seen[1] <= {5, 6, 7, 8}
+    assert seen[1] == {5, 6, 7, 8}  # the short rank repeats its shard to fill the epoch
+
+
+def test_equal_counts_per_rank_with_dataloader_workers(tmp_path):
+    make_shards(tmp_path, [5, 4, 3])
+    counts, numbers = [], []
+    for rank in (0, 1):
+        ds = stream(tmp_path, rank=rank, world_size=2, shuffle_buffer=2)
+        loader = DataLoader(ds, batch_size=2, num_workers=2, drop_last=True)
+        batches = list(loader)
+        counts.append(len(batches))
+        numbers.append({int(n) for b in batches for n in (b['video'][:, 0, 0, 0, 0] * 255).round()})
+    assert counts[0] == counts[1] == 2  # 6 per rank: each worker yields 3, one full batch of 2
+    assert numbers[0].isdisjoint(numbers[1])
+
+
+def test_rank_and_world_size_from_the_environment(tmp_path, monkeypatch):
+    make_shards(tmp_path, [2, 2])
+    monkeypatch.setenv('RANK', '1')
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    assert distributed_rank() == (1, 2)
+    assert distributed_rank(rank=0) == (0, 2)
+    ds = stream(tmp_path)
+    assert (ds.rank, ds.world_size) == (1, 2)
+    assert {item_number(item) for item in ds} <= {2, 3}
+    with pytest.raises(ValueError, match='not in'):
+        distributed_rank(rank=2)
+
+
+def test_samples_per_epoch_sets_the_epoch_length(tmp_path):
+    make_shards(tmp_path, [3])
+    ds = stream(tmp_path, samples_per_epoch=7, rank=0, world_size=1)
+    assert len(ds) == 7 and len(list(ds)) == 7
+
+
+def test_stream_is_reproducible_under_a_seed(tmp_path):
+    make_shards(tmp_path, [4, 4])
+    ds = stream(tmp_path, rank=0, world_size=1, shuffle_buffer=8)
+    orders = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        orders.append([item_number(item) for item in ds])
+    assert orders[0] == orders[1] and set(orders[0]) <= set(range(8))
+    torch.manual_seed(4)
+    assert [item_number(item) for item in ds] != orders[0]
+
+
+def test_without_a_shuffle_buffer_an_epoch_is_one_pass(tmp_path):
+    # The shuffle buffer draws from the endless stream, so it mixes neighbouring passes; without it an
+    # epoch is exactly one pass over the shards, in a random shard order.
+    make_shards(tmp_path, [4, 4])
+    ds = stream(tmp_path, rank=0, world_size=1, shuffle_buffer=1)
+    numbers = [item_number(item) for item in ds]
+    assert numbers in (list(range(8)), [4, 5, 6, 7, 0, 1, 2, 3])
+
+
+def corrupt_shards(folder):
+    """Two shards; sample 1 has a broken mp4."""
+    samples = [sample(i, 'mp4') for i in range(4)]
+    samples[1]['mp4'] = b'\x00garbage' * 100
+    write_shards(samples, folder, 2)
+    return folder
+
+
+def test_indexed_unreadable_sample_is_skipped_and_counted(tmp_path, caplog):
+    corrupt_shards(tmp_path)
+    ds = video_dataset('val', T, shards=str(tmp_path), dataset='Shards', fields=(), pad_short=False)
+    with caplog.at_level(logging.WARNING, logger='far'):
+        items = [ds[i] for i in range(4)]
+    assert [item['index'] for item in items] == [0, 2, 2, 3]  # sample 1 replaced by the next readable one
+    assert ds.num_skipped == 1
+    assert 'shard-000000.tar:000001' in caplog.text and '1 skipped so far' in caplog.text
+
+
+def test_strict_dataset_stops_at_the_unreadable_sample(tmp_path):
+    corrupt_shards(tmp_path)
+    ds = video_dataset('val', T, shards=str(tmp_path), strict=True, dataset='Shards', fields=(), pad_short=False)
+    ds[0]
+    with pytest.raises(CorruptSampleError, match=r'shard-000000\.tar:000001.*strict'):
+        ds[1]
+
+
+def test_stream_skips_unreadable_samples(tmp_path):
+    corrupt_shards(tmp_path)
+    ds = video_dataset('train', T, shards=str(tmp_path), streaming=True, rank=0, world_size=1, dataset='Shards',
+                       fields=(), pad_short=False)
+    indices = [item['index'] for item in ds]
+    assert len(indices) == 4 and 1 not in indices and ds.num_skipped >= 1
+    strict = video_dataset('train', T, shards=str(tmp_path), streaming=True, rank=0, world_size=1, strict=True,
+                           dataset='Shards', fields=(), pad_short=False)
+    with pytest.raises(CorruptSampleError, match='000001'):
+        list(strict)
+
+
+def test_stream_counts_a_truncated_shard(tmp_path, caplog):
+    make_shards(tmp_path, [3, 3])
+    data = (tmp_path / 'shard-000001.tar').read_bytes()
+    (tmp_path / 'shard-000001.tar').write_bytes(data[:len(data) // 2 + 100])
+    ds = stream(tmp_path, rank=0, world_size=1, samples_per_epoch=4)
+    with caplog.at_level(logging.WARNING, logger='far'):
+        numbers = [item_number(item) for item in ds]
+    assert len(numbers) == 4 and ds.num_skipped >= 1
+
+
+def test_skip_count_is_shared_with_dataloader_workers(tmp_path):
+    corrupt_shards(tmp_path)
+    ds = video_dataset('val', T, shards=str(tmp_path), dataset='Shards', fields=(), pad_short=False)
+    list(DataLoader(ds, batch_size=1, num_workers=2))
+    assert ds.num_skipped == 1
+
+
+def test_missing_annotation_is_unreadable(tmp_path):
+    broken = sample(0)
+    del broken['json']['actions']
+    write_shards([broken, sample(1)], tmp_path, 2)
+    ds = video_dataset('val', T, shards=str(tmp_path), dataset='X', fields=('action',), pad_short=False)
+    assert ds[0]['index'] == 1 and ds.num_skipped == 1
+
+
+def test_json_frame_count_must_match(tmp_path):
+    broken = sample(0)
+    broken['json']['num_frames'] = T + 1
+    write_shards([broken, sample(1)], tmp_path, 2)
+    ds = video_dataset('val', T, shards=str(tmp_path), strict=True, dataset='X', fields=(), pad_short=False)
+    with pytest.raises(CorruptSampleError, match='num_frames'):
+        ds[0]
+
+
+def test_generated_split_is_written_once(tmp_path):
+    calls = []
+
+    def samples():
+        calls.append(1)
+        return (sample(i) for i in range(3))
+
+    write_generated_split(tmp_path / 'train', {'n': 3}, samples, 2)
+    write_generated_split(tmp_path / 'train', {'n': 3}, samples, 2)
+    assert len(calls) == 1 and len(list_shards(str(tmp_path / 'train'))) == 2
+    assert json.loads((tmp_path / 'train' / 'generation.json').read_text()) == {'n': 3}
+    assert [p.name for p in tmp_path.iterdir()] == ['train']  # no temporary folder left
+    with pytest.raises(ValueError, match='generated with'):
+        write_generated_split(tmp_path / 'train', {'n': 4}, samples, 2)
+    (tmp_path / 'val').mkdir()
+    with pytest.raises(ValueError, match='not written by this generator'):
+        write_generated_split(tmp_path / 'val', {'n': 3}, samples, 2)
+
+
+def test_written_shards_are_byte_identical(tmp_path):
+    write_shards((sample(i) for i in range(2)), tmp_path / 'a', 2)
+    write_shards((sample(i) for i in range(2)), tmp_path / 'b', 2)
+    assert (tmp_path / 'a' / 'shard-000000.tar').read_bytes() == (tmp_path / 'b' / 'shard-000000.tar').read_bytes()
+
+
+def test_npy_members_are_plain_numpy(tmp_path):
+    write_shards([sample(5)], tmp_path, 1)
+    with tarfile.open(tmp_path / 'shard-000000.tar') as tar:
+        frames = np.load(io.BytesIO(tar.extractfile('000005.frames.npy').read()))
+    assert frames.dtype == np.uint8 and frames.shape == (T, H, W, 3)
