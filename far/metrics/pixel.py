@@ -1,0 +1,43 @@
+"""Pixel metrics per frame: MSE, PSNR and SSIM on videos in [0,1].
+
+PSNR and SSIM are torchmetrics' functional versions with the settings FAR's evaluation uses:
+PSNR ``10 log10(1/MSE)`` with the MSE over (C,H,W) of each frame; SSIM with an 11x11 Gaussian
+window (sigma 1.5, k1 0.01, k2 0.03), reflect padding and the mean over (C,H,W).
+"""
+import torch
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+from ..registry import METRICS
+from .base import FrameMetric
+
+
+@METRICS.register(name='mse')
+class MSE(FrameMetric):
+    higher_is_better = False
+
+    def score(self, sample: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        return (sample - gt).square().mean(dim=(1, 2, 3))
+
+
+@METRICS.register(name='psnr')
+class PSNR(FrameMetric):
+    higher_is_better = True
+
+    def __init__(self, data_range: float = 1.0, batch_size: int = 256):
+        super().__init__(batch_size)
+        self.data_range = data_range
+
+    def score(self, sample: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        return peak_signal_noise_ratio(sample, gt, data_range=self.data_range, reduction='none', dim=(1, 2, 3))
+
+
+@METRICS.register(name='ssim')
+class SSIM(FrameMetric):
+    higher_is_better = True
+
+    def __init__(self, data_range: float = 1.0, batch_size: int = 256):
+        super().__init__(batch_size)
+        self.data_range = data_range
+
+    def score(self, sample: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        return structural_similarity_index_measure(sample, gt, data_range=self.data_range, reduction='none')
