@@ -1,0 +1,178 @@
+"""Training FAR's DC-AE: reconstruction, perceptual and adversarial losses, validated by reconstruction metrics."""
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Literal, Optional, Tuple
+
+import diffusers
+import torch
+import torch.nn as nn
+from accelerate.utils import DistributedDataParallelKwargs, gather_object
+from torch.utils.data import default_collate
+
+from far.losses.autoencoder_loss import AutoencoderLoss, DiscriminatorLogits
+from far.models.autoencoders import DCAutoencoder
+from far.models.discriminator import PatchDiscriminator
+from far.registry import METRICS, TRAINERS
+from far.trainers.base import CheckpointOptions, LogOptions, LRScheduleOptions, OptimizerOptions, Trainer
+from far.utils.distributed import split_batches
+from far.utils.video import save_videos
+
+logger = logging.getLogger('far')
+
+
+@dataclass(frozen=True)
+class ReconstructionValidation:
+    """Every ``every`` steps, reconstruct the first ``num_videos`` videos of ``datasets[dataset]`` with the
+    sampling (EMA) weights, score them with ``metrics`` (``fvd``, the rFVD, needs clips of 9+ frames) and
+    save the first ``num_saved`` next to their originals under ``samples/step-<step>/``."""
+    every: int = 10_000
+    dataset: str = 'val'
+    num_videos: int = 32
+    batch_size: int = 8
+    metrics: Tuple[Literal['mse', 'psnr', 'ssim', 'lpips', 'fvd'], ...] = ('psnr', 'ssim', 'lpips')
+    num_saved: int = 4
+
+    def __post_init__(self):
+        if min(self.every, self.num_videos, self.batch_size, self.num_saved) < 1:
+            raise ValueError(f'validation: every, num_videos, batch_size and num_saved must be >= 1, got {self}')
+
+
+class AutoencoderWithDiscriminator(nn.Module):
+    """What the optimiser trains, behind one forward as DDP needs: the autoencoder and its discriminator.
+
+    Its state dict holds the autoencoder under ``autoencoder.`` (``TRAINING_PREFIX``, which ``AutoencoderDC``
+    strips when it loads a training checkpoint).
+    """
+
+    def __init__(self, autoencoder: diffusers.AutoencoderDC, discriminator: Optional[PatchDiscriminator]):
+        super().__init__()
+        self.autoencoder = autoencoder
+        self.discriminator = discriminator
+
+    def last_layer(self) -> torch.Tensor:
+        """The decoder's last weight, where the adaptive weight balances the losses."""
+        conv_out = self.autoencoder.decoder.conv_out
+        return getattr(conv_out, 'conv', conv_out).weight  # a pixel-shuffle block around a conv in FAR's configs
+
+    def forward(self, frames: torch.Tensor, adversarial: bool) -> Tuple[torch.Tensor, Optional[DiscriminatorLogits]]:
+        """Frames ``[N, 3, H, W]`` in [-1, 1] -> reconstructions and, when ``adversarial``, the logits."""
+        if not adversarial:
+            return self.autoencoder(frames).sample, None
+        with torch.no_grad():  # the adversarial phase trains the decoder only (FAR's DC-AE recipe)
+            latents = self.autoencoder.encode(frames).latent
+        recon = self.autoencoder.decode(latents).sample
+        self.discriminator.requires_grad_(False)  # the autoencoder's term must not train the discriminator
+        judged = self.discriminator(recon)
+        self.discriminator.requires_grad_(True)
+        logits = DiscriminatorLogits(judged, self.discriminator(recon.detach()), self.discriminator(frames))
+        return recon, logits
+
+
+@TRAINERS.register()
+class AutoencoderTrainer(Trainer):
+    """Trains the ``AutoencoderDC`` of the YAML ``autoencoder`` block (from scratch, or from its ``checkpoint``)
+    on the ``'video'`` frames of ``datasets['train']`` with :class:`AutoencoderLoss`.
+
+    One AdamW updates the autoencoder and the discriminator together: FAR's recipe uses the same optimiser
+    settings for both and takes both losses from the same forward. One difference: ``max_grad_norm`` clips
+    the gradients of both networks together, where FAR clips the autoencoder's alone (the same until
+    ``disc_start``). ``batch_size`` counts clips; every frame is an image.
+
+    A checkpoint loads back as ``autoencoder: {type: AutoencoderDC, config: ..., checkpoint:
+    experiments/<name>/checkpoints/checkpoint-<step>}`` (its EMA weights).
+    """
+
+    runtime_args = ('accelerator', 'autoencoder', 'datasets', 'folder', 'seed', 'config')
+
+    def __init__(
+        self,
+        accelerator,
+        autoencoder: DCAutoencoder,
+        datasets: dict,
+        folder: Path,
+        seed: int,
+        config: dict,
+        total_steps: int,
+        batch_size: int,
+        optimizer: OptimizerOptions = OptimizerOptions(betas=(0.5, 0.9)),
+        lr_schedule: LRScheduleOptions = LRScheduleOptions(),
+        max_grad_norm: Optional[float] = 1.0,
+        ema_decay: Optional[float] = 0.9999,
+        loss: AutoencoderLoss = AutoencoderLoss(),
+        checkpoint: CheckpointOptions = CheckpointOptions(),
+        log: LogOptions = LogOptions(),
+        validation: Optional[ReconstructionValidation] = None,
+        num_workers: int = 0,
+    ):
+        if not isinstance(autoencoder, DCAutoencoder):
+            raise ValueError(f'AutoencoderTrainer trains an AutoencoderDC; the autoencoder block builds '
+                             f'{type(autoencoder).__name__}')
+        if validation is not None and validation.dataset not in datasets:
+            raise ValueError(f"validation.dataset '{validation.dataset}' is not among the datasets built: "
+                             f"{', '.join(datasets)}")
+        model = AutoencoderWithDiscriminator(autoencoder.model.requires_grad_(True), loss.discriminator())
+        if accelerator.num_processes > 1:
+            # Each phase leaves some parameters without gradient (the discriminator before disc_start,
+            # the encoder after it), which DDP must be told about.
+            accelerator.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
+            if accelerator.device.type == 'cuda':  # BatchNorm statistics over the global batch
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        super().__init__(accelerator, model, datasets, folder, seed, config, total_steps, batch_size, optimizer,
+                         lr_schedule, max_grad_norm, ema_decay, False, checkpoint, log, num_workers,
+                         validation.every if validation is not None else None)
+        self.loss, self.validation = loss, validation
+        self.perceptual = loss.perceptual_network()
+        if self.perceptual is not None:
+            self.perceptual.to(accelerator.device)
+        self.metrics = {name: METRICS.get(name)() for name in validation.metrics} if validation is not None else {}
+
+    def train_step(self, batch: dict, step: int) -> Dict[str, torch.Tensor]:
+        if 'video' not in batch:
+            raise ValueError('the autoencoder trains on pixels: the training items carry no video (use_latent: false)')
+        frames = batch['video'].flatten(0, 1) * 2 - 1
+        recon, logits = self.model(frames, self.loss.adversarial(step))
+        last_layer = self.accelerator.unwrap_model(self.model).last_layer()
+        with self.accelerator.autocast():
+            return self.loss(frames, recon, self.perceptual, last_layer, logits)
+
+    @torch.no_grad()
+    def reconstruct(self, dataset, indices) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Reconstructions and originals ``[B, T, 3, H, W]`` in [0, 1] of ``dataset[indices]``, on every rank,
+        each rank reconstructing its share with the sampling weights."""
+        opt, acc = self.validation, self.accelerator
+        network = self.sampling_model.autoencoder
+        network.eval()
+        results = []
+        for number, batch_indices in split_batches(list(indices), opt.batch_size, acc.num_processes,
+                                                   acc.process_index):
+            video = default_collate([dataset[i] for i in batch_indices])['video']
+            with acc.autocast():
+                recon = network(video.flatten(0, 1).to(acc.device) * 2 - 1).sample
+            results.append((number, ((recon.float() + 1) / 2).clamp(0, 1).unflatten(0, video.shape[:2]).cpu(), video))
+        acc.unwrap_model(self.model).train()
+        results = sorted(gather_object(results), key=lambda r: r[0])
+        return torch.cat([r[1] for r in results]), torch.cat([r[2] for r in results])
+
+    def validate(self, step: int):
+        opt, acc = self.validation, self.accelerator
+        dataset = self.datasets[opt.dataset]
+        recon, video = self.reconstruct(dataset, range(min(opt.num_videos, len(dataset))))
+        if acc.is_main_process:
+            scores = {}
+            for name, metric in self.metrics.items():
+                # Per-frame metrics give [B, T] scores, FVD one number.
+                scores[name] = float(torch.as_tensor(metric(recon, video, device=acc.device)).mean())
+            folder = self.folder / 'samples' / f'step-{step:07d}'
+            count = min(opt.num_saved, len(video))
+            paths = save_videos(recon[:count, None], video[:count], [f'video_{i:04d}' for i in range(count)], folder,
+                                context_length=0)
+            (folder / 'metrics.json').write_text(json.dumps(scores, indent=1))
+            logger.info(f'validation at step {step}: ' + ', '.join(f'{k} {v:.4f}' for k, v in scores.items()))
+            if self.wandb is not None:
+                import wandb
+                self.wandb.log({**{f'val/{k}': v for k, v in scores.items()},
+                                'val/grid': wandb.Image(str(folder / 'grid.png')),
+                                **{f'val/{p.stem}': wandb.Video(str(p), format='mp4') for p in paths}}, step=step)
+        acc.wait_for_everyone()
