@@ -237,7 +237,11 @@ class Validator:
             f.name: (hints[f.name], f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
             for f in dataclasses.fields(cls)
         }
-        return cls(**self._fields(value, params, path, f'{cls.__name__}'))
+        fields = self._fields(value, params, path, f'{cls.__name__}')
+        try:
+            return cls(**fields)
+        except (TypeError, ValueError) as e:  # checks of the group itself (__post_init__)
+            self.fail(path, str(e))
 
 
 def validate(opt: dict, schema, file: str):

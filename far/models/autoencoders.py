@@ -32,7 +32,7 @@ DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch
 DType = Literal['float32', 'bfloat16', 'float16']
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DOWNLOAD_HINT = 'python scripts/download.py --what checkpoints'
+DOWNLOAD_HINT = "python scripts/download.py --what models --include 'dcae/*'"
 # Checkpoints of far.trainers.autoencoder_trainer hold the autoencoder under this prefix, next to its
 # discriminator.
 TRAINING_PREFIX = 'autoencoder.'
