@@ -1,0 +1,118 @@
+"""FAR-Long: FAR with a long-term context of coarsely patchified distant frames.
+
+The last ``short_term_ctx_winsize`` frames (the short-term window) are tokenised at full resolution as
+in FAR; older frames are patchified with ``context_patch_size`` (e.g. 4x4 latent patches: 4 tokens per
+8x8 frame) and pass through their own input, q/k/v and output projections inside the same transformer
+blocks (``FARBlock``'s long-term stream). Every token keeps the absolute frame index as its RoPE frame
+position, and long-term patches use full-resolution RoPE coordinates (row, column scaled by
+``context_patch_size / patch_size``), so attention stays frame-causal over the whole video.
+
+Parameter names are those of the published FAR-Long checkpoints, which load strictly.
+"""
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from diffusers.configuration_utils import register_to_config
+
+from ..registry import MODELS, variant
+from .far import FAR, TokenStream, slice_conditions
+from .kv_cache import KVCache
+
+
+@MODELS.register()
+class FAR_Long(FAR):
+    """FAR with long-term context. Arguments as :class:`FAR`, plus ``context_patch_size``: the patch size
+    of frames older than the short-term window of ``short_term_ctx_winsize`` frames."""
+
+    has_long_term_stream = True
+
+    @register_to_config
+    def __init__(
+        self,
+        patch_size: int = 1,
+        context_patch_size: int = 4,
+        in_channels: int = 32,
+        out_channels: int = 32,
+        num_layers: int = 12,
+        attention_head_dim: int = 64,
+        num_attention_heads: int = 12,
+        axes_dims_rope: List[int] = (16, 24, 24),
+        slope_scale: float = 0.0,
+        short_term_ctx_winsize: int = 16,
+        condition_cfg: Optional[dict] = None,
+        condition_dropout: float = 0.1,
+    ):
+        if context_patch_size % patch_size:
+            raise ValueError(f'FAR_Long: context_patch_size={context_patch_size} must be a multiple of '
+                             f'patch_size={patch_size}')
+        if short_term_ctx_winsize < 1:
+            raise ValueError(f'FAR_Long: short_term_ctx_winsize must be >= 1, got {short_term_ctx_winsize}')
+        super().__init__(
+            patch_size=patch_size, in_channels=in_channels, out_channels=out_channels, num_layers=num_layers,
+            attention_head_dim=attention_head_dim, num_attention_heads=num_attention_heads,
+            axes_dims_rope=axes_dims_rope, slope_scale=slope_scale,
+            short_term_ctx_winsize=short_term_ctx_winsize, condition_cfg=condition_cfg,
+            condition_dropout=condition_dropout)
+
+    def _build_long_term_stream(self):
+        patch, channels = self.config.context_patch_size, self.config.in_channels
+        self.context_embedder = nn.Linear(channels * patch * patch, self.inner_dim)
+        self.context_proj_out = nn.Linear(self.inner_dim, patch * patch * self.config.out_channels)
+
+    def initialize_weights(self):
+        super().initialize_weights()
+        nn.init.zeros_(self.context_proj_out.weight)
+        nn.init.zeros_(self.context_proj_out.bias)
+
+    def num_long_term_frames(self, total_frames: int) -> int:
+        return max(total_frames - self.config.short_term_ctx_winsize, 0)
+
+    def _kv_cache_tokens(self, num_frames: int, height: int, width: int) -> int:
+        window = min(num_frames, self.config.short_term_ctx_winsize)
+        long_patch = self.config.context_patch_size
+        long_tokens = (num_frames - window) * (height // long_patch) * (width // long_patch)
+        return long_tokens + super()._kv_cache_tokens(window, height, width)
+
+    def _check_inputs(self, latents: torch.Tensor, timestep: torch.Tensor,
+                      conditions: Optional[Dict[str, torch.Tensor]], kv_cache: Optional[KVCache],
+                      cache_frames: int) -> torch.Tensor:
+        timestep = super()._check_inputs(latents, timestep, conditions, kv_cache, cache_frames)
+        patch = self.config.context_patch_size
+        if latents.shape[3] % patch or latents.shape[4] % patch:
+            raise ValueError(f'FAR_Long: latent size {latents.shape[3]}x{latents.shape[4]} must be divisible '
+                             f'by context_patch_size={patch}')
+        return timestep
+
+    def _fed_long_term_frames(self, first_frame: int, num_frames: int, kv_cache: Optional[KVCache]) -> int:
+        """How many of the fed frames are long-term, checking that the cache agrees with the window."""
+        total = first_frame + num_frames
+        num_long = self.num_long_term_frames(total)
+        cached_long = kv_cache.num_long_term_frames if kv_cache is not None else 0
+        if num_long < cached_long or (first_frame > cached_long and num_long > cached_long):
+            raise ValueError(
+                f'FAR_Long: at {total} frames, frames 0..{num_long - 1} are long-term, but the KV cache holds '
+                f'{cached_long} long-term and {first_frame - cached_long} short-term frames; truncate the cache '
+                f'to its long-term frames (kv_cache.truncate({cached_long})) and feed the window again')
+        return max(num_long - first_frame, 0)
+
+    def _embed_streams(self, latents: torch.Tensor, timestep: torch.Tensor,
+                       conditions: Optional[Dict[str, torch.Tensor]], first_frame: int,
+                       kv_cache: Optional[KVCache]) -> Tuple[TokenStream, Optional[TokenStream]]:
+        num_long = self._fed_long_term_frames(first_frame, latents.shape[1], kv_cache)
+        short, _ = super()._embed_streams(latents[:, num_long:], timestep[:, num_long:],
+                                          slice_conditions(conditions, num_long), first_frame + num_long, kv_cache)
+        if num_long == 0:
+            return short, None
+        # long-term frames are embedded at twice their timestep (a clean one at -2), as the released
+        # FAR-Long models were trained
+        long = self._stream(latents[:, :num_long], 2 * timestep[:, :num_long],
+                            slice_conditions(conditions, 0, num_long), first_frame,
+                            self.config.context_patch_size, self.context_embedder, self.context_proj_out)
+        return short, long
+
+
+# ----- paper sizes (v3 Table 1): 32 latent channels, patch 1, head dim 64 -----
+_PAPER = dict(in_channels=32, out_channels=32, patch_size=1, attention_head_dim=64)
+FAR_B_Long = MODELS.register(variant(FAR_Long, 'FAR_B_Long', num_layers=12, num_attention_heads=12, **_PAPER))
+FAR_M_Long = MODELS.register(variant(FAR_Long, 'FAR_M_Long', num_layers=12, num_attention_heads=16, **_PAPER))

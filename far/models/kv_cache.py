@@ -1,0 +1,89 @@
+"""Preallocated key/value cache of already-encoded frames, for every transformer layer.
+
+Frames are stored in encoding order along the token axis, after RMS norm and RoPE, so a cached frame is
+never recomputed. A forward pass with a cache writes the K/V of the frames it feeds right after the
+committed ones (inside the same buffer: no concatenation of the whole cache) and attends to both;
+``commit`` then keeps the leading fed frames (the clean context) while the rest (the noisy frame) is
+overwritten by the next pass.
+
+FAR-Long uses it as a two-level cache: the long-term frames (level two, few tokens each, append-only)
+come first, then the short-term window (level one, full resolution). When the window slides, the
+caller truncates the cache to level two and the model re-encodes the window after the new long-term
+frame, because every short-term frame attends to all long-term frames.
+"""
+from typing import List, Sequence, Tuple
+
+import torch
+
+from .attention import Segment
+
+
+class LayerKVCache:
+    """One layer's view of a :class:`KVCache`."""
+
+    def __init__(self, cache: 'KVCache', index: int):
+        self.cache, self.index = cache, index
+
+    def extend(self, key: torch.Tensor, value: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Write ``[B, H, n, head_dim]`` new keys/values after the committed ones; return all of them."""
+        cache = self.cache
+        start = cache.num_tokens
+        end = start + key.shape[2]
+        if key.shape[0] != cache.batch_size:
+            raise ValueError(f'KV cache was built for batch size {cache.batch_size}, got {key.shape[0]} '
+                             '(with classifier-free guidance the batch is doubled)')
+        if end > cache.max_tokens:
+            raise ValueError(f'KV cache is full: {end} tokens needed, {cache.max_tokens} allocated; '
+                             'build it for more frames')
+        keys, values = cache.keys[self.index], cache.values[self.index]
+        keys[:, :, start:end] = key
+        values[:, :, start:end] = value
+        return keys[:, :, :end], values[:, :, :end]
+
+
+class KVCache:
+    """Keys/values ``[num_layers, B, H, max_tokens, head_dim]`` of the frames encoded so far.
+
+    ``segments`` lists the committed frames as ``(first_frame, num_frames, tokens_per_frame)``; the first
+    ``num_long_term_frames`` of them are FAR-Long long-term frames (level two).
+    """
+
+    def __init__(self, num_layers: int, batch_size: int, num_heads: int, head_dim: int, max_tokens: int,
+                 device: torch.device, dtype: torch.dtype):
+        shape = (num_layers, batch_size, num_heads, max_tokens, head_dim)
+        self.keys = torch.empty(shape, device=device, dtype=dtype)
+        self.values = torch.empty(shape, device=device, dtype=dtype)
+        self.batch_size, self.max_tokens = batch_size, max_tokens
+        self.segments: List[Segment] = []
+        self.num_long_term_frames = 0
+
+    @property
+    def num_frames(self) -> int:
+        return sum(count for _, count, _ in self.segments)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(count * tokens for _, count, tokens in self.segments)
+
+    def layer(self, index: int) -> LayerKVCache:
+        return LayerKVCache(self, index)
+
+    def commit(self, segments: Sequence[Segment], num_frames: int, num_long_term_frames: int = 0):
+        """Keep the first ``num_frames`` of the frames the last forward pass wrote (its ``segments``)."""
+        self.segments += _first_frames(segments, num_frames)
+        self.num_long_term_frames += num_long_term_frames
+
+    def truncate(self, num_frames: int):
+        """Forget every frame after the first ``num_frames``; their slots are overwritten next."""
+        self.segments = _first_frames(self.segments, num_frames)
+        self.num_long_term_frames = min(self.num_long_term_frames, num_frames)
+
+
+def _first_frames(segments: Sequence[Segment], num_frames: int) -> List[Segment]:
+    kept = []
+    for first, count, tokens in segments:
+        if num_frames <= 0:
+            break
+        kept.append((first, min(count, num_frames), tokens))
+        num_frames -= count
+    return kept

@@ -1,0 +1,4 @@
+"""Samplers (registry PIPELINES)."""
+from .far_pipeline import FARPipeline
+
+__all__ = ['FARPipeline']
