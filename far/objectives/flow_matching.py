@@ -1,0 +1,87 @@
+"""Frame-wise flow matching, the objective FAR is trained with.
+
+Every frame gets its own timestep, drawn from a density over the scheduler's training timesteps, and is
+noised as ``x_t = (1 - sigma) * x0 + sigma * noise``; the model predicts the velocity ``noise - x0`` for
+every frame at once under a frame-causal mask. A random share of the frames is kept clean instead and
+tagged with timestep -1: they act as clean context for the later frames, which is how the model learns
+to condition on clean history at no extra cost, and they are left out of the loss.
+"""
+from dataclasses import dataclass
+from typing import Dict, Literal, NamedTuple, Optional
+
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers.training_utils import compute_density_for_timestep_sampling
+
+CLEAN_TIMESTEP = -1.0  # the timestep that marks a clean context frame, in training and in sampling
+
+
+class NoisedFrames(NamedTuple):
+    inputs: torch.Tensor     # [B, T, C, H, W] noised latents, clean where `clean`
+    timesteps: torch.Tensor  # [B, T] float; CLEAN_TIMESTEP where `clean`
+    target: torch.Tensor     # [B, T, C, H, W] velocity noise - x0
+    clean: torch.Tensor      # [B, T] bool
+
+
+@dataclass(frozen=True)
+class FlowMatchingObjective:
+    """Hyper-parameters of FAR's training objective; `trainer.objective` in the YAML file.
+
+    ``training_type: long_context`` trains the long-context models: every frame before the last
+    short-term window is clean context (and outside the loss), as FAR-Long is used at test time.
+    """
+    clean_context_ratio: float = 0.1
+    weighting_scheme: Literal['logit_normal', 'mode', 'uniform'] = 'logit_normal'
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    mode_scale: float = 1.29
+    training_type: Literal['base', 'long_context'] = 'base'
+
+    def __post_init__(self):
+        if not 0.0 <= self.clean_context_ratio < 1.0:
+            raise ValueError(f'clean_context_ratio must be in [0, 1), got {self.clean_context_ratio}')
+
+    def sample_timesteps(self, scheduler: FlowMatchEulerDiscreteScheduler, batch: int, frames: int, device,
+                         generator: Optional[torch.Generator] = None):
+        """Per-frame ``(timesteps, sigmas)``, each [batch, frames], drawn as indices into the training schedule."""
+        u = compute_density_for_timestep_sampling(
+            weighting_scheme=self.weighting_scheme, batch_size=batch * frames, logit_mean=self.logit_mean,
+            logit_std=self.logit_std, mode_scale=self.mode_scale, device=device, generator=generator)
+        indices = (u * scheduler.config.num_train_timesteps).long().cpu()
+        # `scheduler.sigmas[i]` is the noise level of `scheduler.timesteps[i]`: looking both up by index is
+        # what `scheduler.scale_noise` does element by element, done here once per batch.
+        timesteps = scheduler.timesteps[indices].reshape(batch, frames).to(device)
+        sigmas = scheduler.sigmas[indices].reshape(batch, frames).to(device)
+        return timesteps, sigmas
+
+    def noise(self, latents: torch.Tensor, scheduler: FlowMatchEulerDiscreteScheduler, window: int,
+              generator: Optional[torch.Generator] = None) -> NoisedFrames:
+        """Noise ``latents`` [B, T, C, H, W] frame by frame and choose the clean context frames."""
+        batch, frames = latents.shape[:2]
+        device = latents.device
+        noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
+        timesteps, sigmas = self.sample_timesteps(scheduler, batch, frames, device, generator)
+        sigmas = sigmas.to(latents.dtype)[..., None, None, None]
+        inputs = (1.0 - sigmas) * latents + sigmas * noise
+
+        clean = torch.rand((batch, frames), generator=generator, device=device) < self.clean_context_ratio
+        if self.training_type == 'long_context':
+            clean[:, :max(frames - window, 0)] = True
+        inputs = torch.where(clean[..., None, None, None], latents, inputs)
+        timesteps = timesteps.masked_fill(clean, CLEAN_TIMESTEP)
+        return NoisedFrames(inputs, timesteps, noise - latents, clean)
+
+    @staticmethod
+    def loss(prediction: torch.Tensor, target: torch.Tensor, clean: torch.Tensor, window: int) -> torch.Tensor:
+        """Mean squared error over the noised frames of the last ``window`` frames, per video, then averaged."""
+        prediction, target, clean = prediction[:, -window:], target[:, -window:], clean[:, -window:]
+        per_frame = (prediction.float() - target.float()).pow(2).flatten(2).mean(-1)
+        weight = (~clean).float()
+        return ((per_frame * weight).sum(-1) / (weight.sum(-1) + 1e-9)).mean()
+
+    def __call__(self, model, latents: torch.Tensor, scheduler: FlowMatchEulerDiscreteScheduler, window: int,
+                 conditions: Optional[Dict[str, torch.Tensor]] = None,
+                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        noised = self.noise(latents, scheduler, window, generator)
+        prediction = model(noised.inputs, timestep=noised.timesteps, conditions=conditions).sample
+        return self.loss(prediction, noised.target, noised.clean, window)

@@ -1,0 +1,65 @@
+"""The experiment folder ``experiments/<name>/``: resolved options, log, checkpoints, samples.
+
+Starting a run whose folder exists resumes it when the resolved options are the same (the `test`
+section aside), and stops otherwise: an earlier run is never overwritten. ``force_new`` archives the old folder under a
+timestamped name (never deletes it) and starts afresh.
+"""
+import time
+from pathlib import Path
+from typing import Iterator, List, Tuple
+
+import yaml
+
+OPTIONS_FILE = 'options.yml'
+IGNORED = ('test',)  # test.py settings: changing them does not change the training run
+
+
+class ExperimentExists(RuntimeError):
+    """The experiment folder holds a run with different options."""
+
+
+def _flatten(node, prefix: str = '') -> Iterator[Tuple[str, object]]:
+    if isinstance(node, dict) and node:
+        for key, value in node.items():
+            yield from _flatten(value, f'{prefix}.{key}' if prefix else str(key))
+    else:
+        yield prefix, node
+
+
+def option_differences(old: dict, new: dict) -> List[str]:
+    """``key: old -> new`` for every leaf that differs."""
+    old, new = dict(_flatten(old)), dict(_flatten(new))
+    missing = '<absent>'
+    return [f'{key}: {old.get(key, missing)!r} -> {new.get(key, missing)!r}'
+            for key in sorted(old.keys() | new.keys()) if old.get(key, missing) != new.get(key, missing)]
+
+
+def prepare_experiment_dir(root, name: str, options: dict, force_new: bool, accelerator) -> Path:
+    """Create or reuse ``root/name`` for a training run with resolved ``options``; return the folder.
+
+    Every rank makes the same decision from what is on disk before the main process changes anything,
+    so a refusal stops all ranks instead of leaving some waiting.
+    """
+    folder = Path(root) / name
+    options = yaml.safe_load(yaml.safe_dump(options))  # compare what a YAML round trip keeps
+    saved_file = folder / OPTIONS_FILE
+    archive = None
+    if folder.exists() and force_new:
+        archive = folder.with_name(f'{name}_archived_{time.strftime("%Y%m%d_%H%M%S")}')
+    elif saved_file.is_file():
+        saved = yaml.safe_load(saved_file.read_text())
+        differences = option_differences(*({k: v for k, v in o.items() if k not in IGNORED} for o in (saved, options)))
+        if differences:
+            shown = '\n  '.join(differences[:20]) + ('\n  ...' if len(differences) > 20 else '')
+            raise ExperimentExists(
+                f'{folder} holds a run with other options (saved -> now):\n  {shown}\n'
+                f'Use another `name`, restore the options to resume that run, or pass --force-new to archive '
+                f'it (renamed with a timestamp) and start a new one.')
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if archive is not None:
+            folder.rename(archive)
+        folder.mkdir(parents=True, exist_ok=True)
+        saved_file.write_text(yaml.safe_dump(options, sort_keys=False))
+    accelerator.wait_for_everyone()
+    return folder

@@ -1,0 +1,126 @@
+"""The experiment schema: the demo file validates, overrides apply, every bad key is named with its fix."""
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+
+import far  # noqa: F401  (fills the registries)
+from far.experiment import (EvaluationOptions, ExperimentOptions, SchedulerOptions, building, load_experiment,
+                            require)
+from far.objectives import FlowMatchingObjective
+from far.options import OptionError, to_dict
+from far.trainers import FARTrainer, OptimizerOptions, ValidationOptions
+from far.utils.experiment_dir import option_differences
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / 'options' / 'demo' / 'far_moving_shapes.yml'
+
+
+def demo_yaml(tmp_path, old: str = '', new: str = '') -> str:
+    """The demo file with ``old`` replaced by ``new``, written under ``tmp_path``."""
+    text = DEMO.read_text()
+    assert old in text
+    path = tmp_path / 'run.yml'
+    path.write_text(text.replace(old, new, 1))
+    return str(path)
+
+
+def error(path: str, overrides=()) -> str:
+    with pytest.raises(OptionError) as info:
+        load_experiment(path, overrides)
+    return str(info.value)
+
+
+def test_demo_file_validates_into_option_groups():
+    opt = load_experiment(str(DEMO))
+    assert isinstance(opt, ExperimentOptions)
+    assert isinstance(opt.scheduler, SchedulerOptions) and isinstance(opt.test, EvaluationOptions)
+    trainer = opt.trainer
+    assert trainer['type'] == 'FARTrainer'
+    assert isinstance(trainer['optimizer'], OptimizerOptions)
+    assert isinstance(trainer['objective'], FlowMatchingObjective)
+    assert isinstance(trainer['validation'], ValidationOptions)
+    assert set(opt.datasets) == {'train', 'val', 'test'}
+    assert opt.test.protocol['type'] == 'mcvd'
+    # the resolved options are plain YAML data again
+    resolved = to_dict(opt)
+    assert resolved['trainer']['objective']['clean_context_ratio'] == 0.1
+    assert resolved['trainer']['optimizer']['betas'] == [0.9, 0.99]
+
+
+def test_command_line_overrides():
+    opt = load_experiment(str(DEMO), ['trainer.total_steps=20', 'model.num_layers=2', 'trainer.optimizer.lr=5e-4',
+                                      'trainer.validation=null'])
+    assert opt.trainer['total_steps'] == 20 and opt.model['num_layers'] == 2
+    assert opt.trainer['optimizer'].lr == 5e-4 and opt.trainer['validation'] is None
+
+
+@pytest.mark.parametrize('old, new, expected', [
+    # unknown key in a dataclass group: file, key path, suggestion, allowed keys
+    ('lr: 1.0e-3', 'lrr: 1.0e-3',
+     r"run\.yml: trainer\.optimizer\.lrr: unknown key for OptimizerOptions \(did you mean 'lr'\?\); "
+     r"allowed keys: betas, eps, lr, weight_decay"),
+    # unknown key in a registry block
+    ('num_layers: 4', 'num_layer: 4',
+     r"run\.yml: model\.num_layer: unknown key for model 'FAR' \(did you mean 'num_layers'\?\); allowed keys: "),
+    # runtime objects are not YAML keys
+    ('total_steps: 1000', 'accelerator: cpu',
+     r"trainer\.accelerator: unknown key for trainer 'FARTrainer'"),
+    # wrong type
+    ('total_steps: 1000', 'total_steps: many', r"trainer\.total_steps: got 'many', expected an integer"),
+    ('use_kv_cache: true\n  batch_size', 'use_kv_cache: 3\n  batch_size',
+     r'test\.use_kv_cache: got 3, expected true or false'),
+    ("mixed_precision: 'no'", 'mixed_precision: fp32', r"mixed_precision: got 'fp32', allowed: 'no', 'fp16', 'bf16'"),
+    # unknown registry entry
+    ('type: FARTrainer', 'type: FARTrainr', r"trainer\.type: unknown trainer 'FARTrainr' \(did you mean 'FARTrainer'\?\)"),
+    # missing required key
+    ('  total_steps: 1000\n', '', r"trainer\.total_steps: missing required key for trainer 'FARTrainer'"),
+    ('name: demo_far_moving_shapes\n', '', r'run\.yml: name: missing required key for ExperimentOptions'),
+    # a key that names a dataset
+    ('dataset: test ', 'dataset: tset ', r"test\.dataset: names dataset 'tset', which is not a key of `datasets` "
+                                          r"\(keys: train, val, test\)"),
+])
+def test_bad_keys_are_named_with_what_is_allowed(tmp_path, old, new, expected):
+    assert re.search(expected, error(demo_yaml(tmp_path, old, new)))
+
+
+def test_bad_override_is_reported_like_a_bad_key(tmp_path):
+    message = error(str(DEMO), ['trainer.objective.clean_context_ration=0.2'])
+    assert "far_moving_shapes.yml: trainer.objective.clean_context_ration: unknown key for FlowMatchingObjective " \
+           "(did you mean 'clean_context_ratio'?)" in message
+    assert "must look like 'key.path=value'" in error(str(DEMO), ['trainer.total_steps'])
+
+
+def test_missing_file_and_missing_sections(tmp_path):
+    assert 'file not found' in error(str(tmp_path / 'absent.yml'))
+    opt = load_experiment(str(DEMO), ['trainer=null', 'test=null'])
+    with pytest.raises(OptionError, match=r'x\.yml: trainer: missing: train\.py needs it'):
+        require(opt, 'x.yml', 'trainer', 'train.py')
+    with pytest.raises(OptionError, match=r'x\.yml: test: missing: test\.py needs it'):
+        require(opt, 'x.yml', 'test', 'test.py')
+    no_train = load_experiment(demo_yaml(tmp_path, '  train: {type: MovingShapes', '  other: {type: MovingShapes'))
+    with pytest.raises(OptionError, match=r'x\.yml: datasets\.train: missing: train\.py needs it'):
+        require(no_train, 'x.yml', 'datasets.train', 'train.py')
+
+
+def test_constructor_checks_name_the_block():
+    opt = load_experiment(str(DEMO), ['model.axes_dims_rope=[8, 8, 8]'])
+    with pytest.raises(OptionError, match=r'far_moving_shapes\.yml: model: FAR: axes_dims_rope \[8, 8, 8\] must sum '
+                                          r'to attention_head_dim \(64\)'):
+        with building(str(DEMO), 'model'):
+            opt.build_model()
+
+
+def test_trainer_signature_is_fully_annotated():
+    """The validator checks YAML values against these annotations: each YAML key needs one."""
+    for name, param in inspect.signature(FARTrainer).parameters.items():
+        if name not in FARTrainer.runtime_args:
+            assert param.annotation is not inspect.Parameter.empty, name
+
+
+def test_option_differences_name_the_changed_keys():
+    old = {'trainer': {'total_steps': 10, 'optimizer': {'lr': 1e-3}}, 'seed': 0}
+    new = {'trainer': {'total_steps': 20, 'optimizer': {'lr': 1e-3}}, 'seed': 0, 'pretrained': 'x'}
+    assert option_differences(old, new) == ["pretrained: '<absent>' -> 'x'", 'trainer.total_steps: 10 -> 20']
+    assert option_differences(old, old) == []

@@ -1,0 +1,87 @@
+"""test.py: load weights, sample the protocol's videos, write them and results.json with the baseline."""
+import json
+
+import pytest
+import torch
+from accelerate import Accelerator
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+import far  # noqa: F401  (fills the registries)
+from far.evaluation import copy_last_frame, model_conditions, sample_videos
+from far.experiment import load_experiment
+from far.pipelines import FARPipeline
+from test_train import DEMO, TINY, run
+
+
+@pytest.fixture(scope='module')
+def random_weights(tmp_path_factory):
+    """A raw state dict of the tiny model, as the released FAR checkpoints are stored."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp('weights') / 'random_far.pth'
+    torch.save(load_experiment(str(DEMO), TINY).build_model().state_dict(), path)
+    return path
+
+
+def test_test_py_writes_results_and_videos(tmp_path, random_weights):
+    result = run('test.py', '-opt', str(DEMO), *TINY, 'name=eval', f'test.checkpoint={random_weights}', cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = tmp_path / 'experiments' / 'eval' / 'results' / 'random_far'
+    results = json.loads((out / 'results.json').read_text())
+    assert results['weights'] == str(random_weights)
+    assert {'mse', 'psnr', 'ssim', 'mse_std', 'psnr_std', 'ssim_std'} == set(results['metrics'])
+    assert set(results['copy_last_frame']) == set(results['metrics'])
+    assert results['protocol']['protocol'] == 'mcvd' and results['protocol']['num_videos'] == 5
+    assert results['protocol']['context_frames'] == 2 and results['protocol']['predicted_frames'] == 3
+    assert results['sampling'] == {'num_inference_steps': 2, 'guidance_scale': 1.0, 'use_kv_cache': True,
+                                   'batch_size': 2}
+    assert results['per_seed'][0]['seed'] == 0 and 'torch' in json.dumps(results['environment'])
+    # both figures are printed
+    psnr, baseline = results['metrics']['psnr'], results['copy_last_frame']['psnr']
+    assert f'psnr: {psnr:.4f} (copy last frame: {baseline:.4f})' in result.stdout
+    videos = out / 'videos' / 'seed_0'
+    assert sorted(p.name for p in videos.glob('*.mp4')) == [f'video_{i:06d}.mp4' for i in range(5)]
+    assert (videos / 'grid.png').is_file() and (videos / 'grid.gif').is_file()
+    assert (out / 'test.log').is_file() and (out / 'options.yml').is_file()
+
+
+def test_latest_without_checkpoint_says_what_to_do(tmp_path):
+    result = run('test.py', '-opt', str(DEMO), *TINY, 'name=untrained', cwd=tmp_path)
+    assert result.returncode == 1
+    assert (f"error: {DEMO}: test.checkpoint: 'latest', but experiments/untrained/checkpoints holds no checkpoint: "
+            f'train first') in result.stderr
+
+
+def test_copy_last_frame_repeats_the_last_context_frame():
+    gt = torch.arange(5.0).view(1, 5, 1, 1, 1).expand(2, 5, 3, 2, 2)
+    baseline = copy_last_frame(gt, 2)
+    assert baseline.shape == gt.shape
+    assert baseline[0, :, 0, 0, 0].tolist() == [0.0, 1.0, 1.0, 1.0, 1.0]
+
+
+def test_samples_are_deterministic_per_video_whatever_the_batching(random_weights):
+    opt = load_experiment(str(DEMO), TINY)
+    model = opt.build_model().eval()
+    model.load_state_dict(torch.load(random_weights))
+    pipe = FARPipeline(transformer=model, vae=opt.build_autoencoder(), scheduler=FlowMatchEulerDiscreteScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    clips = [{'video': torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(i)), 'index': i}
+             for i in range(3)]
+    accelerator = Accelerator(cpu=True)
+    kwargs = dict(context_length=2, unroll_length=2, accelerator=accelerator, seed=7, num_inference_steps=2)
+    together, gt = sample_videos(pipe, clips, [0, 1, 2], batch_size=3, num_trajectories=2, **kwargs)
+    apart, _ = sample_videos(pipe, clips, [0, 1, 2], batch_size=1, num_trajectories=2, **kwargs)
+    assert together.shape == (3, 2, 4, 3, 32, 32) and gt.shape == (3, 4, 3, 32, 32)
+    torch.testing.assert_close(together, apart, rtol=0, atol=1e-5)
+    assert not torch.allclose(together[:, 0], together[:, 1])  # trajectories differ
+    reversed_order, _ = sample_videos(pipe, clips, [2, 1, 0], batch_size=2, num_trajectories=2, **kwargs)
+    torch.testing.assert_close(reversed_order.flip(0), together, rtol=0, atol=1e-5)
+
+
+def test_conditions_follow_the_model():
+    opt = load_experiment(str(DEMO), [*TINY, 'model.condition_cfg={type: label, num_classes: 9}'])
+    model = opt.build_model()
+    batch = {'video': torch.zeros(2, 4, 3, 32, 32), 'label': torch.tensor([1, 2])}
+    assert model_conditions(model, batch)['label'].tolist() == [1, 2]
+    with pytest.raises(ValueError, match="label-conditioned .* carry no 'label'"):
+        model_conditions(model, {'video': batch['video']})
+    assert model_conditions(load_experiment(str(DEMO), TINY).build_model(), batch) is None

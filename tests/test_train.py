@@ -1,0 +1,164 @@
+"""train.py end to end on the embedded dataset: a 20-step run, kill and resume, the experiment folder,
+bad options, and the checkpoint files behind resuming."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from far.utils.checkpoints import latest_checkpoint, list_checkpoints, load_weights, resolve_weights
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / 'options' / 'demo' / 'far_moving_shapes.yml'
+
+# The demo experiment shrunk to seconds: a 1-layer model, 20 steps, a few small clips.
+TINY = [
+    'model.num_layers=1', 'model.num_attention_heads=1',
+    'trainer.total_steps=20', 'trainer.batch_size=4', 'trainer.lr_schedule.warmup_steps=5',
+    'trainer.checkpoint.every=10', 'trainer.checkpoint.keep=2', 'trainer.log.every=5',
+    'trainer.validation.every=10', 'trainer.validation.num_videos=2', 'trainer.validation.num_inference_steps=2',
+    'trainer.validation.unroll_length=3', 'trainer.validation.batch_size=2',
+    'datasets.train.num_videos=24', 'datasets.val.num_videos=4', 'datasets.test.num_videos=5',
+    'test.protocol.num_videos=5', 'test.protocol.unroll_length=3', 'test.num_inference_steps=2', 'test.batch_size=2',
+]
+
+
+def run(script: str, *args: str, cwd: Path, launcher=(), timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run a script of the repository in ``cwd`` (one thread per process, hubs offline)."""
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'HF_HUB_OFFLINE': '1', 'WANDB_MODE': 'offline'}
+    command = [*launcher, str(REPO / script)] if launcher else [sys.executable, str(REPO / script)]
+    return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def train(cwd: Path, *overrides: str, name: str = 'tiny') -> subprocess.CompletedProcess:
+    result = run('train.py', '-opt', str(DEMO), *TINY, f'name={name}', *overrides, cwd=cwd)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def weights(checkpoint: Path):
+    return load_file(str(checkpoint / 'model.safetensors')), load_file(str(checkpoint / 'ema.safetensors'))
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+
+
+@pytest.fixture(scope='module')
+def finished_run(tmp_path_factory) -> Path:
+    """An uninterrupted 20-step run: its working directory."""
+    cwd = tmp_path_factory.mktemp('train')
+    train(cwd)
+    return cwd
+
+
+def test_twenty_step_run_writes_the_experiment_folder(finished_run):
+    folder = finished_run / 'experiments' / 'tiny'
+    log = (folder / 'train.log').read_text()
+    for step in (5, 10, 15, 20):
+        assert f'step {step}/20 | grad_norm' in log
+    assert 'loss ' in log and 'lr ' in log and 'ETA ' in log and ('it/s' in log or 's/it' in log)
+    assert [step for step, _ in list_checkpoints(folder / 'checkpoints')] == [10, 20]  # keep: 2
+    for step in (10, 20):
+        samples = folder / 'samples' / f'step-{step:07d}'
+        assert {p.name for p in samples.iterdir()} == {'video_0000.mp4', 'video_0001.mp4', 'grid.png', 'grid.gif'}
+    saved = (folder / 'options.yml').read_text()
+    assert 'total_steps: 20' in saved and 'num_layers: 1' in saved
+    assert json.loads((folder / 'checkpoints' / 'checkpoint-20' / 'trainer_state.json').read_text()) == {'step': 20}
+    model, ema = weights(folder / 'checkpoints' / 'checkpoint-20')
+    assert any(not torch.equal(model[k], ema[k]) for k in model)  # the EMA is its own average
+
+
+def test_killed_run_resumes_to_the_same_weights(finished_run, tmp_path):
+    args = [sys.executable, str(REPO / 'train.py'), '-opt', str(DEMO), *TINY, 'name=tiny']
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    process = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = tmp_path / 'experiments' / 'tiny' / 'checkpoints'
+    try:  # kill it as soon as checkpoint-10 is published: it is then validating (step 10) or training on
+        while latest_checkpoint(checkpoints) is None and process.poll() is None:
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL, 'the run ended before it could be killed'
+    assert [step for step, _ in list_checkpoints(checkpoints)] == [10]
+
+    resumed = train(tmp_path)
+    assert 'checkpoint-10 (step 10)' in resumed.stdout and 'training from step 10 to 20' in resumed.stdout
+    for uninterrupted, continued in zip(weights(finished_run / 'experiments/tiny/checkpoints/checkpoint-20'),
+                                        weights(checkpoints / 'checkpoint-20')):
+        assert_same(uninterrupted, continued)
+
+    again = train(tmp_path)  # a finished run started again does nothing
+    assert 'training already complete (20/20 steps)' in again.stdout
+
+
+def test_other_options_stop_the_run_and_force_new_archives(finished_run, tmp_path):
+    shutil.copytree(finished_run / 'experiments', tmp_path / 'experiments')
+    refused = run('train.py', '-opt', str(DEMO), *TINY, 'name=tiny', 'trainer.optimizer.lr=0.01', cwd=tmp_path)
+    assert refused.returncode == 1
+    assert 'experiments/tiny holds a run with other options' in refused.stderr
+    assert 'trainer.optimizer.lr: 0.001 -> 0.01' in refused.stderr and '--force-new' in refused.stderr
+
+    train(tmp_path, 'trainer.total_steps=2', '--force-new', name='tiny')
+    archived = [p for p in (tmp_path / 'experiments').iterdir() if p.name.startswith('tiny_archived_')]
+    assert len(archived) == 1
+    assert (archived[0] / 'checkpoints' / 'checkpoint-20').is_dir()  # the old run, untouched
+    assert [s for s, _ in list_checkpoints(tmp_path / 'experiments/tiny/checkpoints')] == [2]
+
+
+def test_bad_key_stops_before_any_work(tmp_path):
+    result = run('train.py', '-opt', str(DEMO), 'trainer.optimizer.lrr=0.1', cwd=tmp_path)
+    assert result.returncode == 1
+    assert (f'error: {DEMO}: trainer.optimizer.lrr: unknown key for OptimizerOptions (did you mean \'lr\'?); '
+            'allowed keys: betas, eps, lr, weight_decay') in result.stderr
+    assert not (tmp_path / 'experiments').exists() and not (tmp_path / 'datasets').exists()
+
+
+# ---- checkpoint files ----
+
+def test_latest_checkpoint_ignores_unfinished_saves(tmp_path):
+    for name in ('checkpoint-20', 'checkpoint-100', '.tmp-checkpoint-200', 'checkpoint-x', 'other'):
+        (tmp_path / name).mkdir()
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [20, 100]
+    assert latest_checkpoint(tmp_path) == tmp_path / 'checkpoint-100'
+    assert latest_checkpoint(tmp_path / 'absent') is None
+
+
+def test_load_weights_from_every_saved_form(finished_run, tmp_path):
+    from far.experiment import load_experiment
+
+    model = load_experiment(str(DEMO), TINY).build_model()
+    checkpoint = finished_run / 'experiments' / 'tiny' / 'checkpoints' / 'checkpoint-20'
+    assert load_weights(model, checkpoint) == checkpoint / 'ema.safetensors'
+    ema = {k: v.clone() for k, v in model.state_dict().items()}
+    assert load_weights(model, checkpoint, use_ema=False) == checkpoint / 'model.safetensors'
+    assert any(not torch.equal(ema[k], v) for k, v in model.state_dict().items())
+
+    model.save_pretrained(tmp_path / 'pretrained')
+    torch.save({f'module.{k}': v for k, v in ema.items()}, tmp_path / 'ddp.pth')  # a wrapped model's state dict
+    for source in (tmp_path / 'pretrained', tmp_path / 'ddp.pth'):
+        fresh = load_experiment(str(DEMO), TINY).build_model()
+        load_weights(fresh, source)
+        assert_same(fresh.state_dict(), model.state_dict() if source.is_dir() else ema)
+
+    labelled = load_experiment(str(DEMO), [*TINY, 'model.condition_cfg={type: label, num_classes: 3}']).build_model()
+    with pytest.raises(ValueError, match=r'ddp\.pth does not fit the model built from the YAML `model` block: '
+                                         r'missing label_embedder\..*; unexpected none'):
+        load_weights(labelled, tmp_path / 'ddp.pth')
+    wider = load_experiment(str(DEMO), [*TINY, 'model.num_attention_heads=2']).build_model()
+    with pytest.raises(ValueError, match=r'(?s)ddp\.pth does not fit the model .*size mismatch'):
+        load_weights(wider, tmp_path / 'ddp.pth')
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        resolve_weights(tmp_path / 'absent.pth')
+    with pytest.raises(FileNotFoundError, match='neither an experiment checkpoint'):
+        resolve_weights(tmp_path)
