@@ -1,0 +1,254 @@
+"""The experiment files under options/: each one validates as train.py and test.py read it, and the paper's
+configs (options/train/far, options/test/far) hold FAR's published settings: model sizes (v3 Table 1), training
+recipe (v3 Table 8) and each benchmark's evaluation (v3 Tables 3-5, as FAR's own configs ran them).
+
+No data and no weights: models and autoencoders are built on the meta device.
+"""
+import inspect
+from functools import lru_cache
+from pathlib import Path
+from typing import NamedTuple, Optional, Tuple
+
+import pytest
+import torch
+
+import far  # noqa: F401  (fills the registries)
+from far.experiment import load_experiment
+from far.registry import AUTOENCODERS, PROTOCOLS, TRAINERS
+
+REPO = Path(__file__).resolve().parents[1]
+OPTIONS = REPO / 'options'
+EVERY_FILE = sorted(OPTIONS.rglob('*.yml'))
+PAPER_FILES = sorted([*(OPTIONS / 'train' / 'far').rglob('*.yml'), *(OPTIONS / 'test' / 'far').rglob('*.yml')])
+RELEASED = 'experiments/pretrained_models/FAR_Models'
+
+
+def key(path: Path) -> str:
+    return str(path.relative_to(OPTIONS).with_suffix(''))
+
+
+@lru_cache(maxsize=None)
+def load(name: str):
+    return load_experiment(str(OPTIONS / f'{name}.yml'))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Every file loads
+# ----------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('path', EVERY_FILE, ids=key)
+def test_every_options_file_validates(path):
+    """As train.py and test.py load it, with the groups each script needs."""
+    opt = load_experiment(str(path))
+    assert opt.trainer is not None or opt.test is not None
+    if opt.trainer is not None:
+        assert 'train' in opt.datasets
+        assert opt.model is not None or 'model' not in TRAINERS.get(opt.trainer['type']).runtime_args
+    if opt.test is not None:
+        assert opt.model is not None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The paper's settings, one row per file
+# ----------------------------------------------------------------------------------------------------------
+
+class Data(NamedTuple):
+    train: str            # data_list of `datasets.train`
+    eval: str             # data_list of the test dataset
+    frames: int           # training clip length
+    interval: int         # frame interval, training and evaluation
+    latent: bool          # training reads pre-extracted DC-AE latents
+    flip: bool
+
+
+UCF_GENERATION = Data('datasets/ucf101/trainval.json', 'datasets/ucf101/trainval.json', 16, 3, False, True)
+UCF_PREDICTION = Data('datasets/ucf101/train03.json', 'datasets/ucf101/test03.json', 16, 1, False, True)
+BAIR = Data('datasets/bair/bair_train.json', 'datasets/bair/bair_val.json', 30, 1, False, False)
+DMLAB = Data('datasets/dmlab_latent/dmlab_train.json', 'datasets/dmlab/dmlab_val.json', 300, 1, True, False)
+MINECRAFT = Data('datasets/minecraft_latent/minecraft_train.json', 'datasets/minecraft/minecraft_val.json', 300, 1,
+                 True, False)
+
+
+class Protocol(NamedTuple):
+    type: str
+    context: int
+    predicted: int
+    trajectories: int
+    videos: int
+    every: int            # every n-th video of the test list
+    seeds: Tuple[int, ...]
+    metrics: Tuple[str, ...]
+    annotate_context: bool
+
+
+ALL = ('mse', 'psnr', 'ssim', 'lpips', 'fvd')
+LATTE = Protocol('latte', 0, 16, 1, 2048, 1, (0, 2, 4, 6), ('fvd',), False)
+LATTE_10K = Protocol('latte', 0, 16, 1, 10000, 1, (0,), ('fvd',), False)
+MCVD_UCF = Protocol('mcvd', 4, 12, 100, 256, 10, (0,), ALL, False)
+MCVD_BAIR_28 = Protocol('mcvd', 2, 28, 100, 256, 1, (0,), ALL, False)
+MCVD_BAIR_14 = Protocol('mcvd', 2, 14, 100, 256, 1, (0,), ALL, False)
+TECO = Protocol('teco', 144, 156, 1, 256, 1, (0, 1, 2, 3), ALL, True)
+TECO_FVD = Protocol('teco_fvd', 36, 264, 1, 256, 1, (0, 1, 2, 3), ('fvd',), False)
+
+
+class Row(NamedTuple):
+    model: str
+    params: float                 # millions, condition embedding included (v3 Table 1)
+    condition: Optional[str]      # 'label' (101 classes), 'action' (4 actions) or None
+    frame_size: int
+    data: Data
+    dcae: str                     # released DC-AE checkpoint
+    steps: Optional[int]          # None: a test-only file
+    warmup: int
+    every: int                    # checkpoint and validation frequency
+    protocol: Protocol
+    guidance: float
+    kv_cache: bool
+    released: str                 # released FAR checkpoint under FAR_Models/
+
+
+GEN, SHORT, LONG = 'video_generation', 'short_video_prediction', 'long_video_prediction'
+PAPER = {
+    # Unconditional FAR-L/XL: the label-conditional size less the label table (102 x width).
+    f'train/far/{GEN}/FAR_L_ucf101_cond_res128_400K_bs32': Row('FAR_L', 456.94, 'label', 128, UCF_GENERATION,
+        'DCAE_UCF101_Res128-bb9d1258.pth', 400_000, 0, 20_000, LATTE, 2.0, True,
+        f'{GEN}/FAR_L_UCF101_Cond128-c6f798bf.pth'),
+    f'test/far/{GEN}/FAR_L_ucf101_cond_res128_400K_bs32_sample10K': Row('FAR_L', 456.94, 'label', 128, UCF_GENERATION,
+        'DCAE_UCF101_Res128-bb9d1258.pth', None, 0, 0, LATTE_10K, 2.0, True,
+        f'{GEN}/FAR_L_UCF101_Cond128-c6f798bf.pth'),
+    f'train/far/{GEN}/FAR_L_ucf101_cond_res256_400K_bs32': Row('FAR_L', 456.94, 'label', 256, UCF_GENERATION,
+        'DCAE_UCF101_Res256-9c4355c8.pth', 400_000, 0, 20_000, LATTE, 2.0, True,
+        f'{GEN}/FAR_L_UCF101_Cond256-41c6033f.pth'),
+    f'train/far/{GEN}/FAR_L_ucf101_uncond_res128_400K_bs32': Row('FAR_L', 456.84, None, 128, UCF_GENERATION,
+        'DCAE_UCF101_Res128-bb9d1258.pth', 400_000, 0, 20_000, LATTE, 1.0, True,
+        f'{GEN}/FAR_L_UCF101_Uncond128-c19abd2c.pth'),
+    f'train/far/{GEN}/FAR_L_ucf101_uncond_res256_400K_bs32': Row('FAR_L', 456.84, None, 256, UCF_GENERATION,
+        'DCAE_UCF101_Res256-9c4355c8.pth', 400_000, 0, 20_000, LATTE, 1.0, True,
+        f'{GEN}/FAR_L_UCF101_Uncond256-adea51e9.pth'),
+    f'train/far/{GEN}/FAR_XL_ucf101_cond_res256_400K_bs32': Row('FAR_XL', 673.82, 'label', 256, UCF_GENERATION,
+        'DCAE_UCF101_Res256-9c4355c8.pth', 400_000, 0, 50_000, LATTE, 2.0, True,
+        f'{GEN}/FAR_XL_UCF101_Cond256-28a88f56.pth'),
+    f'train/far/{GEN}/FAR_XL_ucf101_uncond_res256_400K_bs32': Row('FAR_XL', 673.70, None, 256, UCF_GENERATION,
+        'DCAE_UCF101_Res256-9c4355c8.pth', 400_000, 0, 50_000, LATTE, 1.0, True,
+        f'{GEN}/FAR_XL_UCF101_Uncond256-3594ce6b.pth'),
+    f'train/far/{SHORT}/FAR_B_ucf101_res64_200K_bs32': Row('FAR_B', 129.56, None, 64, UCF_PREDICTION,
+        'DCAE_UCF101_Res64-9da18dcf.pth', 200_000, 0, 20_000, MCVD_UCF, 1.0, True,
+        f'{SHORT}/FAR_B_UCF101_Uncond64-381d295f.pth'),
+    f'train/far/{SHORT}/FAR_B_bair_res64_200K_bs32': Row('FAR_B', 129.56, None, 64, BAIR,
+        'DCAE_BAIR_Res64-1a8547fb.pth', 200_000, 0, 20_000, MCVD_BAIR_28, 1.0, True,
+        f'{SHORT}/FAR_B_BAIR_Uncond64-1983191b.pth'),
+    f'test/far/{SHORT}/FAR_B_bair_res64_200K_bs32_2to14': Row('FAR_B', 129.56, None, 64, BAIR,
+        'DCAE_BAIR_Res64-1a8547fb.pth', None, 0, 0, MCVD_BAIR_14, 1.0, True,
+        f'{SHORT}/FAR_B_BAIR_Uncond64-1983191b.pth'),
+    f'train/far/{LONG}/FAR_B_Long_dmlab_res64_1000K_bs32': Row('FAR_B_Long', 158.11, 'action', 64, DMLAB,
+        'DCAE_DMLab_Res64-17035ae5.pth', 1_000_000, 10_000, 50_000, TECO, 1.5, False,
+        f'{LONG}/FAR_B_Long_DMLab_Action64-c09441dc.pth'),
+    f'test/far/{LONG}/FAR_B_Long_dmlab_res64_1000K_bs32_36to264': Row('FAR_B_Long', 158.11, 'action', 64, DMLAB,
+        'DCAE_DMLab_Res64-17035ae5.pth', None, 0, 0, TECO_FVD, -1.0, False,   # -1: FAR sampled it unconditionally
+        f'{LONG}/FAR_B_Long_DMLab_Action64-c09441dc.pth'),
+    f'train/far/{LONG}/FAR_M_Long_minecraft_res128_1000K_bs32': Row('FAR_M_Long', 280.54, 'action', 128, MINECRAFT,
+        'DCAE_Minecraft_Res128-a5677f66.pth', 1_000_000, 10_000, 50_000, TECO, 1.5, False,
+        f'{LONG}/FAR_M_Long_Minecraft_Action128-4c041561.pth'),
+    f'test/far/{LONG}/FAR_M_Long_minecraft_res128_1000K_bs32_36to264': Row('FAR_M_Long', 280.54, 'action', 128,
+        MINECRAFT, 'DCAE_Minecraft_Res128-a5677f66.pth', None, 0, 0, TECO_FVD, 1.5, False,
+        f'{LONG}/FAR_M_Long_Minecraft_Action128-4c041561.pth'),
+}
+CONDITIONS = {'label': {'type': 'label', 'num_classes': 101}, 'action': {'type': 'action', 'num_action_classes': 4},
+              None: None}
+TRAINED = [name for name, row in PAPER.items() if row.steps is not None]
+
+
+def test_the_table_covers_every_paper_config():
+    assert sorted(PAPER) == [key(p) for p in PAPER_FILES]
+    for name in PAPER:  # experiments/<name>/ is found from the file name, as in FAR
+        assert load(name).name == Path(name).name
+
+
+@pytest.mark.parametrize('name', PAPER)
+def test_model_has_the_paper_size(name):
+    row, opt = PAPER[name], load(name)
+    assert opt.model['type'] == row.model
+    assert opt.model.get('condition_cfg') == CONDITIONS[row.condition]
+    with torch.device('meta'):
+        model = opt.build_model()
+    assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(row.params, abs=0.01)
+    # the loss window: whole clips, except FAR-Long's 16-frame short-term window over 300-frame episodes
+    assert model.config.short_term_ctx_winsize == (16 if row.data.frames == 300 else row.data.frames)
+    if model.has_long_term_stream:
+        assert model.config.context_patch_size == 4  # 4 tokens per distant frame
+
+
+@pytest.mark.parametrize('name', PAPER)
+def test_autoencoder_gives_64_tokens_of_32_channels(name):
+    row, opt = PAPER[name], load(name)
+    block = opt.autoencoder
+    assert block['type'] == 'AutoencoderDC' and (REPO / block['config']).is_file()
+    assert block['checkpoint'] == f'{RELEASED}/dcae/{row.dcae}'
+    assert block.get('dtype') == 'bfloat16'  # FAR ran the frozen DC-AE in bf16
+    with torch.device('meta'):
+        autoencoder = AUTOENCODERS.build({**block, 'checkpoint': None})
+        model = opt.build_model()
+    assert autoencoder.latent_channels == model.config.in_channels == 32
+    assert row.frame_size // autoencoder.spatial_compression == 8
+
+
+@pytest.mark.parametrize('name', TRAINED)
+def test_training_follows_the_paper(name):
+    row, opt = PAPER[name], load(name)
+    trainer = opt.trainer
+    assert (opt.mixed_precision, opt.seed, opt.pretrained) == ('bf16', 0, None)
+    assert opt.scheduler.num_train_timesteps == 1000 and opt.scheduler.shift == 1.0
+    # v3 Table 8: AdamW 1e-4, constant schedule, batch 32 (8 processes x 4), EMA 0.9999
+    assert trainer['type'] == 'FARTrainer' and trainer['batch_size'] == 4
+    optimizer = trainer['optimizer']
+    assert (optimizer.lr, optimizer.weight_decay, tuple(optimizer.betas)) == (1e-4, 0.0, (0.9, 0.999))
+    assert (trainer['lr_schedule'].name, trainer['lr_schedule'].warmup_steps) == ('constant', row.warmup)
+    assert (trainer['ema_decay'], trainer['max_grad_norm'], trainer['total_steps']) == (0.9999, 1.0, row.steps)
+    objective = trainer['objective']
+    assert (objective.clean_context_ratio, objective.weighting_scheme) == (0.1, 'logit_normal')
+    assert objective.training_type == ('long_context' if row.data.latent else 'base')
+    assert (trainer['checkpoint'].every, trainer['checkpoint'].keep) == (row.every, None)
+
+    validation = trainer['validation']
+    assert validation.every == row.every and validation.num_inference_steps == 50
+    assert (validation.context_length, validation.unroll_length) == (row.protocol.context, row.protocol.predicted)
+    assert (validation.guidance_scale, validation.use_kv_cache) == (row.guidance, row.kv_cache)
+
+    train = opt.datasets['train']
+    assert (train['data_list'], train['num_frames'], train.get('frame_interval', 1)) == \
+        (row.data.train, row.data.frames, row.data.interval)
+    assert (train.get('use_latent', False), train.get('flip', False)) == (row.data.latent, row.data.flip)
+    assert train.get('resolution', row.frame_size) == row.frame_size
+
+
+def protocol_settings(block: dict) -> dict:
+    """Every argument the protocol is built with, defaults and fixed ones included."""
+    target = PROTOCOLS.get(block['type'])
+    bound = inspect.signature(target).bind(**{k: v for k, v in block.items() if k != 'type'})
+    bound.apply_defaults()
+    # latte fixes these inside its constructor: no context frames, one sample per video
+    fixed = {'context_length': 0, 'num_trajectories': 1, 'every': 1, 'annotate_context': False}
+    return {**fixed, **getattr(target, 'fixed_kwargs', {}), **bound.arguments}
+
+
+@pytest.mark.parametrize('name', PAPER)
+def test_evaluation_follows_the_paper(name):
+    row, opt = PAPER[name], load(name)
+    test = opt.test
+    assert test.checkpoint == f'{RELEASED}/{row.released}'
+    assert (test.num_inference_steps, test.guidance_scale, test.use_kv_cache) == (50, row.guidance, row.kv_cache)
+    settings = protocol_settings(test.protocol)
+    expected = row.protocol
+    assert test.protocol['type'] == expected.type
+    assert (settings['context_length'], settings['unroll_length']) == (expected.context, expected.predicted)
+    assert (settings['num_trajectories'], settings['num_videos'], settings['every']) == \
+        (expected.trajectories, expected.videos, expected.every)
+    assert tuple(settings['seeds']) == expected.seeds and tuple(settings['metrics']) == expected.metrics
+    assert settings['annotate_context'] == expected.annotate_context
+    assert settings['reference_quirks']  # scored like the published numbers
+
+    data = opt.datasets[test.dataset]
+    assert data['data_list'] == row.data.eval and data['split'] != 'train'  # frames from 0, centre crop
+    assert data['num_frames'] == expected.context + expected.predicted
+    assert data.get('frame_interval', 1) == row.data.interval and not data.get('use_latent', False)
+    assert data.get('resolution', row.frame_size) == row.frame_size
