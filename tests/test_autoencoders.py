@@ -104,7 +104,7 @@ def test_checkpoint_in_reference_format_loads_strictly_and_matches_reference_out
 def test_checkpoint_errors_name_the_file_and_the_key(tiny_checkpoint, tmp_path):
     config, checkpoint = tiny_checkpoint
     missing = {'type': 'AutoencoderDC', 'config': str(config), 'checkpoint': str(tmp_path / 'missing.pth')}
-    with pytest.raises(FileNotFoundError, match=r'missing\.pth.*`checkpoint`.*scripts/download\.py --what checkpoints'):
+    with pytest.raises(FileNotFoundError, match=r'missing\.pth.*`checkpoint`.*scripts/download\.py --what models'):
         AUTOENCODERS.build(missing)
     state = torch.load(checkpoint, weights_only=True)
     state['decoder.extra.weight'] = torch.zeros(1)
