@@ -41,8 +41,16 @@ def Block(registry: Registry):
 # ----------------------------------------------------------------------------------------------------------
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads ``1e-4`` (no dot) as a string; researchers write learning rates that way."""
+    """YAML 1.2 scalars: ``1e-4`` is a number (YAML 1.1 reads a string) and only true/false are booleans
+    (YAML 1.1 turns ``mixed_precision: no`` into False)."""
 
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != 'tag:yaml.org,2002:bool']
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver('tag:yaml.org,2002:bool', re.compile(r'^(?:true|True|TRUE|false|False|FALSE)$'),
+                              list('tTfF'))
 
 _Loader.add_implicit_resolver(
     'tag:yaml.org,2002:float',
