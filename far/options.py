@@ -11,7 +11,7 @@ import difflib
 import inspect
 import re
 import typing
-from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Literal, Sequence, Tuple, Union
 
 import yaml
 

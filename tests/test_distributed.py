@@ -2,7 +2,6 @@
 import json
 import shutil
 import socket
-from pathlib import Path
 
 import pytest
 import torch

@@ -45,7 +45,7 @@ def test_demo_file_validates_into_option_groups():
     assert opt.test.protocol['type'] == 'mcvd'
     # the resolved options are plain YAML data again
     resolved = to_dict(opt)
-    assert resolved['trainer']['objective']['clean_context_ratio'] == 0.1
+    assert resolved['trainer']['objective']['clean_context_ratio'] == 0.5
     assert resolved['trainer']['optimizer']['betas'] == [0.9, 0.99]
 
 
@@ -73,7 +73,8 @@ def test_command_line_overrides():
      r'test\.use_kv_cache: got 3, expected true or false'),
     ("mixed_precision: 'no'", 'mixed_precision: fp32', r"mixed_precision: got 'fp32', allowed: 'no', 'fp16', 'bf16'"),
     # unknown registry entry
-    ('type: FARTrainer', 'type: FARTrainr', r"trainer\.type: unknown trainer 'FARTrainr' \(did you mean 'FARTrainer'\?\)"),
+    ('type: FARTrainer', 'type: FARTrainr',
+     r"trainer\.type: unknown trainer 'FARTrainr' \(did you mean 'FARTrainer'\?\)"),
     # missing required key
     ('  total_steps: 1000\n', '', r"trainer\.total_steps: missing required key for trainer 'FARTrainer'"),
     ('name: demo_far_moving_shapes\n', '', r'run\.yml: name: missing required key for ExperimentOptions'),

@@ -109,11 +109,17 @@ def test_other_options_stop_the_run_and_force_new_archives(finished_run, tmp_pat
     assert 'experiments/tiny holds a run with other options' in refused.stderr
     assert 'trainer.optimizer.lr: 0.001 -> 0.01' in refused.stderr and '--force-new' in refused.stderr
 
-    train(tmp_path, 'trainer.total_steps=2', '--force-new', name='tiny')
+    # the new run also tries the other switches: bf16, gradient checkpointing, wandb (offline)
+    train(tmp_path, 'trainer.total_steps=2', 'mixed_precision=bf16', 'trainer.gradient_checkpointing=true',
+          'trainer.log.use_wandb=true', '--force-new', name='tiny')
     archived = [p for p in (tmp_path / 'experiments').iterdir() if p.name.startswith('tiny_archived_')]
     assert len(archived) == 1
     assert (archived[0] / 'checkpoints' / 'checkpoint-20').is_dir()  # the old run, untouched
-    assert [s for s, _ in list_checkpoints(tmp_path / 'experiments/tiny/checkpoints')] == [2]
+    folder = tmp_path / 'experiments' / 'tiny'
+    assert [s for s, _ in list_checkpoints(folder / 'checkpoints')] == [2]
+    assert 'mixed precision bf16' in (folder / 'train.log').read_text()
+    run_id = (folder / 'wandb_run_id').read_text()
+    assert list((folder / 'wandb').glob(f'offline-run-*-{run_id}'))
 
 
 def test_bad_key_stops_before_any_work(tmp_path):

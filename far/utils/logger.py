@@ -1,6 +1,7 @@
 """Console/file logging on the main process, progress with ETA, and optional wandb."""
 import datetime
 import logging
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -49,7 +50,7 @@ def setup_wandb(folder: Path, name: str, project: str, entity: Optional[str], co
     import wandb
 
     id_file = folder / 'wandb_run_id'
-    run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+    run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
     id_file.write_text(run_id)
     return wandb.init(project=project, entity=entity, name=name, id=run_id, resume='allow', dir=str(folder),
                       config=config)
