@@ -1,0 +1,135 @@
+"""The ``memory`` protocol: long-context prediction, scored separately where long-term memory is needed.
+
+TECO-style prediction (the first ``context_length`` frames of each video as context, the next
+``unroll_length`` frames predicted, pixel metrics on predicted frames) on videos whose items carry a
+per-frame ``revisit`` mask, such as ``far.data.maze_memory``: True where the frame shows a place last
+seen more than a short-term window ago, i.e. a frame only a model with long-term memory can predict.
+
+Every metric is reported over all predicted frames (per frame -> mean over frames -> best trajectory
+per video -> mean over videos, as in the other protocols), and averaged over the predicted frames of
+each category, pooled over videos, for that same best trajectory:
+
+* ``<metric>_revisit``: frames where ``revisit`` is True;
+* ``<metric>_other``: every other predicted frame (new places, and places seen within the window);
+* ``<metric>_frames_<a>-<b>``: frames ``a..b`` (absolute indices), in buckets of ``bucket_size``,
+  to follow quality along a roll-out.
+
+Frames repeat exactly in these videos (the copy-last-frame baseline is exact whenever the agent stands
+where it stood at the end of the context), so PSNR is capped at 20 log10(255) = 48.1 dB, the PSNR of an
+error of one 8-bit level everywhere, instead of being infinite.
+
+A category without frames in the evaluated videos is left out. With ``sliding_window_baseline: N``
+the test runner also samples every video with the pipeline's ``context_window=N`` (the same weights,
+restricted to the last N frames) and scores it as the ``sliding_window`` baseline.
+"""
+import math
+from typing import Dict, Literal, Optional, Sequence, Union
+
+import torch
+
+from ..registry import PROTOCOLS
+from .base import FrameMetric
+from .pixel import PSNR
+from .protocols import Protocol
+
+FrameMetricName = Literal['mse', 'psnr', 'ssim', 'lpips']
+MAX_PSNR = 20 * math.log10(255)
+
+
+class CappedPSNR(PSNR):
+    """PSNR of at most ``MAX_PSNR``: an exactly repeated frame scores 48.1 dB, not infinity."""
+
+    def score(self, sample: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        return super().score(sample, gt).clamp(max=MAX_PSNR)
+
+
+@PROTOCOLS.register(name='memory')
+class MemoryProtocol(Protocol):
+    """Long-context prediction on videos with a ``revisit`` mask (``far.data.maze_memory``).
+
+    Args:
+        context_length / unroll_length: context frames given, frames predicted.
+        num_trajectories: samples per video; each metric keeps each video's best one.
+        num_videos / every: the first ``num_videos`` videos (all if null), every ``every``-th.
+        seeds: sampling seeds, aggregated as mean and std.
+        metrics: per-frame metrics; ``lpips`` needs its weight files (see ``far.metrics.weights``).
+        sliding_window_baseline: also score the model sampled with a sliding window of this many frames.
+        bucket_size: also report predicted frames in buckets of this many frames.
+        weights: explicit weight files, e.g. ``{alexnet: ..., lpips_alex: ...}``.
+        frame_batch_size: frames scored at once.
+    """
+
+    name = 'memory'
+    frame_fields = ('revisit',)  # per-frame dataset fields that `evaluate` takes
+
+    def __init__(self, context_length: int = 32, unroll_length: int = 16, num_trajectories: int = 1,
+                 num_videos: Optional[int] = None, every: int = 1, seeds: Sequence[int] = (0, ),
+                 metrics: Sequence[FrameMetricName] = ('mse', 'psnr', 'ssim'),
+                 sliding_window_baseline: Optional[int] = None, bucket_size: Optional[int] = None,
+                 weights: Optional[Dict[str, str]] = None, frame_batch_size: int = 256):
+        if 'fvd' in metrics:
+            raise ValueError('memory protocol: metrics are per frame (mse, psnr, ssim, lpips); FVD is the teco_fvd '
+                             'protocol')
+        if sliding_window_baseline is not None and sliding_window_baseline < 1:
+            raise ValueError(f'memory protocol: sliding_window_baseline must be >= 1 or null, '
+                             f'got {sliding_window_baseline}')
+        if bucket_size is not None and bucket_size < 1:
+            raise ValueError(f'memory protocol: bucket_size must be >= 1 or null, got {bucket_size}')
+        super().__init__(context_length, unroll_length, num_trajectories, num_videos, seeds, metrics, every,
+                         reference_quirks=False, annotate_context=False, weights=weights, fvd_min_frames=10,
+                         fvd_batch_size=32, frame_batch_size=frame_batch_size)
+        if 'psnr' in self._frame_metrics:
+            self._frame_metrics['psnr'] = CappedPSNR(batch_size=frame_batch_size)
+        self.sliding_window_baseline, self.bucket_size = sliding_window_baseline, bucket_size
+
+    def frame_masks(self, revisit: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The scored categories as masks ``[B, unroll_length]`` over the predicted frames."""
+        predicted = revisit[:, self.context_length:]
+        masks = {'revisit': predicted, 'other': ~predicted}
+        if self.bucket_size is not None:
+            frames = self.context_length + self.unroll_length
+            for start in range(self.context_length, frames, self.bucket_size):
+                end = min(start + self.bucket_size, frames)
+                bucket = torch.zeros_like(predicted)
+                bucket[:, start - self.context_length:end - self.context_length] = True
+                masks[f'frames_{start}-{end - 1}'] = bucket
+        return masks
+
+    @torch.no_grad()
+    def evaluate(self, samples: torch.Tensor, gt: torch.Tensor, revisit: torch.Tensor,
+                 device: Optional[Union[str, torch.device]] = None) -> Dict[str, float]:
+        """Scores of one seed: ``samples [B,n,F,3,H,W]``, ``gt [B,F,3,H,W]`` in [0,1] and ``revisit`` BoolTensor
+        ``[B,F]`` -> ``{metric: value, metric_revisit: value, metric_other: value, ...}``."""
+        if revisit.dtype != torch.bool or tuple(revisit.shape) != tuple(gt.shape[:2]):
+            raise ValueError(f'memory protocol: revisit must be a BoolTensor [B, F] = {list(gt.shape[:2])}, '
+                             f'got {revisit.dtype} {list(revisit.shape)}')
+        results = super().evaluate(samples, gt, device)
+        masks = self.frame_masks(revisit.cpu())
+        predicted = slice(self.context_length, None)
+        for name, metric in self._frame_metrics.items():
+            scores = self._best_trajectory(metric, samples[:, :, predicted], gt[:, predicted], device)
+            for category, mask in masks.items():
+                if mask.any():
+                    results[f'{name}_{category}'] = scores[mask].mean().item()
+        return results
+
+    @staticmethod
+    def _best_trajectory(metric: FrameMetric, samples: torch.Tensor, gt: torch.Tensor, device) -> torch.Tensor:
+        """Per-frame scores ``[B, F]`` of each video's best trajectory (by its mean over frames)."""
+        scores = metric(samples, gt.unsqueeze(1), device).double()  # [B, n, F]
+        per_trajectory = scores.mean(dim=-1)
+        best = per_trajectory.argmax(dim=1) if metric.higher_is_better else per_trajectory.argmin(dim=1)
+        return scores[torch.arange(len(scores)), best]
+
+    def describe(self) -> dict:
+        info = super().describe()
+        info['scoring'] = {
+            'pixel': ('predicted frames; mean over frames; best trajectory per video; mean over videos; PSNR capped '
+                      f'at {MAX_PSNR:.2f} dB'),
+            'categories': ('<metric>_<category>: mean over the predicted frames of the category, pooled over '
+                           "videos, best trajectory; revisit: the dataset's revisit mask (a place last seen more "
+                           'than the short-term window ago); other: the remaining predicted frames'
+                           + (f'; frames_<a>-<b>: buckets of {self.bucket_size} frames' if self.bucket_size else '')),
+        }
+        info['sliding_window_baseline'] = self.sliding_window_baseline
+        return info

@@ -1,0 +1,176 @@
+"""The embedded long-context benchmark: the memory protocol, the sliding-window sampler, its YAML files."""
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+import far  # noqa: F401  (fills the registries)
+from far.experiment import load_experiment
+from far.metrics.memory import MemoryProtocol
+from far.models import FAR_Long
+from far.pipelines import FARPipeline
+from far.registry import PROTOCOLS
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / 'options' / 'long_context').glob('*.yml'))
+
+
+# ----- the protocol -----
+
+def synthetic_videos(errors):
+    """gt ``[2, 6, 3, 8, 8]`` and one trajectory off by the constant ``errors[f]`` in frame f (PSNR -20 log10 e)."""
+    gt = torch.full((2, 6, 3, 8, 8), 0.5)
+    offsets = torch.tensor(errors, dtype=torch.float32).view(2, 6, 1, 1, 1)
+    return (gt + offsets)[:, None], gt
+
+
+def test_metrics_are_split_by_the_revisit_mask():
+    # context 2, predicted 4; revisits get a near-perfect prediction (PSNR 40), the rest a bad one (PSNR 20)
+    revisit = torch.tensor([[0, 0, 1, 1, 0, 0],
+                            [0, 1, 0, 1, 1, 1]], dtype=torch.bool)
+    errors = [[0.1 if not r else 0.01 for r in row] for row in revisit.tolist()]
+    samples, gt = synthetic_videos(errors)
+    protocol = MemoryProtocol(context_length=2, unroll_length=4, metrics=['mse', 'psnr'], bucket_size=3)
+    results = protocol.evaluate(samples, gt, revisit)
+
+    assert results['psnr_revisit'] == pytest.approx(40.0, abs=1e-3)
+    assert results['psnr_other'] == pytest.approx(20.0, abs=1e-3)
+    assert results['mse_revisit'] == pytest.approx(1e-4, rel=1e-4)
+    assert results['mse_other'] == pytest.approx(1e-2, rel=1e-4)
+    # overall: per video the mean over its predicted frames (video 0: 2 of 4 revisits, video 1: 3 of 4)
+    assert results['psnr'] == pytest.approx(((20 + 20 + 40 + 40) / 4 + (20 + 40 + 40 + 40) / 4) / 2, abs=1e-3)
+    # buckets by absolute frame index: frames 2-4 and the last one, 5
+    assert results['psnr_frames_2-4'] == pytest.approx((40 + 40 + 20 + 20 + 40 + 40) / 6, abs=1e-3)
+    assert results['psnr_frames_5-5'] == pytest.approx((20 + 40) / 2, abs=1e-3)
+
+
+def test_context_frames_do_not_count_and_empty_categories_are_left_out():
+    revisit = torch.tensor([[1, 1, 0, 0, 0, 0]] * 2, dtype=torch.bool)  # revisits in the context only
+    samples, gt = synthetic_videos([[0.3, 0.3, 0.1, 0.1, 0.1, 0.1]] * 2)
+    results = MemoryProtocol(context_length=2, unroll_length=4, metrics=['psnr']).evaluate(samples, gt, revisit)
+    assert set(results) == {'psnr', 'psnr_other'}
+    assert results['psnr'] == pytest.approx(20.0, abs=1e-3)
+
+
+def test_an_exactly_repeated_frame_scores_the_psnr_cap():
+    revisit = torch.zeros(2, 6, dtype=torch.bool)
+    samples, gt = synthetic_videos([[0.1, 0.1, 0.0, 0.1, 0.1, 0.1]] * 2)  # frame 2 is exact
+    results = MemoryProtocol(context_length=2, unroll_length=4, metrics=['psnr']).evaluate(samples, gt, revisit)
+    assert results['psnr'] == pytest.approx((20 * math.log10(255) + 3 * 20) / 4, abs=1e-3)
+
+
+def test_categories_use_each_videos_best_trajectory():
+    revisit = torch.tensor([[0, 0, 1, 1, 0, 0]] * 2, dtype=torch.bool)
+    worse, gt = synthetic_videos([[0.1] * 6] * 2)
+    better, _ = synthetic_videos([[0.01, 0.01, 0.01, 0.01, 0.1, 0.1]] * 2)
+    results = MemoryProtocol(context_length=2, unroll_length=4, num_trajectories=2, metrics=['psnr']).evaluate(
+        torch.cat([worse, better], dim=1), gt, revisit)
+    assert results['psnr_revisit'] == pytest.approx(40.0, abs=1e-3)
+    assert results['psnr_other'] == pytest.approx(20.0, abs=1e-3)
+
+
+def test_bad_masks_and_options_are_refused():
+    samples, gt = synthetic_videos([[0.1] * 6] * 2)
+    protocol = MemoryProtocol(context_length=2, unroll_length=4, metrics=['psnr'])
+    with pytest.raises(ValueError, match=r'revisit must be a BoolTensor \[B, F\] = \[2, 6\]'):
+        protocol.evaluate(samples, gt, torch.zeros(2, 6))
+    with pytest.raises(ValueError, match='revisit must be'):
+        protocol.evaluate(samples, gt, torch.zeros(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match='teco_fvd'):
+        MemoryProtocol(metrics=['psnr', 'fvd'])
+    with pytest.raises(ValueError, match='sliding_window_baseline'):
+        MemoryProtocol(sliding_window_baseline=0)
+
+
+def test_the_protocol_is_registered_and_describes_itself():
+    protocol = PROTOCOLS.build({'type': 'memory', 'context_length': 32, 'unroll_length': 16,
+                                'metrics': ['psnr'], 'sliding_window_baseline': 8})
+    info = protocol.describe()
+    assert info['protocol'] == 'memory' and info['sliding_window_baseline'] == 8
+    assert info['context_frames'] == 32 and info['predicted_frames'] == 16
+    assert 'revisit' in info['scoring']['categories']
+    assert protocol.frame_fields == ('revisit', )
+
+
+# ----- the sliding-window sampler -----
+
+@pytest.fixture(scope='module')
+def pipeline():
+    torch.manual_seed(0)
+    model = FAR_Long(in_channels=4, out_channels=4, context_patch_size=2, num_layers=2, attention_head_dim=16,
+                     num_attention_heads=2, axes_dims_rope=[4, 6, 6], short_term_ctx_winsize=3,
+                     condition_cfg={'type': 'action', 'num_action_classes': 4}, condition_dropout=0.0).eval()
+    with torch.no_grad():  # the zero-initialised output layers would make every prediction equal
+        for parameter in model.parameters():
+            parameter.normal_(0, 0.2)
+    pipe = FARPipeline(transformer=model, vae=None, scheduler=FlowMatchEulerDiscreteScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def rollout_inputs(context_frames=5, new_frames=3):
+    generator = torch.Generator().manual_seed(1)
+    context = torch.randn(2, context_frames, 4, 4, 4, generator=generator)
+    noise = torch.randn(2, new_frames, 4, 4, 4, generator=generator)
+    actions = torch.randint(0, 4, (2, context_frames + new_frames), generator=generator)
+    return context, noise, actions
+
+
+# window 3 is the model's short-term window; window 5 also holds long-term frames
+@pytest.mark.parametrize('use_kv_cache,window', [(False, 3), (True, 3), (True, 5)])
+def test_sliding_window_equals_sampling_on_truncated_context(pipeline, use_kv_cache, window):
+    context, noise, actions = rollout_inputs()
+    steps = 3
+    windowed = pipeline.generate_latents(context, noise, {'action': actions}, num_inference_steps=steps,
+                                         use_kv_cache=use_kv_cache, context_window=window)
+
+    # by hand: each new frame from only the last window - 1 frames, numbered from 0
+    video = context
+    for i in range(noise.shape[1]):
+        start = video.shape[1] - (window - 1)
+        frame = pipeline.generate_latents(video[:, start:], noise[:, i:i + 1],
+                                          {'action': actions[:, start:video.shape[1] + 1]},
+                                          num_inference_steps=steps, use_kv_cache=use_kv_cache)[:, -1:]
+        video = torch.cat([video, frame], dim=1)
+    torch.testing.assert_close(windowed, video, rtol=0, atol=1e-5)
+
+
+def test_a_window_covering_the_video_changes_nothing_and_a_short_one_does(pipeline):
+    context, noise, actions = rollout_inputs()
+    kwargs = dict(conditions={'action': actions}, num_inference_steps=3)
+    full = pipeline.generate_latents(context, noise, **kwargs)
+    covering = pipeline.generate_latents(context, noise, context_window=context.shape[1] + noise.shape[1], **kwargs)
+    short = pipeline.generate_latents(context, noise, context_window=3, **kwargs)
+    torch.testing.assert_close(covering, full, rtol=0, atol=0)
+    assert not torch.allclose(short[:, 5:], full[:, 5:], atol=1e-3)
+    with pytest.raises(ValueError, match='context_window'):
+        pipeline.generate_latents(context, noise, context_window=0, **kwargs)
+
+
+# ----- the experiment files -----
+
+@pytest.mark.parametrize('config', CONFIGS, ids=[c.name for c in CONFIGS])
+def test_long_context_configs_validate_and_fit_together(config):
+    opt = load_experiment(str(config))
+    model, protocol = opt.model, opt.test.protocol
+    assert model['type'] == 'FAR_Long' and opt.datasets[opt.test.dataset]['split'] == 'test'
+    test_set = opt.datasets[opt.test.dataset]
+    assert protocol['context_length'] + protocol['unroll_length'] <= test_set['episode_length']
+    assert test_set['window'] == model['short_term_ctx_winsize']  # the revisit mask is relative to the window
+    if 'sliding_window_baseline' in protocol:
+        assert protocol['sliding_window_baseline'] == model['short_term_ctx_winsize']
+    if opt.trainer is not None:
+        assert opt.trainer['objective'].training_type == 'long_context'
+        assert opt.datasets['train']['window'] == model['short_term_ctx_winsize']
+
+
+def test_the_benchmark_rolls_out_beyond_the_training_length():
+    train = load_experiment(str(REPO / 'options' / 'long_context' / 'far_long_maze_memory.yml'))
+    rollout = load_experiment(str(REPO / 'options' / 'long_context' / 'far_long_maze_memory_rollout.yml'))
+    assert rollout.model == train.model and rollout.autoencoder == train.autoencoder
+    protocol = rollout.test.protocol
+    assert protocol['context_length'] + protocol['unroll_length'] >= 2 * train.datasets['train']['episode_length']
+    assert rollout.test.checkpoint.startswith(f'experiments/{train.name}/checkpoints/')
+    assert math.isclose(rollout.model['slope_scale'], 0.0)
