@@ -9,6 +9,7 @@ from .environment import environment_info
 from .fvd import FVD, frechet_distance
 from .i3d import InceptionI3d, load_i3d
 from .lpips import LPIPS, LPIPSMetric
+from .memory import MemoryProtocol
 from .pixel import MSE, PSNR, SSIM
 from .protocols import LatteProtocol, MCVDProtocol, Protocol, TECOProtocol
 from .video_io import mp4_round_trip, paired_mp4_round_trip
@@ -16,6 +17,6 @@ from .weights import MissingWeightsError, resolve_weights
 
 __all__ = [
     'FrameMetric', 'exact_math', 'environment_info', 'FVD', 'frechet_distance', 'InceptionI3d', 'load_i3d',
-    'LPIPS', 'LPIPSMetric', 'MSE', 'PSNR', 'SSIM', 'LatteProtocol', 'MCVDProtocol', 'Protocol', 'TECOProtocol',
+    'LPIPS', 'LPIPSMetric', 'MemoryProtocol', 'MSE', 'PSNR', 'SSIM', 'LatteProtocol', 'MCVDProtocol', 'Protocol', 'TECOProtocol',
     'mp4_round_trip', 'paired_mp4_round_trip', 'MissingWeightsError', 'resolve_weights',
 ]
