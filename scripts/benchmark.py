@@ -8,9 +8,10 @@ Suites (sizes as in the project's speed targets):
             4 layers, on 16 frames of 8x8x32 latents, batch 1, action-conditioned.
   generate  14 frames after 2 context frames, 10 Euler steps, action-conditioned, same model, without
             and with the KV cache.
-  long      rollouts of 64, 128 and 256 frames of a small FAR-Long (short-term window 16, 4x4 long-term
-            patches) with no cache, a single-level cache and the multi-level cache. ``--long-model base``
-            runs FAR-B-Long at 25 steps instead (for a GPU).
+  long      rollouts of 64, 128 and 256 frames from nothing, with no cache, a single-level cache and the
+            multi-level cache, of a small FAR-Long (1 layer, 1 head of 64, short-term window 16, 4x4
+            long-term patches, 4 steps: about 4 CPU-minutes for both implementations), or with
+            ``--long-model base`` of FAR-B-Long at 25 steps (for a GPU).
 
 The reference implementation (showlab/FAR) runs from a folder outside the project, in a child process
 (``scripts/bench_reference.py``): export it with
@@ -334,13 +335,13 @@ def parse_args(argv=None):
                         help='exported reference implementation (folder with far/models/far_model.py); '
                              'absent: only our numbers')
     parser.add_argument('--device', choices=('cpu', 'cuda'), default='cpu')
-    parser.add_argument('--repeats', type=int, default=5, help='timed runs per case and implementation')
-    parser.add_argument('--threads', type=int, default=1, help='intra-op threads of both implementations')
+    parser.add_argument('--repeats', type=int, default=5, help='timed runs per case and implementation (default 5)')
+    parser.add_argument('--threads', type=int, default=1, help='intra-op threads of both implementations (default 1)')
     parser.add_argument('--long-model', choices=sorted(LONG_MODELS), default='small',
                         help='small: a CPU-sized FAR-Long at 4 steps; base: FAR-B-Long at 25 steps (GPU)')
     parser.add_argument('--long-frames', default=','.join(map(str, LONG['frames'])),
                         help='rollout lengths of the long suite')
-    parser.add_argument('--long-repeats', type=int, default=1, help='timed runs per long rollout')
+    parser.add_argument('--long-repeats', type=int, default=1, help='timed runs per long rollout (default 1)')
     parser.add_argument('--profile', action='store_true', help='print our side\'s operator profile to stderr')
     args = parser.parse_args(argv)
 
@@ -353,10 +354,8 @@ def parse_args(argv=None):
         args.long_frames = [int(f) for f in args.long_frames.split(',')]
     except ValueError:
         parser.error(f'--long-frames must be comma-separated integers, got {args.long_frames!r}')
-    if min(args.long_frames) <= LONG['parity_frames']:
-        parser.error(f"--long-frames must each exceed {LONG['parity_frames']} (the warm-up rollout)")
-    if args.repeats < 1 or args.long_repeats < 1 or args.threads < 1:
-        parser.error('--repeats, --long-repeats and --threads must be >= 1')
+    if min(args.long_frames + [args.repeats, args.long_repeats, args.threads]) < 1:
+        parser.error('--long-frames, --repeats, --long-repeats and --threads must be >= 1')
     if args.reference_path is not None and not (args.reference_path / 'far' / 'models' / 'far_model.py').is_file():
         parser.error(f'--reference-path {args.reference_path}: no far/models/far_model.py there; export the '
                      'reference with: mkdir -p /tmp/far_ref && git -C <showlab/FAR clone> archive HEAD far options '
