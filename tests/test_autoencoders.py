@@ -6,6 +6,7 @@ from pathlib import Path
 import diffusers
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
 import far.models.autoencoders  # noqa: F401  (registers the autoencoders)
@@ -175,6 +176,23 @@ def test_identity_autoencoder_round_trip():
 
     plain = AUTOENCODERS.build({'type': 'IdentityAutoencoder'})
     torch.testing.assert_close(plain.encode(video), video * 2 - 1, rtol=0, atol=0)
+
+
+def test_identity_autoencoder_downsample_keeps_block_images_exactly():
+    ae = AUTOENCODERS.build({'type': 'IdentityAutoencoder', 'downsample': 8, 'pixel_unshuffle': 2})
+    assert (ae.latent_channels, ae.spatial_compression) == (12, 16)
+    cells = torch.randint(0, 256, (2, 3, 3, 4, 4)).float() / 255
+    blocks = cells.repeat_interleave(8, dim=-1).repeat_interleave(8, dim=-2)  # 32x32 frames of 8x8 blocks
+    latents = ae.encode(blocks)
+    assert latents.shape == (2, 3, 12, 2, 2)
+    torch.testing.assert_close(latents, F.pixel_unshuffle(cells.flatten(0, 1) * 2 - 1, 2).view(2, 3, 12, 2, 2))
+    torch.testing.assert_close(ae.decode(latents), blocks, rtol=0, atol=1e-6)
+    # other images come back as their block means
+    video = torch.rand(1, 1, 3, 32, 32)
+    means = F.avg_pool2d(video[0], 8).repeat_interleave(8, dim=-1).repeat_interleave(8, dim=-2)
+    torch.testing.assert_close(ae.decode(ae.encode(video))[0], means, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match='downsample must be >= 1'):
+        AUTOENCODERS.build({'type': 'IdentityAutoencoder', 'downsample': 0})
 
 
 def test_autoencoder_kl_from_a_local_folder(tmp_path):

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from far.data.maze_memory import MOVES, START_ACTION, MazeMemory, generate_samples, revisit_mask, trajectory
+from far.data.maze_memory import (MOVES, START_ACTION, MazeMemory, first_visit_mask, generate_samples, patrol,
+                                  render_views, revisit_mask, trajectory)
 from far.registry import DATASETS
 
 
@@ -15,10 +16,12 @@ def episodes(tmp_path_factory):
 def test_items_follow_the_dataset_contract(episodes):
     assert len(episodes) == 6
     item = episodes[2]
-    assert set(item) == {'video', 'action', 'revisit', 'index'} and item['index'] == 2
+    assert set(item) == {'video', 'action', 'revisit', 'first_visit', 'index'} and item['index'] == 2
     assert item['video'].shape == (96, 3, 32, 32) and item['video'].dtype == torch.float32
     assert item['action'].shape == (96,) and item['action'].dtype == torch.int64
     assert item['revisit'].shape == (96,) and item['revisit'].dtype == torch.bool
+    first_visit = item['first_visit']
+    assert first_visit.dtype == torch.bool and first_visit[0] and not (first_visit & item['revisit']).any()
     assert item['action'][0] == START_ACTION and set(item['action'].tolist()) <= set(MOVES)
 
 
@@ -44,6 +47,20 @@ def test_each_action_moves_the_view_by_one_cell(episodes):
             assert torch.equal(seen, expected), (i, t)
 
 
+def test_views_slide_by_one_cell_or_tile_rooms():
+    world = np.arange(6 * 6 * 3, dtype=np.uint8).reshape(6, 6, 3)  # every cell a different colour
+    # stride 1, view 3: the 3 x 3 cells centred on the position, black beyond the edge
+    sliding = render_views(world, [(0, 0), (1, 0), (2, 3)], view=3, resolution=3)
+    assert np.array_equal(sliding[1], np.concatenate([np.zeros((1, 3, 3), np.uint8), world[0:2, 0:3]]))
+    assert np.array_equal(sliding[2], world[2:5, 1:4])
+    # stride == view: position (x, y) shows room (x, y), cells [2y, 2y + 2) x [2x, 2x + 2), no overlap
+    rooms = render_views(world, [(0, 0), (1, 0), (2, 1)], view=2, resolution=4, stride=2)
+    assert rooms.shape == (3, 4, 4, 3)
+    assert np.array_equal(rooms[0, ::2, ::2], world[0:2, 0:2])
+    assert np.array_equal(rooms[1, ::2, ::2], world[0:2, 2:4])
+    assert np.array_equal(rooms[2, ::2, ::2], world[2:4, 4:6])
+
+
 def test_actions_replay_the_positions():
     for sample in generate_samples('test', 4, 96, 12, 4, 32, 8, seed=0):
         positions, actions = sample['json']['positions'], sample['json']['actions']
@@ -63,6 +80,7 @@ def test_revisit_mask_on_a_hand_built_trajectory():
     assert revisit_mask(positions, window=2).astype(int).tolist() == expected
     # window 4: d (t=5, last seen t=3) and c (t=6, last t=2) are recent; b (t=7, last t=1) and a (t=8, t=0) are not
     assert revisit_mask(positions, window=4).astype(int).tolist() == [0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0]
+    assert first_visit_mask(positions).astype(int).tolist() == [1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 0]
 
 
 def test_default_episodes_have_enough_long_term_revisits():
@@ -86,9 +104,31 @@ def test_trajectory_goes_out_and_comes_back():
     assert len(returns) >= 3 and len(actions) == len(positions) == 200
 
 
+def test_patrols_lap_a_block_and_repeat_with_the_period():
+    for sample in generate_samples('train', 8, 40, 8, 2, 16, 8, seed=0, stride=2, route='patrol', period=12):
+        frames, meta = sample['frames.npy'], sample['json']
+        positions = [tuple(p) for p in meta['positions']]
+        assert len(set(positions[:12])) == 12 and positions[12:] == positions[:-12]  # a lap of 12 distinct rooms
+        assert all(np.array_equal(frames[t], frames[t - 12]) for t in range(12, 40))
+        # neighbouring rooms share no cell (16 colours, 4 cells: equal by chance 1 time in 65536)
+        assert not any(np.array_equal(frames[t], frames[t - 1]) for t in range(1, 40))
+        assert meta['revisit'] == [t >= 12 for t in range(40)]  # period 12 > window 8: the second lap on
+        assert all(0 <= c < 8 for p in positions for c in p)
+    # every lap shape, start and direction fits in the grid
+    for seed in range(200):
+        positions, actions = patrol(np.random.default_rng(seed), grid=3, length=9, period=8)
+        assert all(0 <= c < 3 for p in positions for c in p) and positions[8] == positions[0]
+
+
 def test_registered_and_validated(tmp_path):
     ds = DATASETS.build({'type': 'MazeMemory', 'root': str(tmp_path), 'split': 'test', 'num_episodes': 2,
                          'episode_length': 64, 'window': 4})
     assert ds[1]['video'].shape == (64, 3, 32, 32)
     with pytest.raises(ValueError, match='divisible by view'):
         MazeMemory(root=str(tmp_path), split='test', num_episodes=2, view=5)
+    with pytest.raises(ValueError, match='patrol period must be even'):
+        MazeMemory(root=str(tmp_path), split='test', num_episodes=2, route='patrol', period=15)
+    with pytest.raises(ValueError, match=r'<= 4 \* \(grid - 1\) = 12'):
+        MazeMemory(root=str(tmp_path), split='test', num_episodes=2, route='patrol', period=16, grid=4)
+    with pytest.raises(ValueError, match='route must be'):
+        MazeMemory(root=str(tmp_path), split='test', num_episodes=2, route='loop')

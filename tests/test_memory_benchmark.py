@@ -46,6 +46,21 @@ def test_metrics_are_split_by_the_revisit_mask():
     assert results['psnr_frames_5-5'] == pytest.approx((20 + 40) / 2, abs=1e-3)
 
 
+def test_first_visits_are_scored_apart_when_the_mask_is_given():
+    revisit = torch.tensor([[0, 0, 1, 1, 0, 0]] * 2, dtype=torch.bool)
+    first_visit = torch.tensor([[1, 1, 0, 0, 1, 0]] * 2, dtype=torch.bool)  # frame 5: seen within the window
+    errors = [[0.1, 0.1, 0.01, 0.01, 0.1, 0.01]] * 2  # PSNR 20 on first visits, 40 on revisits and on frame 5
+    samples, gt = synthetic_videos(errors)
+    protocol = MemoryProtocol(context_length=2, unroll_length=4, metrics=['psnr'])
+    results = protocol.evaluate(samples, gt, revisit, first_visit)
+    assert results['psnr_first_visit'] == pytest.approx(20.0, abs=1e-3)
+    assert results['psnr_revisit'] == pytest.approx(40.0, abs=1e-3)
+    assert results['psnr_other'] == pytest.approx(30.0, abs=1e-3)  # frames 4 and 5
+    assert 'psnr_first_visit' not in protocol.evaluate(samples, gt, revisit)
+    with pytest.raises(ValueError, match='first_visit must be a BoolTensor'):
+        protocol.evaluate(samples, gt, revisit, first_visit.float())
+
+
 def test_context_frames_do_not_count_and_empty_categories_are_left_out():
     revisit = torch.tensor([[1, 1, 0, 0, 0, 0]] * 2, dtype=torch.bool)  # revisits in the context only
     samples, gt = synthetic_videos([[0.3, 0.3, 0.1, 0.1, 0.1, 0.1]] * 2)
@@ -91,7 +106,7 @@ def test_the_protocol_is_registered_and_describes_itself():
     assert info['protocol'] == 'memory' and info['sliding_window_baseline'] == 8
     assert info['context_frames'] == 32 and info['predicted_frames'] == 16
     assert 'revisit' in info['scoring']['categories']
-    assert protocol.frame_fields == ('revisit', )
+    assert protocol.frame_fields == ('revisit', 'first_visit')
 
 
 # ----- the sliding-window sampler -----
@@ -159,9 +174,8 @@ def test_long_context_configs_validate_and_fit_together(config):
     test_set = opt.datasets[opt.test.dataset]
     assert protocol['context_length'] + protocol['unroll_length'] <= test_set['episode_length']
     assert test_set['window'] == model['short_term_ctx_winsize']  # the revisit mask is relative to the window
-    if 'sliding_window_baseline' in protocol:
-        assert protocol['sliding_window_baseline'] == model['short_term_ctx_winsize']
     if opt.trainer is not None:
+        assert protocol['sliding_window_baseline'] == model['short_term_ctx_winsize']
         assert opt.trainer['objective'].training_type == 'long_context'
         assert opt.datasets['train']['window'] == model['short_term_ctx_winsize']
 
@@ -170,7 +184,11 @@ def test_the_benchmark_rolls_out_beyond_the_training_length():
     train = load_experiment(str(REPO / 'options' / 'long_context' / 'far_long_maze_memory.yml'))
     rollout = load_experiment(str(REPO / 'options' / 'long_context' / 'far_long_maze_memory_rollout.yml'))
     assert rollout.model == train.model and rollout.autoencoder == train.autoencoder
-    protocol = rollout.test.protocol
-    assert protocol['context_length'] + protocol['unroll_length'] >= 2 * train.datasets['train']['episode_length']
-    assert rollout.test.checkpoint.startswith(f'experiments/{train.name}/checkpoints/')
+    assert rollout.scheduler == train.scheduler
+    protocol, train_length = rollout.test.protocol, train.datasets['train']['episode_length']
+    assert protocol['context_length'] + protocol['unroll_length'] >= 2 * train_length
+    assert protocol['sliding_window_baseline'] == train_length  # the other remedy: the training length
+    assert rollout.test.checkpoint == f'experiments/{train.name}/checkpoints/checkpoint-{train.trainer["total_steps"]}'
     assert math.isclose(rollout.model['slope_scale'], 0.0)
+    world = ('route', 'period', 'grid', 'view', 'stride', 'resolution', 'window')
+    assert {k: rollout.datasets['test'][k] for k in world} == {k: train.datasets['train'][k] for k in world}

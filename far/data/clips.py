@@ -3,7 +3,7 @@
 An item is a dict: ``'video'`` float ``[T, 3, H, W]`` in [0, 1] or ``'latent'`` float ``[T, c, h, w]``
 (raw, unscaled autoencoder latents), ``'index'`` (position in the dataset) and, depending on the
 dataset, ``'label'`` (int), ``'action'`` (LongTensor ``[T]``, the action taken at each frame) and other
-per-frame fields (``'revisit'``: BoolTensor ``[T]``).
+per-frame fields (``'revisit'``, ``'first_visit'``: BoolTensor ``[T]``).
 
 A sample that cannot be read (corrupt file, truncated video, too few frames, missing metadata) is
 skipped with a counted warning on the ``far`` logger, or stops the run when the dataset is ``strict``.
@@ -29,7 +29,7 @@ logger = logging.getLogger('far')
 UNREADABLE = (OSError, ValueError, KeyError, EOFError, RuntimeError, av.FFmpegError, zipfile.BadZipFile,
               tarfile.TarError, pickle.UnpicklingError)
 
-PER_FRAME_FIELDS = ('action', 'revisit')
+PER_FRAME_FIELDS = ('action', 'revisit', 'first_visit')
 
 
 @dataclass
@@ -38,7 +38,7 @@ class Clip:
     frames: np.ndarray  # uint8 [T, H, W, 3] pixels, or float [T, c, h, w] raw latents when `latent`
     latent: bool = False
     label: Optional[int] = None
-    per_frame: Dict[str, np.ndarray] = field(default_factory=dict)  # 'action': int64 [T], 'revisit': bool [T]
+    per_frame: Dict[str, np.ndarray] = field(default_factory=dict)  # 'action': int64 [T], 'revisit': bool [T], ...
 
 
 @dataclass

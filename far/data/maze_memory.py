@@ -1,17 +1,23 @@
 """MazeMemory: an embedded long-context benchmark, procedurally generated, no download.
 
-A top-down world of ``grid`` x ``grid`` cells, each painted a random colour of a 16-colour palette (new
-colours every episode), seen through an egocentric window of ``view`` x ``view`` cells around the agent,
-rendered to ``resolution`` pixels. The agent moves one cell per frame, north, east, south or west (4
-actions, as DMLab). An episode is a series of excursions from a home cell: out along a fresh random path,
-then back along the same path. On the way back the agent sees places it left long before, so predicting
-those frames needs memory beyond a short-term window, while the way out shows new places (unpredictable
-beyond the parts still in view).
+A top-down world of cells, each painted a random colour of a 16-colour palette (new colours every
+episode), seen through an egocentric window of ``view`` x ``view`` cells, rendered to ``resolution``
+pixels. Each frame the agent moves north, east, south or west (4 actions, as DMLab) by ``stride`` cells:
+``stride: 1`` slides the view one cell (a scrolling maze), ``stride == view`` moves from room to room of a
+``grid`` x ``grid`` world of rooms, with nothing in common between neighbouring views. Two routes:
+
+* ``excursions``: out from a home cell along a fresh random path, then back along the same path, again
+  and again. On the way back the agent sees places it left long before, so predicting those frames needs
+  memory beyond a short-term window, while the way out shows new places.
+* ``patrol``: laps around a rectangular block of ``period`` moves (random size, start and direction).
+  From the second lap on every frame shows the place seen ``period`` frames before; with ``period``
+  longer than the short-term window only the long-term context holds it.
 
 Items carry ``'video'``, ``'action'`` (``action[t]`` is the move that produced frame ``t``; frame 0 carries
-``START_ACTION``) and ``'revisit'``: True where the frame's view position was seen before, more than
+``START_ACTION``), ``'revisit'``: True where the frame's view position was seen before, more than
 ``window`` frames ago and not within the last ``window`` frames, i.e. frames only predictable from
-long-term memory. Score long-context models on those frames.
+long-term memory (score long-context models on those frames), and ``'first_visit'``: True where the
+position was never seen before (frames no model can predict beyond what is still in view).
 
 On first use a split is rendered into ``root/<split>/shard-*.tar`` (lossless ``frames.npy``, positions in
 the json) and then read like every real dataset.
@@ -47,6 +53,16 @@ def revisit_mask(positions: Sequence[Tuple[int, int]], window: int) -> np.ndarra
     return mask
 
 
+def first_visit_mask(positions: Sequence[Tuple[int, int]]) -> np.ndarray:
+    """``[T]`` bool: position ``t`` was never visited before."""
+    seen = set()
+    mask = np.zeros(len(positions), bool)
+    for t, position in enumerate(map(tuple, positions)):
+        mask[t] = position not in seen
+        seen.add(position)
+    return mask
+
+
 def trajectory(rng: np.random.Generator, grid: int, length: int,
                window: int) -> Tuple[List[Tuple[int, int]], List[int]]:
     """Positions and actions of one episode: excursions of ``window`` to ``3 * window`` steps from a home cell,
@@ -72,28 +88,57 @@ def trajectory(rng: np.random.Generator, grid: int, length: int,
     return positions[:length], actions[:length]
 
 
-def render_views(world: np.ndarray, positions: Sequence[Tuple[int, int]], view: int, resolution: int) -> np.ndarray:
-    """uint8 ``[T, resolution, resolution, 3]``: the ``view`` x ``view`` cells around each position (the agent
-    in cell ``(view // 2, view // 2)``), black beyond the world's edge."""
+def patrol(rng: np.random.Generator, grid: int, length: int, period: int) -> Tuple[List[Tuple[int, int]], List[int]]:
+    """Positions and actions of laps around a ``w`` x ``h`` block with ``2 (w + h) = period``, from a random
+    corner of it, clockwise or not."""
+    half = period // 2
+    sizes = [(w, half - w) for w in range(1, half) if w < grid and half - w < grid]
+    w, h = sizes[rng.integers(len(sizes))]
+    lap = [1] * w + [2] * h + [3] * w + [0] * h  # clockwise from the north-west corner: east, south, west, north
+    if rng.integers(2):
+        lap = [2] * h + [1] * w + [0] * h + [3] * w
+    x, y = int(rng.integers(grid - w)), int(rng.integers(grid - h))
+    start = int(rng.integers(period))  # begin anywhere on the lap
+    for action in lap[:start]:
+        x, y = x + MOVES[action][0], y + MOVES[action][1]
+    lap = lap[start:] + lap[:start]
+    positions, actions = [(x, y)], [START_ACTION]
+    while len(positions) < length:
+        action = lap[(len(positions) - 1) % period]
+        x, y = x + MOVES[action][0], y + MOVES[action][1]
+        positions.append((x, y))
+        actions.append(action)
+    return positions, actions
+
+
+def render_views(world: np.ndarray, positions: Sequence[Tuple[int, int]], view: int, resolution: int,
+                 stride: int = 1) -> np.ndarray:
+    """uint8 ``[T, resolution, resolution, 3]``: the ``view`` x ``view`` cells around each position, black beyond
+    the world's edge. Position ``p`` is centred on cell ``p * stride + stride // 2`` (the agent in view cell
+    ``(view // 2, view // 2)``); with ``stride == view`` the views tile the world into rooms."""
     cell = resolution // view
     padded = np.zeros((world.shape[0] + 2 * view, world.shape[1] + 2 * view, 3), np.uint8)
     padded[view:-view, view:-view] = world
-    offset = view - view // 2
-    frames = [padded[y + offset:y + offset + view, x + offset:x + offset + view] for x, y in positions]
+    offset = view - view // 2 + stride // 2
+    frames = [padded[stride * y + offset:stride * y + offset + view, stride * x + offset:stride * x + offset + view]
+              for x, y in positions]
     return np.stack(frames).repeat(cell, axis=1).repeat(cell, axis=2)
 
 
 def generate_samples(split: str, num_episodes: int, episode_length: int, grid: int, view: int, resolution: int,
-                     window: int, seed: int) -> Iterator[Dict]:
+                     window: int, seed: int, stride: int = 1, route: str = 'excursions',
+                     period: int = 16) -> Iterator[Dict]:
     """The shard samples of one split; episode ``i`` depends only on ``(seed, split, i)``."""
     for i in range(num_episodes):
         rng = np.random.default_rng([seed, SPLIT_SEEDS[split], i])
-        world = PALETTE[rng.integers(len(PALETTE), size=(grid, grid))]  # indexed [y, x]
-        positions, actions = trajectory(rng, grid, episode_length, window)
+        world = PALETTE[rng.integers(len(PALETTE), size=(grid * stride, grid * stride))]  # indexed [y, x]
+        positions, actions = (trajectory(rng, grid, episode_length, window) if route == 'excursions' else
+                              patrol(rng, grid, episode_length, period))
         meta = {'num_frames': episode_length, 'actions': actions,
                 'revisit': revisit_mask(positions, window).tolist(),
+                'first_visit': first_visit_mask(positions).tolist(),
                 'positions': [list(p) for p in positions], 'source': 'MazeMemory'}
-        frames = render_views(world, positions, view, resolution)
+        frames = render_views(world, positions, view, resolution, stride)
         yield {'__key__': f'{split}-{i:06d}', 'frames.npy': frames, 'json': meta}
 
 
@@ -107,6 +152,9 @@ def MazeMemory(
     view: int = 4,
     resolution: int = 32,
     window: int = 8,
+    stride: int = 1,
+    route: Literal['excursions', 'patrol'] = 'excursions',
+    period: int = 16,
     seed: int = 0,
     episodes_per_shard: int = 64,
     num_samples: Optional[int] = None,
@@ -119,22 +167,32 @@ def MazeMemory(
 ) -> Union[ClipDataset, ShardStream]:
     """Action-conditioned episodes of a partially observed world, rendered once into ``root/<split>``.
 
-    ``num_episodes`` defaults to 256 for train and 32 for val/test. Items are whole episodes: ``'video'``
+    ``num_episodes`` defaults to 256 for train and 32 for val/test; ``period`` is the lap length of the
+    ``patrol`` route (even, at least 4). Items are whole episodes: ``'video'``
     ``[episode_length, 3, resolution, resolution]``, ``'action'``, ``'revisit'`` (relative to the short-term
-    ``window``), ``'index'``. Reading keys as ``far.data.layouts.video_dataset``.
+    ``window``), ``'first_visit'``, ``'index'``. Reading keys as ``far.data.layouts.video_dataset``.
     """
     num_episodes = DEFAULT_NUM_EPISODES[split] if num_episodes is None else num_episodes
     if resolution % view or num_episodes < 1 or episode_length < 2 or window < 1 or grid < 2:
         raise ValueError(f'MazeMemory: need resolution divisible by view ({resolution}, {view}), num_episodes >= 1, '
                          f'episode_length >= 2, window >= 1 and grid >= 2')
+    if stride < 1:
+        raise ValueError(f'MazeMemory: stride must be >= 1 cell, got {stride}')
+    if route not in ('excursions', 'patrol'):
+        raise ValueError(f"MazeMemory: route must be 'excursions' or 'patrol', got {route!r}")
+    if route == 'patrol' and (period < 4 or period % 2 or period > 4 * (grid - 1)):
+        raise ValueError(f'MazeMemory: a patrol period must be even, >= 4 and <= 4 * (grid - 1) = {4 * (grid - 1)} '
+                         f'(a lap around a block inside the grid), got {period}')
     params = dict(num_episodes=num_episodes, episode_length=episode_length, grid=grid, view=view,
-                  resolution=resolution, window=window, seed=seed, episodes_per_shard=episodes_per_shard)
+                  resolution=resolution, window=window, stride=stride, route=route, period=period, seed=seed,
+                  episodes_per_shard=episodes_per_shard)
     out_dir = Path(root) / split
     write_generated_split(
         out_dir, {'dataset': 'MazeMemory', **params},
-        lambda: generate_samples(split, num_episodes, episode_length, grid, view, resolution, window, seed),
+        lambda: generate_samples(split, num_episodes, episode_length, grid, view, resolution, window, seed, stride,
+                                 route, period),
         episodes_per_shard)
     return video_dataset(split, episode_length, shards=str(out_dir), num_samples=num_samples, streaming=streaming,
                          shuffle_buffer=shuffle_buffer, samples_per_epoch=samples_per_epoch, strict=strict,
-                         rank=rank, world_size=world_size, dataset='MazeMemory', fields=('action', 'revisit'),
+                         rank=rank, world_size=world_size, dataset='MazeMemory', fields=('action', 'revisit', 'first_visit'),
                          pad_short=False)

@@ -7,7 +7,7 @@ tars named ``shard-%06d.tar``; the files of one sample share a key (webdataset c
 - ``{key}.frames.npy``: uint8 ``[T, H, W, 3]`` (generated datasets, where lossless frames matter), or
 - ``{key}.latent.npy``: float16/float32 raw, unscaled latents ``[T, c, h, w]``;
 - always ``{key}.json``: ``{"num_frames": T, "label": int?, "actions": [int]*T?, "source": str?, ...}``
-  (per-frame ``"revisit": [bool]*T`` for MazeMemory; other fields are ignored).
+  (per-frame ``"revisit"`` and ``"first_visit": [bool]*T`` for MazeMemory; other fields are ignored).
 
 Two readers: ``ShardIndex`` reads samples by position from the tar headers' offsets (fixed order, for
 evaluation and map-style training) and ``ShardStream`` reads shards sequentially (training at scale).
@@ -37,7 +37,8 @@ from far.data.video import decode_video
 
 SHARD_NAME = 'shard-%06d.tar'
 FRAME_MEMBERS = ('mp4', 'frames.npy', 'latent.npy')
-PER_FRAME_JSON = {'actions': ('action', np.int64), 'revisit': ('revisit', np.bool_)}  # json key -> item field
+PER_FRAME_JSON = {'actions': ('action', np.int64), 'revisit': ('revisit', np.bool_),  # json key -> item field
+                  'first_visit': ('first_visit', np.bool_)}
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 TECO-style prediction (the first ``context_length`` frames of each video as context, the next
 ``unroll_length`` frames predicted, pixel metrics on predicted frames) on videos whose items carry a
 per-frame ``revisit`` mask, such as ``far.data.maze_memory``: True where the frame shows a place last
-seen more than a short-term window ago, i.e. a frame only a model with long-term memory can predict.
+seen more than a short-term window ago, i.e. a frame only a model with long-term memory can predict, and
+optionally a ``first_visit`` mask: places never seen before, which no model can predict.
 
 Every metric is reported over all predicted frames (per frame -> mean over frames -> best trajectory
 per video -> mean over videos, as in the other protocols), and averaged over the predicted frames of
@@ -11,6 +12,7 @@ each category, pooled over videos, for that same best trajectory:
 
 * ``<metric>_revisit``: frames where ``revisit`` is True;
 * ``<metric>_other``: every other predicted frame (new places, and places seen within the window);
+* ``<metric>_first_visit``: frames where ``first_visit`` is True (a subset of ``other``), when given;
 * ``<metric>_frames_<a>-<b>``: frames ``a..b`` (absolute indices), in buckets of ``bucket_size``,
   to follow quality along a roll-out.
 
@@ -60,7 +62,7 @@ class MemoryProtocol(Protocol):
     """
 
     name = 'memory'
-    frame_fields = ('revisit',)  # per-frame dataset fields that `evaluate` takes
+    frame_fields = ('revisit', 'first_visit')  # per-frame dataset fields that `evaluate` takes
 
     def __init__(self, context_length: int = 32, unroll_length: int = 16, num_trajectories: int = 1,
                  num_videos: Optional[int] = None, every: int = 1, seeds: Sequence[int] = (0, ),
@@ -82,10 +84,13 @@ class MemoryProtocol(Protocol):
             self._frame_metrics['psnr'] = CappedPSNR(batch_size=frame_batch_size)
         self.sliding_window_baseline, self.bucket_size = sliding_window_baseline, bucket_size
 
-    def frame_masks(self, revisit: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def frame_masks(self, revisit: torch.Tensor,
+                    first_visit: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """The scored categories as masks ``[B, unroll_length]`` over the predicted frames."""
         predicted = revisit[:, self.context_length:]
         masks = {'revisit': predicted, 'other': ~predicted}
+        if first_visit is not None:
+            masks['first_visit'] = first_visit[:, self.context_length:]
         if self.bucket_size is not None:
             frames = self.context_length + self.unroll_length
             for start in range(self.context_length, frames, self.bucket_size):
@@ -97,14 +102,16 @@ class MemoryProtocol(Protocol):
 
     @torch.no_grad()
     def evaluate(self, samples: torch.Tensor, gt: torch.Tensor, revisit: torch.Tensor,
+                 first_visit: Optional[torch.Tensor] = None,
                  device: Optional[Union[str, torch.device]] = None) -> Dict[str, float]:
-        """Scores of one seed: ``samples [B,n,F,3,H,W]``, ``gt [B,F,3,H,W]`` in [0,1] and ``revisit`` BoolTensor
-        ``[B,F]`` -> ``{metric: value, metric_revisit: value, metric_other: value, ...}``."""
-        if revisit.dtype != torch.bool or tuple(revisit.shape) != tuple(gt.shape[:2]):
-            raise ValueError(f'memory protocol: revisit must be a BoolTensor [B, F] = {list(gt.shape[:2])}, '
-                             f'got {revisit.dtype} {list(revisit.shape)}')
+        """Scores of one seed: ``samples [B,n,F,3,H,W]``, ``gt [B,F,3,H,W]`` in [0,1], ``revisit`` and optionally
+        ``first_visit`` BoolTensors ``[B,F]`` -> ``{metric: value, metric_revisit: value, metric_other: value, ...}``."""
+        for name, mask in (('revisit', revisit), ('first_visit', first_visit)):
+            if mask is not None and (mask.dtype != torch.bool or tuple(mask.shape) != tuple(gt.shape[:2])):
+                raise ValueError(f'memory protocol: {name} must be a BoolTensor [B, F] = {list(gt.shape[:2])}, '
+                                 f'got {mask.dtype} {list(mask.shape)}')
         results = super().evaluate(samples, gt, device)
-        masks = self.frame_masks(revisit.cpu())
+        masks = self.frame_masks(revisit.cpu(), None if first_visit is None else first_visit.cpu())
         predicted = slice(self.context_length, None)
         for name, metric in self._frame_metrics.items():
             scores = self._best_trajectory(metric, samples[:, :, predicted], gt[:, predicted], device)
@@ -128,7 +135,8 @@ class MemoryProtocol(Protocol):
                       f'at {MAX_PSNR:.2f} dB'),
             'categories': ('<metric>_<category>: mean over the predicted frames of the category, pooled over '
                            "videos, best trajectory; revisit: the dataset's revisit mask (a place last seen more "
-                           'than the short-term window ago); other: the remaining predicted frames'
+                           'than the short-term window ago); other: the remaining predicted frames; first_visit: '
+                           "the dataset's first_visit mask (places never seen before), a subset of other"
                            + (f'; frames_<a>-<b>: buckets of {self.bucket_size} frames' if self.bucket_size else '')),
         }
         info['sliding_window_baseline'] = self.sliding_window_baseline

@@ -253,22 +253,32 @@ class KLAutoencoder(LatentAutoencoder):
 @AUTOENCODERS.register()
 class IdentityAutoencoder(LatentAutoencoder):
     """Pixel space: frames mapped to [-1, 1] and, with ``pixel_unshuffle: r``, folded losslessly into
-    ``in_channels * r * r`` channels at ``1/r`` the resolution. Scaling factor 1."""
+    ``in_channels * r * r`` channels at ``1/r`` the resolution. Scaling factor 1.
+
+    ``downsample: k`` first averages ``k`` x ``k`` pixel blocks (decoding repeats each value over its block):
+    lossless for frames made of constant ``k`` x ``k`` blocks, such as MazeMemory's cells, where it keeps one
+    value per colour channel instead of ``k * k`` copies of it."""
 
     scaling_factor = 1.0
 
-    def __init__(self, in_channels: int = 3, pixel_unshuffle: int = 1):
+    def __init__(self, in_channels: int = 3, pixel_unshuffle: int = 1, downsample: int = 1):
         super().__init__(slicing=None)
-        if in_channels < 1 or pixel_unshuffle < 1:
-            raise ValueError(f'IdentityAutoencoder: in_channels and pixel_unshuffle must be >= 1, '
-                             f'got {in_channels} and {pixel_unshuffle}')
+        if in_channels < 1 or pixel_unshuffle < 1 or downsample < 1:
+            raise ValueError(f'IdentityAutoencoder: in_channels, pixel_unshuffle and downsample must be >= 1, '
+                             f'got {in_channels}, {pixel_unshuffle} and {downsample}')
         self.in_channels = in_channels
-        self.spatial_compression = pixel_unshuffle
+        self.downsample, self.unshuffle = downsample, pixel_unshuffle
+        self.spatial_compression = downsample * pixel_unshuffle
         self.latent_channels = in_channels * pixel_unshuffle ** 2
         self._freeze()
 
     def _encode(self, frames):
-        return F.pixel_unshuffle(frames, self.spatial_compression)
+        if self.downsample > 1:
+            frames = F.avg_pool2d(frames, self.downsample)
+        return F.pixel_unshuffle(frames, self.unshuffle)
 
     def _decode(self, latents):
-        return F.pixel_shuffle(latents, self.spatial_compression)
+        frames = F.pixel_shuffle(latents, self.unshuffle)
+        if self.downsample > 1:
+            frames = F.interpolate(frames, scale_factor=self.downsample, mode='nearest')
+        return frames
