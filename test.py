@@ -7,7 +7,8 @@ Loads `test.checkpoint` (the experiment's newest checkpoint by default, EMA weig
 `test.use_ema: false`; or a checkpoint folder, a save_pretrained folder, or a raw state dict such as a
 released FAR model), samples the protocol's videos and writes the videos and results.json (metrics,
 for prediction the copy-last-frame baseline, and the sliding-window baseline when the protocol asks for
-it) to experiments/<name>/results/<weights>/.
+it) to experiments/<name>/results/<weights>/, or to <weights>-2, -3, ... when earlier results are there (an
+evaluation never overwrites another).
 """
 import argparse
 import json
@@ -56,6 +57,15 @@ def result_tag(source: Path, weights: Path) -> str:
     return source.stem if source.is_file() else source.name
 
 
+def fresh_folder(path: Path) -> Path:
+    """``path``, or the first of ``path-2``, ``path-3``, ... that does not exist yet."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f'{path.name}-{n}')
+    return candidate
+
+
 def test(args):
     """Evaluate as the YAML file says; returns the results (on the main process, None elsewhere)."""
     opt = load_experiment(args.opt, args.overrides)
@@ -65,7 +75,8 @@ def test(args):
     accelerator = make_accelerator(opt.mixed_precision)
     folder = Path(args.root) / opt.name
     source = weights_source(opt, args.opt, folder)
-    out = folder / 'results' / result_tag(source, resolve_weights(source, topt.use_ema))
+    out = fresh_folder(folder / 'results' / result_tag(source, resolve_weights(source, topt.use_ema)))
+    accelerator.wait_for_everyone()  # every process chose the folder before the main one creates it
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / 'options.yml').write_text(yaml.safe_dump(to_dict(opt), sort_keys=False))

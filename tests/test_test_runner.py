@@ -44,6 +44,19 @@ def test_test_py_writes_results_and_videos(tmp_path, random_weights):
     assert (out / 'test.log').is_file() and (out / 'options.yml').is_file()
 
 
+def test_a_second_evaluation_never_overwrites_the_first(tmp_path, random_weights):
+    args = ('test.py', '-opt', str(DEMO), *TINY, 'name=eval', f'test.checkpoint={random_weights}')
+    first = run(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    results = tmp_path / 'experiments' / 'eval' / 'results'
+    before = (results / 'random_far' / 'results.json').read_text()
+    second = run(*args, 'test.protocol.unroll_length=2', cwd=tmp_path)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert (results / 'random_far' / 'results.json').read_text() == before
+    assert json.loads((results / 'random_far-2' / 'results.json').read_text())['protocol']['predicted_frames'] == 2
+    assert 'wrote experiments/eval/results/random_far-2/results.json' in second.stdout + second.stderr
+
+
 def test_latest_without_checkpoint_says_what_to_do(tmp_path):
     result = run('test.py', '-opt', str(DEMO), *TINY, 'name=untrained', cwd=tmp_path)
     assert result.returncode == 1
