@@ -39,7 +39,13 @@ def parse_args(argv=None):
 
 def weights_source(opt, file: str, folder: Path) -> Path:
     if opt.test.checkpoint != 'latest':
-        return Path(opt.test.checkpoint)
+        source = Path(opt.test.checkpoint)
+        if not source.exists():
+            hint = ('download the released checkpoints with `python3 scripts/download.py --what models`'
+                    if 'pretrained_models' in source.parts else 'train first')
+            raise OptionError(file, 'test.checkpoint', f'{source} does not exist: {hint}, or name an existing '
+                              'checkpoint folder, save_pretrained folder or .pth/.safetensors state dict')
+        return source
     latest = latest_checkpoint(folder / 'checkpoints')
     if latest is None:
         raise OptionError(file, 'test.checkpoint', f"'latest', but {folder / 'checkpoints'} holds no checkpoint: train "
@@ -86,7 +92,10 @@ def test(args):
     set_seed(opt.seed)
     with building(args.opt, 'model'):
         model = opt.build_model()
-    weights = load_weights(model, source, topt.use_ema)
+    try:
+        weights = load_weights(model, source, topt.use_ema)
+    except (ValueError, FileNotFoundError) as error:
+        raise OptionError(args.opt, 'test.checkpoint', str(error)) from None
     logger.info(f'{args.opt}: evaluating {weights} on {accelerator.num_processes} process(es) ({accelerator.device})')
     model.to(accelerator.device).eval()
     with building(args.opt, 'autoencoder'):

@@ -66,10 +66,11 @@ class ExperimentOptions:
 
 @contextlib.contextmanager
 def building(file: str, key: str):
-    """A constructor's own check of its YAML arguments becomes an OptionError naming the file and the block."""
+    """A constructor's own check of its YAML arguments (or a file it names that cannot be read) becomes an
+    OptionError naming the file and the block."""
     try:
         yield
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, OSError) as error:
         raise OptionError(file, key, str(error)) from error
 
 

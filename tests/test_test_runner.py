@@ -57,6 +57,20 @@ def test_a_second_evaluation_never_overwrites_the_first(tmp_path, random_weights
     assert 'wrote experiments/eval/results/random_far-2/results.json' in second.stdout + second.stderr
 
 
+def test_missing_or_unfit_weights_are_option_errors(tmp_path):
+    missing = 'experiments/pretrained_models/FAR_Models/FAR_B.pth'
+    result = run('test.py', '-opt', str(DEMO), *TINY, 'name=eval', f'test.checkpoint={missing}', cwd=tmp_path)
+    assert result.returncode == 1 and 'Traceback' not in result.stderr
+    assert (f'error: {DEMO}: test.checkpoint: {missing} does not exist: download the released checkpoints with '
+            '`python3 scripts/download.py --what models`') in result.stderr
+    other = tmp_path / 'other.pth'
+    torch.save({'proj_out.weight': torch.zeros(3, 3)}, other)
+    result = run('test.py', '-opt', str(DEMO), *TINY, 'name=eval', f'test.checkpoint={other}', cwd=tmp_path)
+    assert result.returncode == 1 and 'Traceback' not in result.stderr
+    assert f'error: {DEMO}: test.checkpoint: {other} does not fit the model built from the YAML `model` block' in (
+        result.stderr)
+
+
 def test_latest_without_checkpoint_says_what_to_do(tmp_path):
     result = run('test.py', '-opt', str(DEMO), *TINY, 'name=untrained', cwd=tmp_path)
     assert result.returncode == 1
