@@ -1,4 +1,5 @@
 """The embedded long-context benchmark: the memory protocol, the sliding-window sampler, its YAML files."""
+import json
 import math
 from pathlib import Path
 
@@ -192,3 +193,26 @@ def test_the_benchmark_rolls_out_beyond_the_training_length():
     assert math.isclose(rollout.model['slope_scale'], 0.0)
     world = ('route', 'period', 'grid', 'view', 'stride', 'resolution', 'window')
     assert {k: rollout.datasets['test'][k] for k in world} == {k: train.datasets['train'][k] for k in world}
+
+
+# ----- the benchmark end to end, shrunk to seconds -----
+
+def test_the_benchmark_trains_and_scores_revisits_and_first_visits(tmp_path):
+    from test_train import run
+    config = str(REPO / 'options' / 'long_context' / 'far_long_maze_memory.yml')
+    shrink = ['model.num_layers=1', 'trainer.total_steps=4', 'trainer.batch_size=2', 'trainer.log.every=2',
+              'trainer.checkpoint.every=4', 'datasets.train.num_episodes=4', 'datasets.test.num_episodes=2',
+              'datasets.train.episode_length=20', 'datasets.test.episode_length=20', 'datasets.train.period=12',
+              'datasets.test.period=12', 'test.protocol.context_length=6', 'test.protocol.unroll_length=14',
+              'test.protocol.metrics=[psnr]', 'test.num_inference_steps=2']
+    trained = run('train.py', '-opt', config, *shrink, cwd=tmp_path)
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    tested = run('test.py', '-opt', config, *shrink, cwd=tmp_path)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    results = json.loads((tmp_path / 'experiments/far_long_maze_memory/results/checkpoint-4-ema/results.json')
+                         .read_text())
+    # frames 6-11 finish the first lap (new rooms), 12-19 come back to rooms 12 frames before
+    for scores in (results['metrics'], results['sliding_window'], results['copy_last_frame']):
+        assert {'psnr', 'psnr_revisit', 'psnr_first_visit', 'psnr_other'} <= set(scores)
+    assert results['protocol']['sliding_window_baseline'] == 8
+    assert (tmp_path / 'datasets/maze_memory_patrol/test').is_dir()
