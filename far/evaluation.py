@@ -2,17 +2,16 @@
 
 Videos are cut into batches before they are shared out over the ranks, and every (video, trajectory)
 draws its noise from its own generator: the samples, and so the metrics, do not depend on the number
-of processes. Samples are gathered once; metrics are computed on the main process.
+of processes. Samples are gathered once, to the main process, which computes the metrics.
 """
 import functools
 import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from accelerate.utils import gather_object
 from torch.utils.data import default_collate
 
-from far.utils.distributed import generator_for, split_batches
+from far.utils.distributed import gather_to_main, generator_for, split_batches
 from far.utils.logger import Progress
 from far.utils.video import save_videos
 
@@ -41,12 +40,13 @@ def copy_last_frame(gt: torch.Tensor, context_length: int) -> torch.Tensor:
 def sample_videos(pipeline, dataset, indices: Sequence[int], context_length: int, unroll_length: int,
                   accelerator, seed: int, num_trajectories: int = 1, batch_size: int = 8,
                   num_inference_steps: int = 25, guidance_scale: float = 1.0, use_kv_cache: bool = True,
-                  name: str = 'sampling', context_window: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+                  name: str = 'sampling',
+                  context_window: Optional[int] = None) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Predict ``dataset[indices]`` from their first ``context_length`` frames, on every rank its share.
 
-    Returns (on every rank) samples ``[B, n, F, 3, H, W]`` and ground truth ``[B, F, 3, H, W]`` in [0, 1],
-    F = context + unroll, in the order of ``indices``; ``batch_size`` counts videos (each with its n
-    trajectories). Trajectory k of video i starts from noise seeded by ``(seed, i, k)``. ``context_window``:
+    Returns, on the main process (``(None, None)`` elsewhere), samples ``[B, n, F, 3, H, W]`` and ground truth
+    ``[B, F, 3, H, W]`` in [0, 1], F = context + unroll, in the order of ``indices``; ``batch_size`` counts
+    videos (each with its n trajectories). Trajectory k of video i starts from noise seeded by ``(seed, i, k)``. ``context_window``:
     sample with the pipeline's sliding window of that many frames.
     """
     num_frames = context_length + unroll_length
@@ -73,7 +73,10 @@ def sample_videos(pipeline, dataset, indices: Sequence[int], context_length: int
             context_window=context_window, batch_size=len(generators), height=gt.shape[-2], width=gt.shape[-1])
         results.append((number, video.float().cpu().unflatten(0, (len(batch_indices), num_trajectories)), gt))
         logger.info(f'{name}: batch {done}/{len(mine)} on this process, {progress(done, "batch")}')
-    results = sorted(gather_object(results), key=lambda r: r[0])
+    results = gather_to_main(results, accelerator)
+    if results is None:
+        return None, None
+    results = sorted(results, key=lambda r: r[0])
     return torch.cat([r[1] for r in results]), torch.cat([r[2] for r in results])
 
 

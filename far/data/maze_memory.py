@@ -95,7 +95,7 @@ def patrol(rng: np.random.Generator, grid: int, length: int, period: int) -> Tup
     sizes = [(w, half - w) for w in range(1, half) if w < grid and half - w < grid]
     w, h = sizes[rng.integers(len(sizes))]
     lap = [1] * w + [2] * h + [3] * w + [0] * h  # clockwise from the north-west corner: east, south, west, north
-    if rng.integers(2):
+    if rng.integers(2):  # anticlockwise: south, east, north, west
         lap = [2] * h + [1] * w + [0] * h + [3] * w
     x, y = int(rng.integers(grid - w)), int(rng.integers(grid - h))
     start = int(rng.integers(period))  # begin anywhere on the lap

@@ -5,7 +5,7 @@ resumed run draws exactly what an uninterrupted one would, and sampled videos do
 number of processes.
 """
 import os
-from typing import Iterator, List, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -86,3 +86,13 @@ def split_batches(items: Sequence, batch_size: int, num_replicas: int, rank: int
     content (and any batched computation on them) is the same for every number of processes."""
     batches = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
     return [(i, batch) for i, batch in enumerate(batches) if i % num_replicas == rank]
+
+
+def gather_to_main(items: list, accelerator) -> Optional[list]:
+    """The concatenation of every process's ``items`` on the main process (None elsewhere): only the main
+    process, which scores them, ever holds everyone's samples."""
+    if accelerator.num_processes == 1:
+        return list(items)
+    gathered = [None] * accelerator.num_processes if accelerator.is_main_process else None
+    torch.distributed.gather_object(items, gathered, dst=0)
+    return [item for part in gathered for item in part] if accelerator.is_main_process else None
