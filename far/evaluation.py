@@ -46,8 +46,8 @@ def sample_videos(pipeline, dataset, indices: Sequence[int], context_length: int
 
     Returns, on the main process (``(None, None)`` elsewhere), samples ``[B, n, F, 3, H, W]`` and ground truth
     ``[B, F, 3, H, W]`` in [0, 1], F = context + unroll, in the order of ``indices``; ``batch_size`` counts
-    videos (each with its n trajectories). Trajectory k of video i starts from noise seeded by ``(seed, i, k)``. ``context_window``:
-    sample with the pipeline's sliding window of that many frames.
+    videos (each with its n trajectories). Trajectory k of video i starts from noise seeded by ``(seed, i, k)``.
+    ``context_window``: sample with the pipeline's sliding window of that many frames.
     """
     num_frames = context_length + unroll_length
     model = pipeline.transformer

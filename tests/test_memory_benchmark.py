@@ -13,6 +13,7 @@ from far.metrics.memory import MemoryProtocol
 from far.models import FAR_Long
 from far.pipelines import FARPipeline
 from far.registry import PROTOCOLS
+from test_train import run
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / 'options' / 'long_context').glob('*.yml'))
@@ -198,7 +199,6 @@ def test_the_benchmark_rolls_out_beyond_the_training_length():
 # ----- the benchmark end to end, shrunk to seconds -----
 
 def test_the_benchmark_trains_and_scores_revisits_and_first_visits(tmp_path):
-    from test_train import run
     config = str(REPO / 'options' / 'long_context' / 'far_long_maze_memory.yml')
     shrink = ['model.num_layers=1', 'trainer.total_steps=4', 'trainer.batch_size=2', 'trainer.log.every=2',
               'trainer.checkpoint.every=4', 'datasets.train.num_episodes=4', 'datasets.test.num_episodes=2',

@@ -194,5 +194,5 @@ def MazeMemory(
         episodes_per_shard)
     return video_dataset(split, episode_length, shards=str(out_dir), num_samples=num_samples, streaming=streaming,
                          shuffle_buffer=shuffle_buffer, samples_per_epoch=samples_per_epoch, strict=strict,
-                         rank=rank, world_size=world_size, dataset='MazeMemory', fields=('action', 'revisit', 'first_visit'),
-                         pad_short=False)
+                         rank=rank, world_size=world_size, dataset='MazeMemory',
+                         fields=('action', 'revisit', 'first_visit'), pad_short=False)

@@ -105,7 +105,7 @@ class MemoryProtocol(Protocol):
                  first_visit: Optional[torch.Tensor] = None,
                  device: Optional[Union[str, torch.device]] = None) -> Dict[str, float]:
         """Scores of one seed: ``samples [B,n,F,3,H,W]``, ``gt [B,F,3,H,W]`` in [0,1], ``revisit`` and optionally
-        ``first_visit`` BoolTensors ``[B,F]`` -> ``{metric: value, metric_revisit: value, metric_other: value, ...}``."""
+        ``first_visit`` BoolTensors ``[B,F]`` -> ``{metric: value, metric_revisit: value, ...}``."""
         for name, mask in (('revisit', revisit), ('first_visit', first_visit)):
             if mask is not None and (mask.dtype != torch.bool or tuple(mask.shape) != tuple(gt.shape[:2])):
                 raise ValueError(f'memory protocol: {name} must be a BoolTensor [B, F] = {list(gt.shape[:2])}, '
