@@ -1,14 +1,14 @@
-"""Evaluate a FAR model with the `test:` section of an experiment YAML file.
+"""Evaluate a video model with the `test:` section of an experiment YAML file.
 
     python test.py -opt options/demo/far_moving_shapes.yml [key.path=value ...]
     accelerate launch --multi_gpu --num_processes 2 test.py -opt ...   # samples split over processes
 
 Loads `test.checkpoint` (the experiment's newest checkpoint by default, EMA weights unless
 `test.use_ema: false`; or a checkpoint folder, a save_pretrained folder, or a raw state dict such as a
-released FAR model), samples the protocol's videos and writes the videos and results.json (metrics,
-for prediction the copy-last-frame baseline, and the sliding-window baseline when the protocol asks for
-it) to experiments/<name>/results/<weights>/, or to <weights>-2, -3, ... when earlier results are there (an
-evaluation never overwrites another).
+released FAR model), samples the protocol's videos with `test.sampler` and writes the videos and
+results.json (metrics, for prediction the copy-last-frame baseline, and the baselines the protocol makes with
+the same sampler, such as a sliding window) to experiments/<name>/results/<weights>/, or to <weights>-2, -3,
+... when earlier results are there (an evaluation never overwrites another).
 """
 import argparse
 import json
@@ -22,7 +22,7 @@ from far.evaluation import evaluate
 from far.experiment import building, load_experiment, require
 from far.metrics import environment_info
 from far.options import OptionError, to_dict
-from far.pipelines import FARPipeline
+from far.pipelines import build_sampler
 from far.registry import PROTOCOLS
 from far.utils.checkpoints import latest_checkpoint, load_weights, resolve_weights
 from far.utils.distributed import LaunchError, make_accelerator
@@ -104,27 +104,24 @@ def test(args):
         dataset = opt.build_dataset(topt.dataset)  # the first use of a dataset may write it to disk
     with building(args.opt, 'test.protocol'):
         protocol = PROTOCOLS.build(topt.protocol)
-    pipeline = FARPipeline(transformer=model, vae=autoencoder, scheduler=opt.scheduler.build())
-    pipeline.set_progress_bar_config(disable=True)
+    with building(args.opt, 'test.sampler'):
+        sampler = build_sampler(topt.sampler, model=model, autoencoder=autoencoder)
+    sampler.set_progress_bar_config(disable=True)
 
     with accelerator.autocast():
-        results = evaluate(pipeline, dataset, protocol, accelerator, video_dir=out / 'videos',
-                           batch_size=topt.batch_size, num_inference_steps=topt.num_inference_steps,
-                           guidance_scale=topt.guidance_scale, use_kv_cache=topt.use_kv_cache)
+        results = evaluate(sampler, dataset, protocol, accelerator, batch_size=topt.batch_size,
+                           video_dir=out / 'videos')
     if accelerator.is_main_process:
         results = {'name': opt.name, 'weights': str(weights), 'dataset': opt.datasets[topt.dataset],
-                   'protocol': protocol.describe(),
-                   'sampling': {k: getattr(topt, k) for k in
-                                ('num_inference_steps', 'guidance_scale', 'use_kv_cache', 'batch_size')},
+                   'protocol': protocol.describe(), 'sampling': {**sampler.describe(), 'batch_size': topt.batch_size},
                    'num_processes': accelerator.num_processes, 'mixed_precision': opt.mixed_precision, **results,
                    'environment': environment_info()}
         (out / 'results.json').write_text(json.dumps(results, indent=2))
-        metrics, baseline = results['metrics'], results.get('copy_last_frame', {})
-        windowed = results.get('sliding_window', {})
+        metrics = results['metrics']
         for key in (k for k in metrics if not k.endswith('_std')):
             spread = f' ± {metrics[key + "_std"]:.4f}' if len(protocol.seeds) > 1 else ''
-            extra = f' (copy last frame: {baseline[key]:.4f})' if key in baseline else ''
-            extra += f' (sliding window: {windowed[key]:.4f})' if key in windowed else ''
+            extra = ''.join(f' ({name.replace("_", " ")}: {results[name][key]:.4f})'
+                            for name in results['baselines'] if key in results[name])
             logger.info(f'{key}: {metrics[key]:.4f}{spread}{extra}')
         logger.info(f'wrote {out / "results.json"}')
     accelerator.end_training()

@@ -1,4 +1,4 @@
-"""Train a model from an experiment YAML file (FAR, or an autoencoder: whatever `trainer.type` names).
+"""Train a model from an experiment YAML file (a video model, or an autoencoder: whatever `trainer.type` names).
 
     python train.py -opt options/demo/far_moving_shapes.yml [key.path=value ...] [--force-new]
     accelerate launch --multi_gpu --num_processes 2 train.py -opt ...      # several processes (GPU or CPU)
@@ -45,10 +45,14 @@ def train(args):
     config = to_dict(opt)
 
     accelerator = make_accelerator(opt.mixed_precision)
-    folder = prepare_experiment_dir(args.root, opt.name, config, args.force_new, accelerator)
+    folder, changes = prepare_experiment_dir(args.root, opt.name, config, args.force_new, accelerator)
     logger = setup_logging(folder / 'train.log', accelerator.is_main_process)
     logger.info(f'{file} -> {folder} ({accelerator.num_processes} process(es) on {accelerator.device}, '
                 f'mixed precision {opt.mixed_precision})')
+    for change in changes:
+        logger.info(f'resuming with a changed setting: {change}' + (
+            ' (the learning-rate schedule follows the new length from the resumed step on)'
+            if change.startswith('trainer.total_steps') else ''))
 
     set_seed(opt.seed)  # the same initial weights on every rank
     parts = {'accelerator': accelerator, 'folder': folder, 'seed': opt.seed, 'config': config}
@@ -60,8 +64,6 @@ def train(args):
     if 'autoencoder' in needs:
         with building(file, 'autoencoder'):
             parts['autoencoder'] = opt.build_autoencoder()
-    if 'scheduler' in needs:
-        parts['scheduler'] = opt.scheduler.build()
     keys = {'train', *(key for path, key in dataset_references(opt) if path.startswith('trainer.'))}
     parts['datasets'] = {}
     with accelerator.main_process_first():  # the first use of a dataset may write it to disk

@@ -2,43 +2,32 @@
 
 Every group is validated before any work (see ``far.options``): an unknown key, a wrong type or a
 missing required key stops the run with one message naming the file, the key path and what is allowed.
+Then the settings that must agree across blocks are checked (``check_consistency``): condition classes
+against the datasets, clip lengths against the frames sampled, windows, guidance, noise schedules and
+which sampler fits which model.
 """
 import contextlib
 import dataclasses
+import inspect
 from dataclasses import dataclass
-from typing import Dict, Iterator, Literal, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, Literal, Optional, Sequence, Tuple
 
-from diffusers import FlowMatchEulerDiscreteScheduler
-
+from far.conditions import Condition
+from far.evaluation import SamplingOptions
 from far.options import Block, OptionError, apply_overrides, load_yaml, validate
-from far.registry import AUTOENCODERS, DATASETS, MODELS, PROTOCOLS, TRAINERS
+from far.registry import AUTOENCODERS, DATASETS, MODELS, PIPELINES, PROTOCOLS, TRAINERS, Registry
 
 
-@dataclass(frozen=True)
-class SchedulerOptions:
-    """Arguments of diffusers' FlowMatchEulerDiscreteScheduler: training noise levels and sampling."""
-    num_train_timesteps: int = 1000
-    shift: float = 1.0
-
-    def build(self) -> FlowMatchEulerDiscreteScheduler:
-        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=self.num_train_timesteps, shift=self.shift)
-
-
-@dataclass(frozen=True)
-class EvaluationOptions:
-    """What test.py evaluates and how it samples.
+@dataclass(frozen=True, kw_only=True)
+class EvaluationOptions(SamplingOptions):
+    """What test.py evaluates and how it samples (``sampler``, ``dataset``, ``batch_size``: see SamplingOptions).
 
     ``checkpoint``: ``latest`` (the experiment's newest checkpoint), a checkpoint folder, a
     ``save_pretrained`` folder, or a raw state dict (.pth/.safetensors) such as a released FAR model.
     """
     protocol: Block(PROTOCOLS)
-    dataset: str = 'val'
     checkpoint: str = 'latest'
     use_ema: bool = True
-    num_inference_steps: int = 25
-    guidance_scale: float = 1.0
-    use_kv_cache: bool = True
-    batch_size: int = 8
 
 
 @dataclass(frozen=True)
@@ -46,13 +35,12 @@ class ExperimentOptions:
     name: str                                     # the experiment folder: experiments/<name>/
     autoencoder: Block(AUTOENCODERS)
     datasets: Dict[str, Block(DATASETS)]          # by key: train, val, ...
-    model: Optional[Block(MODELS)] = None         # the FAR model (absent when training an autoencoder)
+    model: Optional[Block(MODELS)] = None         # the video model (absent when training an autoencoder)
     trainer: Optional[Block(TRAINERS)] = None     # train.py
     test: Optional[EvaluationOptions] = None      # test.py
     seed: int = 0
     mixed_precision: Literal['no', 'fp16', 'bf16'] = 'no'
     pretrained: Optional[str] = None              # initial weights for training (strict load)
-    scheduler: SchedulerOptions = SchedulerOptions()
 
     def build_model(self):
         return MODELS.build(self.model)
@@ -90,6 +78,7 @@ def load_experiment(path: str, overrides: Sequence[str] = ()) -> ExperimentOptio
         if key not in opt.datasets:
             raise OptionError(path, key_path, f"names dataset '{key}', which is not a key of `datasets` "
                                               f"(keys: {', '.join(opt.datasets) or 'none'})")
+    check_consistency(opt, path)
     return opt
 
 
@@ -100,3 +89,139 @@ def require(opt: ExperimentOptions, path: str, key: str, purpose: str):
         node = node.get(part) if isinstance(node, dict) else getattr(node, part, None)
     if node is None:
         raise OptionError(path, key, f'missing: {purpose} needs it')
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Settings that must agree across blocks
+# ----------------------------------------------------------------------------------------------------------
+
+def setting(registry: Registry, block: Optional[dict], key: str) -> Any:
+    """The value ``key`` takes in a validated block: as written, else fixed by a size variant, else the
+    constructor's (or options dataclass's) default; ``None`` when the entry has no such setting."""
+    if block is None:
+        return None
+    if key in block:
+        return block[key]
+    target = registry.get(block['type'])
+    if key in getattr(target, 'fixed_kwargs', {}):
+        return target.fixed_kwargs[key]
+    options_class = getattr(target, 'options_class', None)
+    if options_class is not None:
+        field = {f.name: f for f in dataclasses.fields(options_class)}.get(key)
+        return None if field is None or field.default is dataclasses.MISSING else field.default
+    parameter = inspect.signature(target).parameters.get(key)
+    return None if parameter is None or parameter.default is parameter.empty else parameter.default
+
+
+def _entry_class(registry: Registry, name: str):
+    target = registry.get(name)
+    return getattr(target, 'target', target)  # a size variant stands for its class
+
+
+@dataclass(frozen=True)
+class _Sampling:
+    """One place where the model is sampled: its key path, sampler block, dataset key and frame counts."""
+    path: str
+    sampler: dict
+    dataset: str
+    context_length: int
+    unroll_length: int
+
+
+def _samplings(opt: ExperimentOptions) -> Iterator[_Sampling]:
+    validation = (opt.trainer or {}).get('validation')
+    if isinstance(validation, SamplingOptions):
+        yield _Sampling('trainer.validation', validation.sampler, validation.dataset, validation.context_length,
+                        validation.unroll_length)
+    if opt.test is not None:
+        protocol = opt.test.protocol
+        yield _Sampling('test', opt.test.sampler, opt.test.dataset, setting(PROTOCOLS, protocol, 'context_length') or 0,
+                        setting(PROTOCOLS, protocol, 'unroll_length'))
+
+
+def check_consistency(opt: ExperimentOptions, file: str):
+    """Raise OptionError (naming both keys) when settings of different blocks contradict each other."""
+
+    def fail(path: str, problem: str):
+        raise OptionError(file, path, problem)
+
+    condition = Condition.parse(setting(MODELS, opt.model, 'condition_cfg')) if opt.model else None
+    trained = ['train'] if opt.trainer is not None else []
+    for key in trained + [s.dataset for s in _samplings(opt)]:
+        _check_dataset_conditions(opt, key, condition, fail)
+    window = setting(MODELS, opt.model, 'short_term_ctx_winsize')
+    for key in {'train', *(s.dataset for s in _samplings(opt))} & set(opt.datasets):
+        dataset_window = setting(DATASETS, opt.datasets[key], 'window')
+        if opt.model and window is not None and dataset_window is not None and dataset_window != window:
+            fail(f'datasets.{key}.window', f"is {dataset_window}, but model.short_term_ctx_winsize is {window}: "
+                                           f"the dataset's revisit frames are defined by the model's short-term "
+                                           f"window; set both to the same number of frames")
+    for sampling in _samplings(opt):
+        _check_sampling(opt, sampling, condition, fail)
+
+
+def _check_dataset_conditions(opt: ExperimentOptions, key: str, condition: Optional[Condition], fail):
+    if key not in opt.datasets:
+        return
+    block = opt.datasets[key]
+    provided = getattr(DATASETS.get(block['type']), 'conditions', None)  # e.g. {'label': 9}
+    if condition is None or provided is None:
+        return
+    name = f"datasets.{key} ({block['type']})"
+    if condition.kind not in provided:
+        fail('model.condition_cfg', f"is {condition.to_config()}, but the items of {name} carry no "
+                                    f"'{condition.kind}' (they carry {sorted(provided) or 'no condition'}); "
+                                    f"use condition_cfg: null or a dataset that provides it")
+    if provided[condition.kind] != condition.num_classes:
+        fail('model.condition_cfg', f'has {condition.num_classes} {condition.kind} classes, but {name} has '
+                                    f'{provided[condition.kind]}; set the model to {provided[condition.kind]}')
+
+
+def _check_sampling(opt: ExperimentOptions, sampling: _Sampling, condition: Optional[Condition], fail):
+    where = f'{sampling.path}.sampler'
+    sampler_class = PIPELINES.get(sampling.sampler['type'])
+    if opt.model is not None:
+        model_class = _entry_class(MODELS, opt.model['type'])
+        accepted = getattr(sampler_class, 'model_class', object)
+        if not issubclass(model_class, accepted):
+            fail(f'{where}.type', f"{sampling.sampler['type']} samples {accepted.__name__} models, but model.type is "
+                                  f"{opt.model['type']}; choose the sampler of that model family")
+    guidance = setting(PIPELINES, sampling.sampler, 'guidance_scale')
+    if condition is None and guidance not in (None, 1, 1.0):
+        fail(f'{where}.guidance_scale', f'is {guidance}, but model.condition_cfg is null (an unconditional model): '
+                                        f'guidance needs a label- or action-conditioned model; set it to 1')
+    schedule = setting(PIPELINES, sampling.sampler, 'scheduler')
+    objective = (opt.trainer or {}).get('objective')
+    trained = getattr(getattr(objective, 'scheduler', None), 'num_train_timesteps', None)
+    if schedule is not None and trained is not None and schedule.num_train_timesteps != trained:
+        fail(f'{where}.scheduler.num_train_timesteps',
+             f'is {schedule.num_train_timesteps}, but trainer.objective.scheduler.num_train_timesteps is {trained}: '
+             f'the model reads timesteps on the scale it was trained on; use the same number')
+    frames = sampling.context_length + sampling.unroll_length
+    block = opt.datasets.get(sampling.dataset)
+    if block is not None:
+        target = DATASETS.get(block['type'])
+        length_key = getattr(target, 'clip_length_arg', 'num_frames')
+        length = setting(DATASETS, block, length_key)
+        if isinstance(length, int) and length < frames:
+            path = 'test.protocol' if sampling.path == 'test' else sampling.path
+            fail(f'datasets.{sampling.dataset}.{length_key}',
+                 f'is {length}, but {path} needs clips of {frames} frames ({sampling.context_length} context + '
+                 f'{sampling.unroll_length} predicted); lengthen the clips or shorten the prediction')
+    if sampling.path == 'test':
+        _check_protocol_baselines(opt, sampler_class, frames, fail)
+
+
+def _check_protocol_baselines(opt: ExperimentOptions, sampler_class, frames: int, fail):
+    window = setting(PROTOCOLS, opt.test.protocol, 'sliding_window_baseline')
+    if window is None:
+        return
+    options_class = getattr(sampler_class, 'options_class', None)
+    if options_class is None or 'context_window' not in {f.name for f in dataclasses.fields(options_class)}:
+        fail('test.protocol.sliding_window_baseline',
+             f"needs a sampler with a sliding window (context_window); test.sampler.type {sampler_class.__name__} "
+             f"has none: remove the baseline or change the sampler")
+    if window >= frames:
+        fail('test.protocol.sliding_window_baseline',
+             f'is {window} frames, but the protocol samples only {frames} (context_length + unroll_length): such '
+             f'a window sees everything and is no baseline; make it smaller')

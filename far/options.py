@@ -11,7 +11,7 @@ import difflib
 import inspect
 import re
 import typing
-from typing import Any, Dict, List, Literal, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Literal, Sequence, Tuple, Union
 
 import yaml
 
@@ -131,13 +131,34 @@ def _signature(target) -> inspect.Signature:
     return inspect.signature(target, eval_str=True)
 
 
+def _constructors(target) -> Iterator:
+    """``target``, then, while a class constructor hands ``**options`` on, the constructor of its base class."""
+    yield target
+    passes_on = any(p.kind is p.VAR_KEYWORD for p in _signature(target).parameters.values())
+    if inspect.isclass(target) and passes_on:
+        base = next((b for b in target.__mro__[1:] if '__init__' in vars(b)), None)
+        if base is not None and base is not object:
+            yield from _constructors(base)
+
+
 def _yaml_parameters(target) -> Dict[str, inspect.Parameter]:
-    """The constructor parameters a YAML block may set (runtime objects such as the accelerator excluded)."""
-    runtime = set(getattr(target, 'runtime_args', ()))
-    return {
-        n: p for n, p in _signature(target).parameters.items()
-        if n not in runtime and n != 'self' and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    }
+    """The constructor parameters a YAML block may set (runtime objects such as the accelerator excluded); a
+    subclass's own parameters first, then those its ``**options`` reach in its base classes."""
+    constructors = list(_constructors(target))
+    runtime = {name for constructor in constructors for name in getattr(constructor, 'runtime_args', ())}
+    params: Dict[str, inspect.Parameter] = {}
+    for constructor in constructors:
+        for n, p in _signature(constructor).parameters.items():
+            if n not in params and n not in runtime and n != 'self' and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                params[n] = p
+    return params
+
+
+def _dataclass_parameters(cls) -> Dict[str, Tuple[Any, bool]]:
+    """The fields of an option dataclass as ``name -> (annotation, required)``."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return {f.name: (hints[f.name], f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+            for f in dataclasses.fields(cls)}
 
 
 class Validator:
@@ -161,8 +182,9 @@ class Validator:
             if value is None and type(None) in args:
                 return None
             options = [a for a in args if a is not type(None)]
-            if len(options) == 1:
-                return self.check(value, options[0], path)
+            mappings = [a for a in options if dataclasses.is_dataclass(a) or typing.get_origin(a) is Annotated]
+            if len(options) == 1 or (isinstance(value, dict) and len(mappings) == 1):
+                return self.check(value, (mappings if isinstance(value, dict) and mappings else options)[0], path)
             for a in options:
                 try:
                     return self.check(value, a, path)
@@ -208,7 +230,9 @@ class Validator:
             if len(args) == 2:
                 return {k: self.check(v, args[1], f'{path}.{k}') for k, v in value.items()}
             return value
-        return value  # other annotations (tensors, modules, ...) are not YAML values
+        if inspect.isclass(tp) and not isinstance(value, tp):
+            self.fail(path, f'got {value!r}, expected {_describe(tp)}')
+        return value
 
     def _fields(self, given: dict, params: Dict[str, Tuple[Any, bool]], path: str, what: str) -> dict:
         """``params``: name -> (annotation, required)."""
@@ -231,8 +255,13 @@ class Validator:
             self.fail(f'{path}.type', f'unknown {registry.name} {name!r}{_closest(str(name), registry.keys())}; '
                       f'registered: {", ".join(registry.keys())}')
         target = registry.get(name)
-        params = {n: (p.annotation, p.default is inspect.Parameter.empty) for n, p in _yaml_parameters(target).items()}
         kwargs = {k: v for k, v in value.items() if k != 'type'}
+        options_class = getattr(target, 'options_class', None)
+        if options_class is not None:
+            params = _dataclass_parameters(options_class)
+        else:
+            params = {n: (p.annotation, p.default is inspect.Parameter.empty)
+                      for n, p in _yaml_parameters(target).items()}
         return {'type': name, **self._fields(kwargs, params, path, f'{registry.name} {name!r}')}
 
     def group(self, value: Any, cls, path: str):
@@ -240,12 +269,7 @@ class Validator:
             return value
         if not isinstance(value, dict):
             self.fail(path, f'expected {_describe(cls)}, got {value!r}')
-        hints = typing.get_type_hints(cls, include_extras=True)
-        params = {
-            f.name: (hints[f.name], f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
-            for f in dataclasses.fields(cls)
-        }
-        fields = self._fields(value, params, path, f'{cls.__name__}')
+        fields = self._fields(value, _dataclass_parameters(cls), path, f'{cls.__name__}')
         try:
             return cls(**fields)
         except (TypeError, ValueError) as e:  # checks of the group itself (__post_init__)

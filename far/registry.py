@@ -2,10 +2,14 @@
 
 A YAML block ``{type: NAME, **kwargs}`` builds ``REGISTRY.get(NAME)(**kwargs)``; the kwargs are
 checked against the constructor's signature first (see ``far.options``), so a misspelt key fails
-before any work starts.
+before any work starts. ``NAME`` is the class (or factory) name; a few short aliases (``mcvd``,
+``psnr``, ...) are accepted as well.
+
+An entry whose settings form a dataclass declares it as ``options_class``: the block's keys are that
+dataclass's fields, and the entry is built as ``Entry(**runtime_objects, options=Options(**keys))``.
 """
 import inspect
-from typing import Any, Callable, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
 
 class Registry:
@@ -13,26 +17,33 @@ class Registry:
     def __init__(self, name: str):
         self.name = name
         self._entries: Dict[str, Callable] = {}
+        self._aliases: Dict[str, str] = {}
 
-    def register(self, obj: Optional[Callable] = None, *, name: Optional[str] = None):
-        """Use as ``@REG.register()``, ``@REG.register(name='X')`` or ``REG.register(obj)``."""
+    def register(self, obj: Optional[Callable] = None, *, name: Optional[str] = None, aliases: Sequence[str] = ()):
+        """Use as ``@REG.register()``, ``@REG.register(aliases=('x',))`` or ``REG.register(obj)``."""
 
         def _add(o):
             key = name or o.__name__
-            if key in self._entries and self._entries[key] is not o:
-                raise KeyError(f"{self.name} registry: '{key}' is already registered")
+            for taken in (key, *aliases):
+                if taken in self and self.get(taken) is not o:
+                    raise KeyError(f"{self.name} registry: '{taken}' is already registered")
             self._entries[key] = o
+            self._aliases.update({alias: key for alias in aliases})
             return o
 
         return _add if obj is None else _add(obj)
 
+    def canonical(self, name: str) -> str:
+        """The registered name behind ``name`` (itself, or what the alias stands for)."""
+        return self._aliases.get(name, name)
+
     def get(self, name: str) -> Callable:
-        if name not in self._entries:
-            raise KeyError(f"{self.name} registry has no '{name}'; registered: {', '.join(sorted(self._entries))}")
-        return self._entries[name]
+        if name not in self:
+            raise KeyError(f"{self.name} registry has no '{name}'; registered: {', '.join(self.keys())}")
+        return self._entries[self.canonical(name)]
 
     def __contains__(self, name: str) -> bool:
-        return name in self._entries
+        return self.canonical(name) in self._entries
 
     def keys(self) -> Iterable[str]:
         return sorted(self._entries)
@@ -40,7 +51,11 @@ class Registry:
     def build(self, cfg: Dict[str, Any], **injected):
         """Build from a ``{type: ..., **kwargs}`` dict; ``injected`` are runtime objects (accelerator, ...)."""
         cfg = dict(cfg)
-        return self.get(cfg.pop('type'))(**cfg, **injected)
+        target = self.get(cfg.pop('type'))
+        options_class = getattr(target, 'options_class', None)
+        if options_class is not None:
+            return target(**injected, options=options_class(**cfg))
+        return target(**cfg, **injected)
 
     def __repr__(self):
         return f'Registry({self.name}: {", ".join(self.keys())})'
@@ -62,13 +77,16 @@ def variant(target: Callable, name: str, doc: str = '', **fixed) -> Callable:
     factory.__doc__ = doc or f'{target.__name__} with ' + ', '.join(f'{k}={v}' for k, v in fixed.items())
     factory.fixed_kwargs = dict(fixed)
     factory.target = target
+    for attribute in ('runtime_args', 'options_class'):
+        if hasattr(target, attribute):
+            setattr(factory, attribute, getattr(target, attribute))
     return factory
 
 
-MODELS = Registry('model')              # FAR transformers
-AUTOENCODERS = Registry('autoencoder')  # latent autoencoders (DC-AE, KL, identity)
+MODELS = Registry('model')              # video transformers (FAR, FAR-Long, ...)
+AUTOENCODERS = Registry('autoencoder')  # latent autoencoders and tokenizers (DC-AE, KL, identity, ...)
 DATASETS = Registry('dataset')
 TRAINERS = Registry('trainer')
-PIPELINES = Registry('pipeline')
-METRICS = Registry('metric')            # per-video metrics (psnr, ssim, lpips, mse, fvd)
-PROTOCOLS = Registry('protocol')        # evaluation protocols (latte, mcvd, teco)
+PIPELINES = Registry('pipeline')        # samplers: a model + its autoencoder -> videos (far.pipelines.base)
+METRICS = Registry('metric')            # per-frame video metrics (PSNR, SSIM, LPIPS, MSE) and FVD
+PROTOCOLS = Registry('protocol')        # evaluation protocols (Latte, MCVD, TECO, memory)

@@ -36,15 +36,12 @@ import time
 from pathlib import Path
 from typing import Callable, List, Optional
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout, without installing `far`
+import torch
+import torch.nn.functional as F
+from diffusers import FlowMatchEulerDiscreteScheduler
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from diffusers import FlowMatchEulerDiscreteScheduler  # noqa: E402
-
-from far.models import FAR, FAR_Long  # noqa: E402
-from far.pipelines import FARPipeline  # noqa: E402
+from far.models import FAR, FAR_Long
+from far.pipelines import FARPipeline
 
 SUITES = ('train', 'generate', 'long')
 NUM_ACTIONS = 4

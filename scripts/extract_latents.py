@@ -6,7 +6,7 @@
 CONFIG (every key can also be given, or overridden, as ``key.path=value`` on the command line)::
 
     autoencoder:                  # an AUTOENCODERS block: the autoencoder the training will use
-      type: AutoencoderDC
+      type: DCAutoencoder
       config: options/model_cfg/dcae/model_8x_c32_config.json
       checkpoint: experiments/pretrained_models/FAR_Models/dcae/DCAE_DMLab_Res64-17035ae5.pth
     dataset:                      # a DATASETS block (not streaming): each item's clip is encoded whole
@@ -39,16 +39,14 @@ import numpy as np
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, Subset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, without installing `far`
-
-import far.data  # noqa: E402,F401  (registers the datasets)
-import far.models.autoencoders  # noqa: E402,F401  (registers the autoencoders)
-from far.data.clips import ClipDataset  # noqa: E402
-from far.data.shards import PER_FRAME_JSON, SHARD_NAME, scan_shard  # noqa: E402
-from far.options import Block, OptionError, apply_overrides, load_yaml, to_dict, validate  # noqa: E402
-from far.registry import AUTOENCODERS, DATASETS  # noqa: E402
-from far.utils.distributed import LaunchError, make_accelerator, split_batches  # noqa: E402
-from far.utils.logger import Progress, setup_logging  # noqa: E402
+import far.data  # noqa: F401  (registers the datasets)
+import far.models.autoencoders  # noqa: F401  (registers the autoencoders)
+from far.data.clips import ClipDataset
+from far.data.shards import PER_FRAME_JSON, SHARD_NAME, scan_shard
+from far.options import Block, OptionError, apply_overrides, load_yaml, to_dict, validate
+from far.registry import AUTOENCODERS, DATASETS
+from far.utils.distributed import LaunchError, make_accelerator, split_batches
+from far.utils.logger import Progress, setup_logging
 
 INDEX_FILE = 'index.json'
 LATENT_DTYPES = {'float16': np.float16, 'float32': np.float32}

@@ -1,4 +1,6 @@
-"""Test environment: offline hubs, one thread per process, the `slow` marker, and the shared fixtures path."""
+"""Test environment (offline hubs, one thread per process, the `slow` marker) and the helpers tests share, as
+fixtures: the shared folder and its parity fixtures, tiny random FAR models and their samplers, and the
+repository's scripts run as a user runs them."""
 import os
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
@@ -7,10 +9,15 @@ os.environ.setdefault('OMP_NUM_THREADS', '1')
 os.environ.setdefault('MKL_NUM_THREADS', '1')
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
 
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+from far.models import FAR, FAR_Long  # noqa: E402
+from far.pipelines import FARPipeline, FARSampling  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -18,12 +25,111 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / 'shared'
 
 
-def pytest_configure(config):
-    config.addinivalue_line('markers', 'slow: takes more than ~30 s on a 2-core CPU')
-
-
 @pytest.fixture(scope='session')
 def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f'{SHARED} is absent: the shared fixtures and evaluator weights live there')
     return SHARED
+
+
+@pytest.fixture(scope='session')
+def parity(shared_dir):
+    """``parity('far.pt')``: a file of the reference implementation's outputs (skips when it is absent)."""
+
+    def load(name: str) -> dict:
+        path = shared_dir / 'fixtures' / 'parity' / name
+        if not path.is_file():
+            pytest.skip(f'{path} is absent')
+        return torch.load(path, weights_only=False)
+
+    return load
+
+
+# ----- tiny models and samplers -----
+
+def randomized(model: torch.nn.Module, std: float = 0.2) -> torch.nn.Module:
+    """``model`` in eval mode with N(0, std) weights: DiT's zero initialisation would make outputs trivial."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, std)
+    return model.eval()
+
+
+TINY_FAR = dict(patch_size=1, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=16,
+                num_attention_heads=2, axes_dims_rope=[4, 6, 6], condition_cfg=None, condition_dropout=0.0)
+
+
+@pytest.fixture
+def tiny_far():
+    """``tiny_far(**overrides)``: a 2-layer FAR on 4-channel latents with random weights (seed 0)."""
+
+    def make(**overrides) -> FAR:
+        torch.manual_seed(0)
+        return randomized(FAR(**{**TINY_FAR, **overrides}))
+
+    return make
+
+
+@pytest.fixture
+def tiny_far_long():
+    """``tiny_far_long(**overrides)``: a 2-layer FAR-Long, window 3 and 2x2 long-term patches, random weights."""
+
+    def make(**overrides) -> FAR_Long:
+        torch.manual_seed(0)
+        config = {**TINY_FAR, 'context_patch_size': 2, 'short_term_ctx_winsize': 3,
+                  'condition_cfg': {'type': 'action', 'num_action_classes': 4}}
+        return randomized(FAR_Long(**{**config, **overrides}))
+
+    return make
+
+
+@pytest.fixture
+def make_pipeline():
+    """``make_pipeline(model, vae=None, **sampling)``: a quiet FARPipeline with the given FARSampling settings."""
+
+    def make(model, vae=None, **sampling) -> FARPipeline:
+        pipe = FARPipeline(transformer=model, vae=vae, options=FARSampling(**sampling))
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    return make
+
+
+# ----- the repository's scripts -----
+
+class Scripts:
+    """train.py, test.py and scripts/ run in a working directory of the test's, as a user runs them."""
+
+    repo = REPO
+    demo = REPO / 'options' / 'demo' / 'far_moving_shapes.yml'
+    # The demo experiment shrunk to seconds: a 1-layer model, 20 steps, a few small clips.
+    tiny = [
+        'model.num_layers=1', 'model.num_attention_heads=1',
+        'trainer.total_steps=20', 'trainer.batch_size=4', 'trainer.lr_schedule.warmup_steps=5',
+        'trainer.checkpoint.every=10', 'trainer.checkpoint.keep=2', 'trainer.log.every=5',
+        'trainer.validation.every=10', 'trainer.validation.num_videos=2',
+        'trainer.validation.sampler.num_inference_steps=2', 'trainer.validation.unroll_length=3',
+        'trainer.validation.batch_size=2',
+        'datasets.train.num_videos=24', 'datasets.val.num_videos=4', 'datasets.test.num_videos=5',
+        'test.protocol.num_videos=5', 'test.protocol.unroll_length=3', 'test.sampler.num_inference_steps=2',
+        'test.batch_size=2',
+    ]
+
+    @staticmethod
+    def run(script: str, *args: str, cwd: Path, launcher=(), timeout: float = 300) -> subprocess.CompletedProcess:
+        """Run a script of the repository in ``cwd`` (one thread per process, hubs offline)."""
+        env = {**os.environ, 'OMP_NUM_THREADS': '1', 'HF_HUB_OFFLINE': '1', 'WANDB_MODE': 'offline'}
+        Path(cwd).mkdir(parents=True, exist_ok=True)
+        command = [*launcher, str(REPO / script)] if launcher else [sys.executable, str(REPO / script)]
+        return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+    def train(self, cwd: Path, *overrides: str, name: str = 'tiny') -> subprocess.CompletedProcess:
+        """The tiny demo run ``name`` in ``cwd``; fails the test when train.py fails."""
+        result = self.run('train.py', '-opt', str(self.demo), *self.tiny, f'name={name}', *overrides, cwd=cwd)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result
+
+
+@pytest.fixture(scope='session')
+def scripts() -> Scripts:
+    return Scripts()

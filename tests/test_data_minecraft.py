@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from far.data.minecraft import Minecraft
-from far.data.video import encode_video
+from far.video import encode_video
 
 
 def test_minecraft_items(tmp_path):

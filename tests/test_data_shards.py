@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from far.data import CorruptSampleError, ShardStream, list_shards, video_dataset, write_shards
 from far.data.clips import ClipDataset
 from far.data.shards import distributed_rank, scan_shard, write_generated_split
-from far.data.video import encode_video
+from far.video import encode_video
 
 T, H, W = 8, 16, 16
 

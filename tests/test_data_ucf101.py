@@ -9,7 +9,7 @@ import torch
 
 from far.data import CorruptSampleError
 from far.data.ucf101 import UCF101
-from far.data.video import encode_video
+from far.video import encode_video
 from far.options import OptionError, validate_block
 from far.registry import DATASETS
 

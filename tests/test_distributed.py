@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from far.utils.distributed import LaunchError, StepBatchSampler, check_launch, split_batches
-from test_train import DEMO, REPO, TINY, run
 
 ACCELERATE = shutil.which('accelerate')
 needs_launcher = pytest.mark.skipif(ACCELERATE is None, reason='the accelerate launcher is not on PATH')
@@ -35,9 +34,9 @@ def test_launch_check():
 
 
 @needs_launcher
-def test_launcher_without_multi_gpu_is_refused(tmp_path):
-    result = run('train.py', '-opt', str(DEMO), *TINY, cwd=tmp_path,
-                 launcher=(ACCELERATE, 'launch', '--num_processes', '2'))
+def test_launcher_without_multi_gpu_is_refused(scripts, tmp_path):
+    result = scripts.run('train.py', '-opt', str(scripts.demo), *scripts.tiny, cwd=tmp_path,
+                         launcher=(ACCELERATE, 'launch', '--num_processes', '2'))
     assert result.returncode != 0
     assert 'accelerate launch was asked for several processes but started one; add --multi_gpu' in result.stderr
     assert not (tmp_path / 'experiments').exists()
@@ -97,10 +96,10 @@ torch.save({{'lengths': lengths, 'model': model.state_dict(), 'ema': trainer.ema
 
 
 @needs_launcher
-def test_two_process_long_context_training_stays_in_sync(tmp_path):
+def test_two_process_long_context_training_stays_in_sync(scripts, tmp_path):
     script = tmp_path / 'spy.py'
-    script.write_text(SPY.format(repo=str(REPO)))
-    result = run(str(script), '-opt', str(DEMO), *TINY, 'name=ddp', 'datasets.train.num_videos=26',
+    script.write_text(SPY.format(repo=str(scripts.repo)))
+    result = scripts.run(str(script), '-opt', str(scripts.demo), *scripts.tiny, 'name=ddp', 'datasets.train.num_videos=26',
                  'trainer.objective.training_type=long_context', 'model.short_term_ctx_winsize=4',
                  cwd=tmp_path, launcher=two_processes())
     assert result.returncode == 0, result.stdout + result.stderr
@@ -120,16 +119,16 @@ def test_two_process_long_context_training_stays_in_sync(tmp_path):
 
 
 @needs_launcher
-def test_two_process_evaluation_gives_the_same_results(tmp_path):
+def test_two_process_evaluation_gives_the_same_results(scripts, tmp_path):
     from far.experiment import load_experiment
 
     torch.manual_seed(0)
     weights = tmp_path / 'random_far.pth'
-    torch.save(load_experiment(str(DEMO), TINY).build_model().state_dict(), weights)
-    args = ['-opt', str(DEMO), *TINY, 'name=eval', f'test.checkpoint={weights}']
+    torch.save(load_experiment(str(scripts.demo), scripts.tiny).build_model().state_dict(), weights)
+    args = ['-opt', str(scripts.demo), *scripts.tiny, 'name=eval', f'test.checkpoint={weights}']
     results = {}
     for processes, launcher in ((1, ()), (2, two_processes())):
-        out = run('test.py', *args, cwd=tmp_path, launcher=launcher)
+        out = scripts.run('test.py', *args, cwd=tmp_path, launcher=launcher)
         assert out.returncode == 0, out.stdout + out.stderr
         folder = 'random_far' if processes == 1 else 'random_far-2'  # the second evaluation keeps the first
         results[processes] = json.loads((tmp_path / f'experiments/eval/results/{folder}/results.json').read_text())

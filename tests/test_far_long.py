@@ -2,45 +2,19 @@
 test-time temporal decay."""
 import pytest
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler
 
 from far.models import FAR_Long, build_model
-from far.pipelines import FARPipeline
 
 MODES = {'no_cache': dict(use_kv_cache=False), 'single_level': dict(use_kv_cache=True, multi_level_cache=False),
          'multi_level': dict(use_kv_cache=True, multi_level_cache=True)}
-
-
-def load_fixture(shared_dir):
-    path = shared_dir / 'fixtures' / 'parity' / 'far_long.pt'
-    if not path.is_file():
-        pytest.skip(f'{path} is absent')
-    return torch.load(path, weights_only=False)
-
-
-def make_pipeline(model) -> FARPipeline:
-    pipe = FARPipeline(transformer=model, vae=None, scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def tiny_far_long(window=3, slope_scale=0.0) -> FAR_Long:
-    torch.manual_seed(0)
-    model = FAR_Long(patch_size=1, context_patch_size=2, in_channels=4, out_channels=4, num_layers=2,
-                     attention_head_dim=16, num_attention_heads=2, axes_dims_rope=[4, 6, 6], slope_scale=slope_scale,
-                     short_term_ctx_winsize=window, condition_cfg={'type': 'action', 'num_action_classes': 4})
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.2)
-    return model.eval()
 
 
 def randn(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
-def test_forward_matches_reference(shared_dir):
-    fixture = load_fixture(shared_dir)
+def test_forward_matches_reference(parity):
+    fixture = parity('far_long.pt')
     model = FAR_Long(**fixture['config'], condition_dropout=0.0)
     model.load_state_dict(fixture['state_dict'])  # strict: the published parameter names
     fw = fixture['forward']
@@ -50,8 +24,8 @@ def test_forward_matches_reference(shared_dir):
 
 
 @pytest.mark.parametrize('mode', MODES)
-def test_generation_matches_reference(shared_dir, mode):
-    fixture = load_fixture(shared_dir)
+def test_generation_matches_reference(make_pipeline, parity, mode):
+    fixture = parity('far_long.pt')
     model = FAR_Long(**fixture['config']).eval()
     model.load_state_dict(fixture['state_dict'])
     g = fixture['generate']
@@ -62,8 +36,8 @@ def test_generation_matches_reference(shared_dir, mode):
     assert (out - g['output_no_cache']).abs().max() < 1e-4
 
 
-def test_parameter_names_are_the_checkpoint_names(shared_dir):
-    fixture = load_fixture(shared_dir)
+def test_parameter_names_are_the_checkpoint_names(parity):
+    fixture = parity('far_long.pt')
     names = set(FAR_Long(**fixture['config']).state_dict())
     assert names == set(fixture['state_dict'])
     last = fixture['config']['num_layers'] - 1
@@ -79,8 +53,8 @@ def test_paper_sizes_parameter_counts():
         assert round(sum(p.numel() for p in model.parameters()) / 1e6, 2) == millions, name
 
 
-def test_cache_modes_agree_past_the_window():
-    pipe = make_pipeline(tiny_far_long(window=3, slope_scale=0.05))
+def test_cache_modes_agree_past_the_window(make_pipeline, tiny_far_long):
+    pipe = make_pipeline(tiny_far_long(short_term_ctx_winsize=3, slope_scale=0.05))
     kwargs = dict(context=randn(2, 2, 4, 4, 4), noise=randn(2, 6, 4, 4, 4, seed=1),
                   conditions={'action': randn(2, 8, seed=2).abs().mul(2).long() % 4}, num_inference_steps=2,
                   guidance_scale=1.5)
@@ -89,8 +63,8 @@ def test_cache_modes_agree_past_the_window():
     assert (outputs['multi_level'] - outputs['no_cache']).abs().max() < 1e-4
 
 
-def test_multi_level_cache_encodes_each_long_term_frame_once():
-    model = tiny_far_long(window=2)
+def test_multi_level_cache_encodes_each_long_term_frame_once(make_pipeline, tiny_far_long):
+    model = tiny_far_long(short_term_ctx_winsize=2)
     long_term_frames = []
     model.context_embedder.register_forward_hook(lambda m, args, out: long_term_frames.append(args[0].shape[1]))
     kwargs = dict(context=randn(1, 1, 4, 4, 4), noise=randn(1, 5, 4, 4, 4),
@@ -102,8 +76,8 @@ def test_multi_level_cache_encodes_each_long_term_frame_once():
     assert long_term_frames == [1, 2, 3, 4]  # single level: the whole context again for every new frame
 
 
-def test_training_forward_is_causal_over_long_and_short_frames():
-    model = tiny_far_long(window=3)
+def test_training_forward_is_causal_over_long_and_short_frames(tiny_far_long):
+    model = tiny_far_long(short_term_ctx_winsize=3)
     latents, timestep = randn(1, 6, 4, 4, 4), torch.full((1, 6), -1.0)
     timestep[:, 3:] = 500.0
     actions = {'action': torch.zeros(1, 6).long()}
@@ -115,8 +89,8 @@ def test_training_forward_is_causal_over_long_and_short_frames():
     assert torch.equal(out[:, :4], out2[:, :4]) and not torch.allclose(out[:, 5], out2[:, 5])
 
 
-def test_cache_that_missed_a_window_slide_is_rejected():
-    model = tiny_far_long(window=2)
+def test_cache_that_missed_a_window_slide_is_rejected(tiny_far_long):
+    model = tiny_far_long(short_term_ctx_winsize=2)
     cache = model.make_kv_cache(1, 4, 4, 4)
     frames, actions = randn(1, 2, 4, 4, 4), {'action': torch.zeros(1, 1).long()}
     model(frames, torch.full((1, 2), -1.0), {'action': torch.zeros(1, 2).long()}, kv_cache=cache, cache_frames=2)
@@ -124,8 +98,8 @@ def test_cache_that_missed_a_window_slide_is_rejected():
         model(frames[:, :1], torch.full((1, 1), -1.0), actions, kv_cache=cache)
 
 
-def test_test_time_temporal_decay():
-    model = tiny_far_long(window=3)
+def test_test_time_temporal_decay(make_pipeline, tiny_far_long):
+    model = tiny_far_long(short_term_ctx_winsize=3)
     pipe = make_pipeline(model)
     kwargs = dict(context=randn(1, 2, 4, 4, 4), noise=randn(1, 3, 4, 4, 4),
                   conditions={'action': torch.ones(1, 5).long()}, num_inference_steps=2)
@@ -138,8 +112,8 @@ def test_test_time_temporal_decay():
     assert torch.equal(pipe.generate_latents(**kwargs), decayed)
 
 
-def test_save_pretrained_round_trip(tmp_path):
-    model = tiny_far_long(window=2, slope_scale=0.01)
+def test_save_pretrained_round_trip(tiny_far_long, tmp_path):
+    model = tiny_far_long(short_term_ctx_winsize=2, slope_scale=0.01)
     model.save_pretrained(tmp_path)
     loaded = FAR_Long.from_pretrained(tmp_path).eval()
     assert loaded.config.context_patch_size == 2 and loaded.config.short_term_ctx_winsize == 2

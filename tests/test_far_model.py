@@ -9,24 +9,10 @@ from far.models import FAR, KVCache, build_model
 from far.registry import MODELS
 
 
-def load_fixture(shared_dir, name):
-    path = shared_dir / 'fixtures' / 'parity' / name
-    if not path.is_file():
-        pytest.skip(f'{path} is absent')
-    return torch.load(path, weights_only=False)
-
-
-def tiny_far(**overrides) -> FAR:
-    """A small FAR with random (not DiT-initialised, hence non-trivial) weights."""
-    config = dict(patch_size=1, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=16,
-                  num_attention_heads=2, axes_dims_rope=[4, 6, 6], condition_cfg={'type': 'label', 'num_classes': 5},
-                  condition_dropout=0.0)
-    torch.manual_seed(0)
-    model = FAR(**{**config, **overrides})
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.2)
-    return model.eval()
+@pytest.fixture
+def tiny_far(tiny_far):
+    """The tiny FAR, label-conditioned (5 classes)."""
+    return lambda **overrides: tiny_far(**{'condition_cfg': {'type': 'label', 'num_classes': 5}, **overrides})
 
 
 def inputs(batch=2, frames=4, channels=4, size=4, seed=1):
@@ -39,8 +25,8 @@ def inputs(batch=2, frames=4, channels=4, size=4, seed=1):
 
 # ----- parity and released-checkpoint names -----
 
-def test_forward_matches_reference(shared_dir):
-    fixture = load_fixture(shared_dir, 'far.pt')
+def test_forward_matches_reference(parity):
+    fixture = parity('far.pt')
     model = FAR(**fixture['config'], condition_dropout=0.0)
     model.load_state_dict(fixture['state_dict'])  # strict: the published parameter names
     fw = fixture['forward']
@@ -49,8 +35,8 @@ def test_forward_matches_reference(shared_dir):
     assert (out - fw['output']).abs().max() < 1e-4
 
 
-def test_parameter_names_are_the_checkpoint_names(shared_dir):
-    fixture = load_fixture(shared_dir, 'far.pt')
+def test_parameter_names_are_the_checkpoint_names(parity):
+    fixture = parity('far.pt')
     names = set(FAR(**fixture['config']).state_dict())
     assert names == set(fixture['state_dict'])
 
@@ -77,7 +63,7 @@ def test_build_model_and_registry():
 
 # ----- behaviour -----
 
-def test_causal_across_frames_full_within_frame():
+def test_causal_across_frames_full_within_frame(tiny_far):
     model = tiny_far(slope_scale=0.05)
     latents, timestep, conditions = inputs()
     out = model(latents, timestep, conditions).sample
@@ -89,7 +75,7 @@ def test_causal_across_frames_full_within_frame():
     assert (out[:, 3] - out2[:, 3]).abs().max() > 1e-3
 
 
-def test_timestep_per_clip_broadcasts_to_frames():
+def test_timestep_per_clip_broadcasts_to_frames(tiny_far):
     model = tiny_far()
     latents, _, conditions = inputs()
     t = torch.tensor([10.0, 500.0])
@@ -97,7 +83,7 @@ def test_timestep_per_clip_broadcasts_to_frames():
                           model(latents, t[:, None].expand(2, 4), conditions).sample)
 
 
-def test_label_dropout_uses_null_id_and_can_be_off():
+def test_label_dropout_uses_null_id_and_can_be_off(tiny_far):
     latents, timestep, conditions = inputs()
     always = tiny_far(condition_dropout=1.0).train()
     null = {'label': torch.full((2,), 5)}
@@ -106,7 +92,7 @@ def test_label_dropout_uses_null_id_and_can_be_off():
     assert torch.equal(never(latents, timestep, conditions).sample, never.eval()(latents, timestep, conditions).sample)
 
 
-def test_action_conditioning_is_per_frame():
+def test_action_conditioning_is_per_frame(tiny_far):
     model = tiny_far(condition_cfg={'type': 'action', 'num_action_classes': 3})
     latents, timestep, _ = inputs()
     actions = torch.zeros(2, 4, dtype=torch.long)
@@ -116,7 +102,7 @@ def test_action_conditioning_is_per_frame():
     assert torch.equal(out[:, :3], out2[:, :3]) and not torch.allclose(out[:, 3], out2[:, 3])
 
 
-def test_kv_cache_forward_equals_full_forward():
+def test_kv_cache_forward_equals_full_forward(tiny_far):
     model = tiny_far(slope_scale=0.1)
     latents, timestep, conditions = inputs(frames=5)
     full = model(latents, timestep, conditions).sample
@@ -126,7 +112,7 @@ def test_kv_cache_forward_equals_full_forward():
     first = model(latents[:, :3], timestep[:, :3], conditions, kv_cache=cache, cache_frames=3).sample
     third = model(latents[:, 3:4], timestep[:, 3:4], conditions, kv_cache=cache, cache_frames=1).sample
     fourth = model(latents[:, 4:], timestep[:, 4:], conditions, kv_cache=cache).sample
-    assert (torch.cat([first, third, fourth], 1) - full).abs().max() < 1e-5
+    torch.testing.assert_close(torch.cat([first, third, fourth], 1), full, rtol=1e-4, atol=1e-5)
     assert cache.num_frames == 4 and cache.num_tokens == 4 * 16
     assert cache.keys.data_ptr() == buffer  # preallocated, written in place
     with pytest.raises(ValueError, match='KV cache is full'):
@@ -143,7 +129,7 @@ def test_kv_cache_returns_views_of_its_buffer():
     assert cache.num_frames == 0 and cache.num_tokens == 0
 
 
-def test_flex_attention_backend_matches_sdpa():
+def test_flex_attention_backend_matches_sdpa(tiny_far):
     model = tiny_far(slope_scale=0.05)
     latents, timestep, conditions = inputs(frames=3)
     with torch.no_grad():
@@ -153,13 +139,13 @@ def test_flex_attention_backend_matches_sdpa():
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
             flex = model(latents, timestep, conditions).sample
-    assert (flex - reference).abs().max() < 1e-5
+    torch.testing.assert_close(flex, reference, rtol=1e-4, atol=1e-5)
     model.attention_backend = 'xformers'
     with pytest.raises(ValueError, match='attention_backend'):
         model(latents, timestep, conditions)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_far):
     latents, timestep, conditions = inputs()
     grads = []
     for checkpointing in (False, True):
@@ -168,10 +154,10 @@ def test_gradient_checkpointing_gives_the_same_gradients():
             model.enable_gradient_checkpointing()
         model(latents, timestep, conditions).sample.square().mean().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
-    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
 
 
-def test_save_pretrained_round_trip(tmp_path):
+def test_save_pretrained_round_trip(tiny_far, tmp_path):
     model = tiny_far(slope_scale=0.02)
     model.save_pretrained(tmp_path)
     loaded = FAR.from_pretrained(tmp_path).eval()
@@ -180,7 +166,7 @@ def test_save_pretrained_round_trip(tmp_path):
     assert torch.equal(loaded(latents, timestep, conditions).sample, model(latents, timestep, conditions).sample)
 
 
-def test_clear_errors_on_bad_input():
+def test_clear_errors_on_bad_input(tiny_far):
     model = tiny_far()
     latents, timestep, conditions = inputs()
     with pytest.raises(ValueError, match=r"pass conditions=\{'label'"):
@@ -193,3 +179,7 @@ def test_clear_errors_on_bad_input():
         FAR(attention_head_dim=16, axes_dims_rope=[4, 4, 4])
     with pytest.raises(ValueError, match='condition_cfg'):
         FAR(condition_cfg={'type': 'text'})
+    with pytest.raises(ValueError, match='condition_cfg'):
+        FAR(condition_cfg={'type': 'label', 'num_class': 3})
+    with pytest.raises(TypeError):
+        FAR(2)  # keyword-only

@@ -6,7 +6,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from far.models import FAR
-from far.objectives import CLEAN_TIMESTEP, FlowMatchingObjective
+from far.objectives import CLEAN_TIMESTEP, FlowMatchingObjective, FlowMatchSchedule
 from far.options import OptionError, validate
 
 
@@ -21,10 +21,10 @@ def gen(seed=0):
 
 @pytest.mark.parametrize('shift', [1.0, 3.0])
 def test_noising_is_the_schedulers_forward_process(shift):
+    objective = FlowMatchingObjective(clean_context_ratio=0.0, scheduler=FlowMatchSchedule(shift=shift))
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
-    objective = FlowMatchingObjective(clean_context_ratio=0.0)
     x0 = torch.randn(3, 5, 4, 2, 2, generator=gen(1))
-    noised = objective.noise(x0, scheduler, window=5, generator=gen(2))
+    noised = objective.noise(x0, window=5, generator=gen(2))
     assert not noised.clean.any()
     # the same noise, drawn again from the same generator state
     noise = torch.randn(x0.shape, generator=gen(2))
@@ -36,20 +36,18 @@ def test_noising_is_the_schedulers_forward_process(shift):
 
 
 def test_timesteps_follow_the_logit_normal_density():
-    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000)
-    timesteps, sigmas = FlowMatchingObjective().sample_timesteps(scheduler, 200, 100, 'cpu', gen())
+    timesteps, sigmas = FlowMatchingObjective().sample_timesteps(200, 100, 'cpu', gen())
     assert timesteps.shape == sigmas.shape == (200, 100)
     torch.testing.assert_close(sigmas, timesteps / 1000)
     logits = torch.logit(sigmas.clamp(1e-4, 1 - 1e-4).double())
     assert abs(logits.mean().item()) < 0.05 and abs(logits.std().item() - 1.0) < 0.05
-    uniform, _ = FlowMatchingObjective(weighting_scheme='uniform').sample_timesteps(scheduler, 200, 100, 'cpu', gen())
+    uniform, _ = FlowMatchingObjective(weighting_scheme='uniform').sample_timesteps(200, 100, 'cpu', gen())
     assert abs(uniform.mean().item() - 500) < 15 and (uniform < 100).float().mean() > 0.08
 
 
 def test_clean_context_frames_are_clean_and_tagged():
-    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000)
     x0 = torch.randn(400, 25, 2, 1, 1, generator=gen(3))
-    noised = FlowMatchingObjective(clean_context_ratio=0.1).noise(x0, scheduler, window=25, generator=gen(4))
+    noised = FlowMatchingObjective(clean_context_ratio=0.1).noise(x0, window=25, generator=gen(4))
     ratio = noised.clean.float().mean().item()
     assert 0.09 < ratio < 0.11
     assert torch.equal(noised.inputs[noised.clean], x0[noised.clean])
@@ -58,10 +56,9 @@ def test_clean_context_frames_are_clean_and_tagged():
 
 
 def test_long_context_frames_before_the_window_are_always_clean():
-    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000)
     x0 = torch.randn(64, 10, 2, 1, 1, generator=gen(5))
     objective = FlowMatchingObjective(clean_context_ratio=0.1, training_type='long_context')
-    noised = objective.noise(x0, scheduler, window=4, generator=gen(6))
+    noised = objective.noise(x0, window=4, generator=gen(6))
     assert noised.clean[:, :6].all()
     assert 0.02 < noised.clean[:, 6:].float().mean().item() < 0.25  # the window keeps the random ratio
 
@@ -87,14 +84,13 @@ def test_objective_trains_a_far_model():
     torch.manual_seed(0)
     model = FAR(in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=2,
                 axes_dims_rope=[2, 2, 4], short_term_ctx_winsize=3)
-    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000)
     objective = FlowMatchingObjective(clean_context_ratio=0.5)
     latents = torch.randn(2, 3, 4, 4, 4, generator=gen(8))
-    loss = objective(model, latents, scheduler, window=3, generator=gen(9))
+    loss = objective(model, latents, window=3, generator=gen(9))
     loss.backward()
     assert loss.ndim == 0 and torch.isfinite(loss)
     assert model.proj_out.weight.grad.abs().sum() > 0
-    again = objective(model, latents, scheduler, window=3, generator=gen(9))
+    again = objective(model, latents, window=3, generator=gen(9))
     assert again.item() == loss.item()
 
 

@@ -6,15 +6,14 @@ from pathlib import Path
 import pytest
 
 import far  # noqa: F401  (fills the registries)
-from far.experiment import (EvaluationOptions, ExperimentOptions, SchedulerOptions, building, load_experiment,
-                            require)
+from far.experiment import EvaluationOptions, ExperimentOptions, building, load_experiment, require
 from far.objectives import FlowMatchingObjective
-from far.options import OptionError, to_dict
+from far.options import OptionError, _yaml_parameters, to_dict
 from far.trainers import FARTrainer, OptimizerOptions, ValidationOptions
-from far.utils.experiment_dir import option_differences
+from far.utils.experiment_dir import option_differences, resumable
 
-REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / 'options' / 'demo' / 'far_moving_shapes.yml'
+DEMO = Path(__file__).resolve().parents[1] / 'options' / 'demo' / 'far_moving_shapes.yml'
+MEMORY = DEMO.parents[1] / 'long_context' / 'far_long_maze_memory.yml'
 
 
 def demo_yaml(tmp_path, old: str = '', new: str = '') -> str:
@@ -35,14 +34,14 @@ def error(path: str, overrides=()) -> str:
 def test_demo_file_validates_into_option_groups():
     opt = load_experiment(str(DEMO))
     assert isinstance(opt, ExperimentOptions)
-    assert isinstance(opt.scheduler, SchedulerOptions) and isinstance(opt.test, EvaluationOptions)
+    assert isinstance(opt.test, EvaluationOptions) and opt.test.sampler['type'] == 'FARPipeline'
     trainer = opt.trainer
     assert trainer['type'] == 'FARTrainer'
     assert isinstance(trainer['optimizer'], OptimizerOptions)
     assert isinstance(trainer['objective'], FlowMatchingObjective)
     assert isinstance(trainer['validation'], ValidationOptions)
     assert set(opt.datasets) == {'train', 'val', 'test'}
-    assert opt.test.protocol['type'] == 'mcvd'
+    assert opt.test.protocol['type'] == 'MCVDProtocol'
     # the resolved options are plain YAML data again
     resolved = to_dict(opt)
     assert resolved['trainer']['objective']['clean_context_ratio'] == 0.5
@@ -70,7 +69,11 @@ def test_command_line_overrides():
     # wrong type
     ('total_steps: 1000', 'total_steps: many', r"trainer\.total_steps: got 'many', expected an integer"),
     ('use_kv_cache: true\n  batch_size', 'use_kv_cache: 3\n  batch_size',
-     r'test\.use_kv_cache: got 3, expected true or false'),
+     r'test\.sampler\.use_kv_cache: got 3, expected true or false'),
+    # unknown key in a sampler block (its options dataclass)
+    ('    num_inference_steps: 10\n    guidance', '    num_inference_step: 10\n    guidance',
+     r"test\.sampler\.num_inference_step: unknown key for pipeline 'FARPipeline' \(did you mean "
+     r"'num_inference_steps'\?\)"),
     ("mixed_precision: 'no'", 'mixed_precision: fp32', r"mixed_precision: got 'fp32', allowed: 'no', 'fp16', 'bf16'"),
     # unknown registry entry
     ('type: FARTrainer', 'type: FARTrainr',
@@ -113,15 +116,44 @@ def test_constructor_checks_name_the_block():
             opt.build_model()
 
 
-def test_trainer_signature_is_fully_annotated():
+def test_trainer_options_are_the_whole_chain_of_signatures_and_annotated():
     """The validator checks YAML values against these annotations: each YAML key needs one."""
-    for name, param in inspect.signature(FARTrainer).parameters.items():
-        if name not in FARTrainer.runtime_args:
-            assert param.annotation is not inspect.Parameter.empty, name
+    params = _yaml_parameters(FARTrainer)
+    assert {'objective', 'validation', 'total_steps', 'optimizer', 'checkpoint'} <= set(params)
+    assert not {'accelerator', 'model', 'autoencoder', 'datasets'} & set(params)  # built by train.py
+    for name, param in params.items():
+        assert param.annotation is not inspect.Parameter.empty, name
+    with pytest.raises(TypeError):
+        FARTrainer(None)  # keyword-only
 
 
 def test_option_differences_name_the_changed_keys():
     old = {'trainer': {'total_steps': 10, 'optimizer': {'lr': 1e-3}}, 'seed': 0}
     new = {'trainer': {'total_steps': 20, 'optimizer': {'lr': 1e-3}}, 'seed': 0, 'pretrained': 'x'}
-    assert option_differences(old, new) == ["pretrained: '<absent>' -> 'x'", 'trainer.total_steps: 10 -> 20']
+    assert [text for _, text in option_differences(old, new)] == ["pretrained: '<absent>' -> 'x'",
+                                                                 'trainer.total_steps: 10 -> 20']
     assert option_differences(old, old) == []
+    assert resumable('trainer.total_steps') and resumable('trainer.validation.sampler.num_inference_steps')
+    assert not resumable('trainer.optimizer.lr') and not resumable('seed')
+
+
+@pytest.mark.parametrize('file, overrides, expected', [
+    (DEMO, ['model.condition_cfg={type: label, num_classes: 5}'],
+     r'model\.condition_cfg: has 5 label classes, but datasets\.train \(MovingShapes\) has 9'),
+    (DEMO, ['model.condition_cfg={type: action, num_action_classes: 4}'],
+     r"model\.condition_cfg: .* the items of datasets\.train \(MovingShapes\) carry no 'action'"),
+    (DEMO, ['test.protocol.unroll_length=20'],
+     r'datasets\.test\.num_frames: is 8, but test\.protocol needs clips of 22 frames'),
+    (DEMO, ['trainer.validation.context_length=4', 'trainer.validation.unroll_length=5'],
+     r'datasets\.val\.num_frames: is 8, but trainer\.validation needs clips of 9 frames'),
+    (DEMO, ['test.sampler.guidance_scale=2'],
+     r'test\.sampler\.guidance_scale: is 2\.0, but model\.condition_cfg is null'),
+    (DEMO, ['test.sampler.scheduler.num_train_timesteps=500'],
+     r'test\.sampler\.scheduler\.num_train_timesteps: is 500, but trainer\.objective\.scheduler'),
+    (MEMORY, ['datasets.test.window=4'], r'datasets\.test\.window: is 4, but model\.short_term_ctx_winsize is 8'),
+    (MEMORY, ['test.protocol.sliding_window_baseline=48'],
+     r'test\.protocol\.sliding_window_baseline: is 48 frames, but the protocol samples only 48'),
+    (MEMORY, ['test.protocol.unroll_length=17'], r'datasets\.test\.episode_length: is 48, but test\.protocol needs clips of 49'),
+])
+def test_settings_that_must_agree_across_blocks_are_checked_when_the_file_loads(file, overrides, expected):
+    assert re.search(expected, error(str(file), overrides))

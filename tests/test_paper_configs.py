@@ -14,6 +14,7 @@ import torch
 
 import far  # noqa: F401  (fills the registries)
 from far.experiment import load_experiment
+from far.pipelines import FARSampling
 from far.registry import AUTOENCODERS, PROTOCOLS, TRAINERS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,13 +83,13 @@ class Protocol(NamedTuple):
 
 
 ALL = ('mse', 'psnr', 'ssim', 'lpips', 'fvd')
-LATTE = Protocol('latte', 0, 16, 1, 2048, 1, (0, 2, 4, 6), ('fvd',), False)
-LATTE_10K = Protocol('latte', 0, 16, 1, 10000, 1, (0,), ('fvd',), False)
-MCVD_UCF = Protocol('mcvd', 4, 12, 100, 256, 10, (0,), ALL, False)
-MCVD_BAIR_28 = Protocol('mcvd', 2, 28, 100, 256, 1, (0,), ALL, False)
-MCVD_BAIR_14 = Protocol('mcvd', 2, 14, 100, 256, 1, (0,), ALL, False)
-TECO = Protocol('teco', 144, 156, 1, 256, 1, (0, 1, 2, 3), ALL, True)
-TECO_FVD = Protocol('teco_fvd', 36, 264, 1, 256, 1, (0, 1, 2, 3), ('fvd',), False)
+LATTE = Protocol('LatteProtocol', 0, 16, 1, 2048, 1, (0, 2, 4, 6), ('fvd',), False)
+LATTE_10K = Protocol('LatteProtocol', 0, 16, 1, 10000, 1, (0,), ('fvd',), False)
+MCVD_UCF = Protocol('MCVDProtocol', 4, 12, 100, 256, 10, (0,), ALL, False)
+MCVD_BAIR_28 = Protocol('MCVDProtocol', 2, 28, 100, 256, 1, (0,), ALL, False)
+MCVD_BAIR_14 = Protocol('MCVDProtocol', 2, 14, 100, 256, 1, (0,), ALL, False)
+TECO = Protocol('TECOProtocol', 144, 156, 1, 256, 1, (0, 1, 2, 3), ALL, True)
+TECO_FVD = Protocol('TECOFVDProtocol', 36, 264, 1, 256, 1, (0, 1, 2, 3), ('fvd',), False)
 
 
 class Row(NamedTuple):
@@ -182,7 +183,7 @@ def test_model_has_the_paper_size(name):
 def test_autoencoder_gives_64_tokens_of_32_channels(name):
     row, opt = PAPER[name], load(name)
     block = opt.autoencoder
-    assert block['type'] == 'AutoencoderDC' and (REPO / block['config']).is_file()
+    assert block['type'] == 'DCAutoencoder' and (REPO / block['config']).is_file()
     assert block['checkpoint'] == f'{RELEASED}/dcae/{row.dcae}'
     assert block.get('dtype') == 'bfloat16'  # FAR ran the frozen DC-AE in bf16
     with torch.device('meta'):
@@ -197,7 +198,6 @@ def test_training_follows_the_paper(name):
     row, opt = PAPER[name], load(name)
     trainer = opt.trainer
     assert (opt.mixed_precision, opt.seed, opt.pretrained) == ('bf16', 0, None)
-    assert opt.scheduler.num_train_timesteps == 1000 and opt.scheduler.shift == 1.0
     # v3 Table 8: AdamW 1e-4, constant schedule, batch 32 (8 processes x 4), EMA 0.9999
     assert trainer['type'] == 'FARTrainer' and trainer['batch_size'] == 4
     optimizer = trainer['optimizer']
@@ -206,13 +206,16 @@ def test_training_follows_the_paper(name):
     assert (trainer['ema_decay'], trainer['max_grad_norm'], trainer['total_steps']) == (0.9999, 1.0, row.steps)
     objective = trainer['objective']
     assert (objective.clean_context_ratio, objective.weighting_scheme) == (0.1, 'logit_normal')
+    assert objective.scheduler.num_train_timesteps == 1000 and objective.scheduler.shift == 1.0
     assert objective.training_type == ('long_context' if row.data.latent else 'base')
     assert (trainer['checkpoint'].every, trainer['checkpoint'].keep) == (row.every, None)
 
     validation = trainer['validation']
-    assert validation.every == row.every and validation.num_inference_steps == 50
+    sampler = FARSampling(**{k: v for k, v in validation.sampler.items() if k != 'type'})
+    assert validation.every == row.every and validation.sampler['type'] == 'FARPipeline'
     assert (validation.context_length, validation.unroll_length) == (row.protocol.context, row.protocol.predicted)
-    assert (validation.guidance_scale, validation.use_kv_cache) == (row.guidance, row.kv_cache)
+    assert (sampler.num_inference_steps, sampler.guidance_scale, sampler.use_kv_cache) == \
+        (50, row.guidance, row.kv_cache)
 
     train = opt.datasets['train']
     assert (train['data_list'], train['num_frames'], train.get('frame_interval', 1)) == \
@@ -236,7 +239,9 @@ def test_evaluation_follows_the_paper(name):
     row, opt = PAPER[name], load(name)
     test = opt.test
     assert test.checkpoint == f'{RELEASED}/{row.released}'
-    assert (test.num_inference_steps, test.guidance_scale, test.use_kv_cache) == (50, row.guidance, row.kv_cache)
+    sampler = FARSampling(**{k: v for k, v in test.sampler.items() if k != 'type'})
+    assert test.sampler['type'] == 'FARPipeline' and sampler.scheduler.shift == 1.0
+    assert (sampler.num_inference_steps, sampler.guidance_scale, sampler.use_kv_cache) == (50, row.guidance, row.kv_cache)
     settings = protocol_settings(test.protocol)
     expected = row.protocol
     assert test.protocol['type'] == expected.type

@@ -10,7 +10,7 @@ import torch
 import far.metrics  # noqa: F401  (registers the metrics and protocols)
 from far.metrics import LPIPSMetric, MSE, PSNR, SSIM, frechet_distance, mp4_round_trip, paired_mp4_round_trip
 from far.metrics.protocols import LatteProtocol, MCVDProtocol, TECOProtocol
-from far.metrics.video_io import read_mp4, write_mp4
+from far.video import decode_video, write_mp4
 from far.registry import PROTOCOLS
 
 PIXEL = ['mse', 'psnr', 'ssim', 'lpips']
@@ -199,7 +199,7 @@ def test_mp4_files_are_the_ones_far_writes(tmp_path):
     writer.close()
     write_mp4(frames, tmp_path / 'ours.mp4')
     assert (tmp_path / 'ours.mp4').read_bytes() == (tmp_path / 'far.mp4').read_bytes()
-    assert read_mp4(tmp_path / 'ours.mp4').shape == frames.shape
+    assert decode_video(tmp_path / 'ours.mp4').shape == frames.shape
 
 
 def test_mp4_round_trip_shapes_range_and_border():

@@ -15,34 +15,6 @@ from safetensors.torch import load_file
 
 from far.utils.checkpoints import latest_checkpoint, list_checkpoints, load_weights, resolve_weights
 
-REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / 'options' / 'demo' / 'far_moving_shapes.yml'
-
-# The demo experiment shrunk to seconds: a 1-layer model, 20 steps, a few small clips.
-TINY = [
-    'model.num_layers=1', 'model.num_attention_heads=1',
-    'trainer.total_steps=20', 'trainer.batch_size=4', 'trainer.lr_schedule.warmup_steps=5',
-    'trainer.checkpoint.every=10', 'trainer.checkpoint.keep=2', 'trainer.log.every=5',
-    'trainer.validation.every=10', 'trainer.validation.num_videos=2', 'trainer.validation.num_inference_steps=2',
-    'trainer.validation.unroll_length=3', 'trainer.validation.batch_size=2',
-    'datasets.train.num_videos=24', 'datasets.val.num_videos=4', 'datasets.test.num_videos=5',
-    'test.protocol.num_videos=5', 'test.protocol.unroll_length=3', 'test.num_inference_steps=2', 'test.batch_size=2',
-]
-
-
-def run(script: str, *args: str, cwd: Path, launcher=(), timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run a script of the repository in ``cwd`` (one thread per process, hubs offline)."""
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'HF_HUB_OFFLINE': '1', 'WANDB_MODE': 'offline'}
-    command = [*launcher, str(REPO / script)] if launcher else [sys.executable, str(REPO / script)]
-    return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def train(cwd: Path, *overrides: str, name: str = 'tiny') -> subprocess.CompletedProcess:
-    result = run('train.py', '-opt', str(DEMO), *TINY, f'name={name}', *overrides, cwd=cwd)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result
-
-
 def weights(checkpoint: Path):
     return load_file(str(checkpoint / 'model.safetensors')), load_file(str(checkpoint / 'ema.safetensors'))
 
@@ -54,10 +26,10 @@ def assert_same(a, b):
 
 
 @pytest.fixture(scope='module')
-def finished_run(tmp_path_factory) -> Path:
+def finished_run(tmp_path_factory, scripts) -> Path:
     """An uninterrupted 20-step run: its working directory."""
     cwd = tmp_path_factory.mktemp('train')
-    train(cwd)
+    scripts.train(cwd)
     return cwd
 
 
@@ -78,8 +50,8 @@ def test_twenty_step_run_writes_the_experiment_folder(finished_run):
     assert any(not torch.equal(model[k], ema[k]) for k in model)  # the EMA is its own average
 
 
-def test_killed_run_resumes_to_the_same_weights(finished_run, tmp_path):
-    args = [sys.executable, str(REPO / 'train.py'), '-opt', str(DEMO), *TINY, 'name=tiny']
+def test_killed_run_resumes_to_the_same_weights(scripts, finished_run, tmp_path):
+    args = [sys.executable, str(scripts.repo / 'train.py'), '-opt', str(scripts.demo), *scripts.tiny, 'name=tiny']
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     process = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = tmp_path / 'experiments' / 'tiny' / 'checkpoints'
@@ -92,25 +64,25 @@ def test_killed_run_resumes_to_the_same_weights(finished_run, tmp_path):
     assert process.returncode == -signal.SIGKILL, 'the run ended before it could be killed'
     assert [step for step, _ in list_checkpoints(checkpoints)] == [10]
 
-    resumed = train(tmp_path)
+    resumed = scripts.train(tmp_path)
     assert 'checkpoint-10 (step 10)' in resumed.stdout and 'training from step 10 to 20' in resumed.stdout
     for uninterrupted, continued in zip(weights(finished_run / 'experiments/tiny/checkpoints/checkpoint-20'),
                                         weights(checkpoints / 'checkpoint-20')):
         assert_same(uninterrupted, continued)
 
-    again = train(tmp_path)  # a finished run started again does nothing
+    again = scripts.train(tmp_path)  # a finished run started again does nothing
     assert 'training already complete (20/20 steps)' in again.stdout
 
 
-def test_other_options_stop_the_run_and_force_new_archives(finished_run, tmp_path):
+def test_other_options_stop_the_run_and_force_new_archives(scripts, finished_run, tmp_path):
     shutil.copytree(finished_run / 'experiments', tmp_path / 'experiments')
-    refused = run('train.py', '-opt', str(DEMO), *TINY, 'name=tiny', 'trainer.optimizer.lr=0.01', cwd=tmp_path)
+    refused = scripts.run('train.py', '-opt', str(scripts.demo), *scripts.tiny, 'name=tiny', 'trainer.optimizer.lr=0.01', cwd=tmp_path)
     assert refused.returncode == 1
     assert 'experiments/tiny holds a run with other options' in refused.stderr
     assert 'trainer.optimizer.lr: 0.001 -> 0.01' in refused.stderr and '--force-new' in refused.stderr
 
     # the new run also tries the other switches: bf16, gradient checkpointing, wandb (offline)
-    train(tmp_path, 'trainer.total_steps=2', 'mixed_precision=bf16', 'trainer.gradient_checkpointing=true',
+    scripts.train(tmp_path, 'trainer.total_steps=2', 'mixed_precision=bf16', 'trainer.gradient_checkpointing=true',
           'trainer.log.use_wandb=true', '--force-new', name='tiny')
     archived = [p for p in (tmp_path / 'experiments').iterdir() if p.name.startswith('tiny_archived_')]
     assert len(archived) == 1
@@ -122,10 +94,32 @@ def test_other_options_stop_the_run_and_force_new_archives(finished_run, tmp_pat
     assert list((folder / 'wandb').glob(f'offline-run-*-{run_id}'))
 
 
-def test_bad_key_stops_before_any_work(tmp_path):
-    result = run('train.py', '-opt', str(DEMO), 'trainer.optimizer.lrr=0.1', cwd=tmp_path)
+def test_raising_the_step_budget_continues_the_run(finished_run, tmp_path, scripts):
+    shutil.copytree(finished_run / 'experiments', tmp_path / 'experiments')
+    folder = tmp_path / 'experiments' / 'tiny'
+    extended = scripts.train(tmp_path, 'trainer.total_steps=24', 'trainer.checkpoint.every=4', 'trainer.log.every=2',
+                             'trainer.validation=null')
+    assert 'training from step 20 to 24' in extended.stdout
+    assert 'resuming with a changed setting: trainer.total_steps: 20 -> 24' in extended.stdout
+    assert [s for s, _ in list_checkpoints(folder / 'checkpoints')] == [20, 24]
+    assert 'total_steps: 24' in (folder / 'options.yml').read_text()
+    assert ['total_steps: 20' in p.read_text() for p in folder.glob('options.*.yml')] == [True]  # kept
+
+
+def test_an_extended_run_equals_one_planned_that_long(tmp_path, scripts):
+    constant = ['trainer.lr_schedule.name=constant', 'trainer.validation=null', 'trainer.checkpoint.every=4']
+    scripts.train(tmp_path / 'a', *constant, 'trainer.total_steps=8')
+    scripts.train(tmp_path / 'a', *constant, 'trainer.total_steps=12')
+    scripts.train(tmp_path / 'b', *constant, 'trainer.total_steps=12')
+    for extended, planned in zip(weights(tmp_path / 'a/experiments/tiny/checkpoints/checkpoint-12'),
+                                 weights(tmp_path / 'b/experiments/tiny/checkpoints/checkpoint-12')):
+        assert_same(extended, planned)
+
+
+def test_bad_key_stops_before_any_work(scripts, tmp_path):
+    result = scripts.run('train.py', '-opt', str(scripts.demo), 'trainer.optimizer.lrr=0.1', cwd=tmp_path)
     assert result.returncode == 1
-    assert (f'error: {DEMO}: trainer.optimizer.lrr: unknown key for OptimizerOptions (did you mean \'lr\'?); '
+    assert (f'error: {scripts.demo}: trainer.optimizer.lrr: unknown key for OptimizerOptions (did you mean \'lr\'?); '
             'allowed keys: betas, eps, lr, weight_decay') in result.stderr
     assert not (tmp_path / 'experiments').exists() and not (tmp_path / 'datasets').exists()
 
@@ -140,10 +134,10 @@ def test_latest_checkpoint_ignores_unfinished_saves(tmp_path):
     assert latest_checkpoint(tmp_path / 'absent') is None
 
 
-def test_load_weights_from_every_saved_form(finished_run, tmp_path):
+def test_load_weights_from_every_saved_form(scripts, finished_run, tmp_path):
     from far.experiment import load_experiment
 
-    model = load_experiment(str(DEMO), TINY).build_model()
+    model = load_experiment(str(scripts.demo), scripts.tiny).build_model()
     checkpoint = finished_run / 'experiments' / 'tiny' / 'checkpoints' / 'checkpoint-20'
     assert load_weights(model, checkpoint) == checkpoint / 'ema.safetensors'
     ema = {k: v.clone() for k, v in model.state_dict().items()}
@@ -153,15 +147,16 @@ def test_load_weights_from_every_saved_form(finished_run, tmp_path):
     model.save_pretrained(tmp_path / 'pretrained')
     torch.save({f'module.{k}': v for k, v in ema.items()}, tmp_path / 'ddp.pth')  # a wrapped model's state dict
     for source in (tmp_path / 'pretrained', tmp_path / 'ddp.pth'):
-        fresh = load_experiment(str(DEMO), TINY).build_model()
+        fresh = load_experiment(str(scripts.demo), scripts.tiny).build_model()
         load_weights(fresh, source)
         assert_same(fresh.state_dict(), model.state_dict() if source.is_dir() else ema)
 
-    labelled = load_experiment(str(DEMO), [*TINY, 'model.condition_cfg={type: label, num_classes: 3}']).build_model()
+    labelled = load_experiment(str(scripts.demo), [*scripts.tiny, 'model.condition_cfg={type: label, num_classes: 9}'])
+    labelled = labelled.build_model()
     with pytest.raises(ValueError, match=r'ddp\.pth does not fit the model built from the YAML `model` block: '
                                          r'missing label_embedder\..*; unexpected none'):
         load_weights(labelled, tmp_path / 'ddp.pth')
-    wider = load_experiment(str(DEMO), [*TINY, 'model.num_attention_heads=2']).build_model()
+    wider = load_experiment(str(scripts.demo), [*scripts.tiny, 'model.num_attention_heads=2']).build_model()
     with pytest.raises(ValueError, match=r'(?s)ddp\.pth does not fit the model .*size mismatch'):
         load_weights(wider, tmp_path / 'ddp.pth')
     with pytest.raises(FileNotFoundError, match='does not exist'):

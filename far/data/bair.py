@@ -15,3 +15,4 @@ from far.registry import DATASETS, variant
 BAIR = DATASETS.register(variant(
     video_dataset, 'BAIR', dataset='BAIR', fields=(), pad_short=True,
     doc='BAIR robot pushing videos (no actions); keys as far.data.layouts.video_dataset.'))
+BAIR.conditions = {}  # no condition: BAIR is predicted unconditionally

@@ -16,18 +16,17 @@ import zipfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Protocol, Tuple
 
-import av
 import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from far.data.video import crop_square, resize_short_side, sample_frame_ids
+from far.data.transforms import crop_square, resize_short_side, sample_frame_ids
 
 logger = logging.getLogger('far')
 
 # What reading a broken sample raises: missing/corrupt files, bad archives, undecodable video, bad metadata.
-UNREADABLE = (OSError, ValueError, KeyError, EOFError, RuntimeError, av.FFmpegError, zipfile.BadZipFile,
-              tarfile.TarError, pickle.UnpicklingError)
+UNREADABLE = (OSError, ValueError, KeyError, EOFError, RuntimeError, zipfile.BadZipFile, tarfile.TarError,
+              pickle.UnpicklingError)
 
 PER_FRAME_FIELDS = ('action', 'revisit', 'first_visit')
 

@@ -20,3 +20,4 @@ NUM_ACTIONS = 4
 DMLab = DATASETS.register(variant(
     video_dataset, 'DMLab', dataset='DMLab', fields=('action',), pad_short=False,
     doc='DMLab videos or latents with per-frame actions; keys as far.data.layouts.video_dataset.'))
+DMLab.conditions = {'action': NUM_ACTIONS}  # what items carry (checked against the model's)

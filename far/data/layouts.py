@@ -13,7 +13,7 @@ import torch
 
 from far.data.clips import Clip, ClipDataset, ClipSampler, CorruptSamples
 from far.data.shards import ShardIndex, ShardStream, list_shards
-from far.data.video import decode_video
+from far.video import decode_video
 
 
 class JsonListSource:

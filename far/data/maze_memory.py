@@ -196,3 +196,7 @@ def MazeMemory(
                          shuffle_buffer=shuffle_buffer, samples_per_epoch=samples_per_epoch, strict=strict,
                          rank=rank, world_size=world_size, dataset='MazeMemory',
                          fields=('action', 'revisit', 'first_visit'), pad_short=False)
+
+
+MazeMemory.conditions = {'action': NUM_ACTIONS}  # what items carry (checked against the model's)
+MazeMemory.clip_length_arg = 'episode_length'  # items are whole episodes

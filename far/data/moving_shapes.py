@@ -125,3 +125,6 @@ def MovingShapes(
     return video_dataset(split, num_frames, shards=str(out_dir), num_samples=num_samples, streaming=streaming,
                          shuffle_buffer=shuffle_buffer, samples_per_epoch=samples_per_epoch, strict=strict,
                          rank=rank, world_size=world_size, dataset='MovingShapes', fields=('label',), pad_short=False)
+
+
+MovingShapes.conditions = {'label': NUM_CLASSES}  # what items carry (checked against the model's)

@@ -33,7 +33,7 @@ from webdataset.tariterators import base_plus_ext
 from webdataset.utils import glob_with_braces
 
 from far.data.clips import UNREADABLE, Clip, ClipSampler, CorruptSamples
-from far.data.video import decode_video
+from far.video import decode_video
 
 SHARD_NAME = 'shard-%06d.tar'
 FRAME_MEMBERS = ('mp4', 'frames.npy', 'latent.npy')

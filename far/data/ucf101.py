@@ -18,3 +18,4 @@ NUM_CLASSES = 101
 UCF101 = DATASETS.register(variant(
     video_dataset, 'UCF101', dataset='UCF101', fields=('label',), pad_short=True,
     doc='UCF-101 clips with class labels; keys as far.data.layouts.video_dataset.'))
+UCF101.conditions = {'label': NUM_CLASSES}  # what items carry (checked against the model's)

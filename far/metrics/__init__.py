@@ -12,7 +12,7 @@ from .lpips import LPIPS, LPIPSMetric
 from .memory import MemoryProtocol
 from .pixel import MSE, PSNR, SSIM
 from .protocols import LatteProtocol, MCVDProtocol, Protocol, TECOProtocol
-from .video_io import mp4_round_trip, paired_mp4_round_trip
+from .round_trip import mp4_round_trip, paired_mp4_round_trip
 from .weights import MissingWeightsError, resolve_weights
 
 __all__ = [

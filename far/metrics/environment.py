@@ -3,7 +3,6 @@ import platform
 from importlib import metadata
 from typing import Dict
 
-import imageio_ffmpeg
 import torch
 
 _PACKAGES = ('torch', 'torchmetrics', 'diffusers', 'av', 'imageio-ffmpeg', 'numpy', 'scipy')
@@ -17,6 +16,10 @@ def environment_info() -> Dict[str, str]:
             info[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             info[package] = 'not installed'
-    info['ffmpeg'] = imageio_ffmpeg.get_ffmpeg_version()
+    try:
+        import imageio_ffmpeg
+        info['ffmpeg'] = imageio_ffmpeg.get_ffmpeg_version()
+    except ImportError:
+        info['ffmpeg'] = 'not installed'
     info['device'] = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or 'cpu'
     return info

@@ -33,7 +33,7 @@ def frechet_distance(features_a: Union[np.ndarray, torch.Tensor], features_b: Un
     return float(np.real(mean_term + np.trace(cov_a + cov_b - 2 * root)))
 
 
-@METRICS.register(name='fvd')
+@METRICS.register(aliases=('fvd',))
 class FVD:
     """``FVD()(fake, real) -> float`` for two sets of videos ``[N,T,3,H,W]`` in [0,1], T >= 9.
 

@@ -94,7 +94,7 @@ class LPIPS(nn.Module):
         return distance
 
 
-@METRICS.register(name='lpips')
+@METRICS.register(aliases=('lpips',))
 class LPIPSMetric(FrameMetric):
     """LPIPS per frame of videos in [0,1].
 

@@ -29,7 +29,7 @@ from typing import Dict, Literal, Optional, Sequence, Union
 
 import torch
 
-from ..registry import PROTOCOLS
+from ..registry import METRICS, PROTOCOLS
 from .base import FrameMetric
 from .pixel import PSNR
 from .protocols import Protocol
@@ -38,6 +38,7 @@ FrameMetricName = Literal['mse', 'psnr', 'ssim', 'lpips']
 MAX_PSNR = 20 * math.log10(255)
 
 
+@METRICS.register()
 class CappedPSNR(PSNR):
     """PSNR of at most ``MAX_PSNR``: an exactly repeated frame scores 48.1 dB, not infinity."""
 
@@ -45,7 +46,7 @@ class CappedPSNR(PSNR):
         return super().score(sample, gt).clamp(max=MAX_PSNR)
 
 
-@PROTOCOLS.register(name='memory')
+@PROTOCOLS.register(aliases=('memory',))
 class MemoryProtocol(Protocol):
     """Long-context prediction on videos with a ``revisit`` mask (``far.data.maze_memory``).
 
@@ -63,8 +64,9 @@ class MemoryProtocol(Protocol):
 
     name = 'memory'
     frame_fields = ('revisit', 'first_visit')  # per-frame dataset fields that `evaluate` takes
+    metric_types = {'psnr': 'CappedPSNR'}
 
-    def __init__(self, context_length: int = 32, unroll_length: int = 16, num_trajectories: int = 1,
+    def __init__(self, *, context_length: int = 32, unroll_length: int = 16, num_trajectories: int = 1,
                  num_videos: Optional[int] = None, every: int = 1, seeds: Sequence[int] = (0, ),
                  metrics: Sequence[FrameMetricName] = ('mse', 'psnr', 'ssim'),
                  sliding_window_baseline: Optional[int] = None, bucket_size: Optional[int] = None,
@@ -77,12 +79,17 @@ class MemoryProtocol(Protocol):
                              f'got {sliding_window_baseline}')
         if bucket_size is not None and bucket_size < 1:
             raise ValueError(f'memory protocol: bucket_size must be >= 1 or null, got {bucket_size}')
-        super().__init__(context_length, unroll_length, num_trajectories, num_videos, seeds, metrics, every,
-                         reference_quirks=False, annotate_context=False, weights=weights, fvd_min_frames=10,
-                         fvd_batch_size=32, frame_batch_size=frame_batch_size)
-        if 'psnr' in self._frame_metrics:
-            self._frame_metrics['psnr'] = CappedPSNR(batch_size=frame_batch_size)
+        super().__init__(context_length=context_length, unroll_length=unroll_length,
+                         num_trajectories=num_trajectories, num_videos=num_videos, seeds=seeds, metrics=metrics,
+                         every=every, reference_quirks=False, annotate_context=False, weights=weights,
+                         fvd_min_frames=10, fvd_batch_size=32, frame_batch_size=frame_batch_size)
         self.sliding_window_baseline, self.bucket_size = sliding_window_baseline, bucket_size
+
+    def sampler_baselines(self) -> Dict[str, dict]:
+        """The same sampler restricted to the last ``sliding_window_baseline`` frames (no long-term memory)."""
+        if self.sliding_window_baseline is None:
+            return {}
+        return {'sliding_window': {'context_window': self.sliding_window_baseline}}
 
     def frame_masks(self, revisit: torch.Tensor,
                     first_visit: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ from ..registry import METRICS
 from .base import FrameMetric
 
 
-@METRICS.register(name='mse')
+@METRICS.register(aliases=('mse',))
 class MSE(FrameMetric):
     higher_is_better = False
 
@@ -19,7 +19,7 @@ class MSE(FrameMetric):
         return (sample - gt).square().mean(dim=(1, 2, 3))
 
 
-@METRICS.register(name='psnr')
+@METRICS.register(aliases=('psnr',))
 class PSNR(FrameMetric):
     higher_is_better = True
 
@@ -31,7 +31,7 @@ class PSNR(FrameMetric):
         return peak_signal_noise_ratio(sample, gt, data_range=self.data_range, reduction='none', dim=(1, 2, 3))
 
 
-@METRICS.register(name='ssim')
+@METRICS.register(aliases=('ssim',))
 class SSIM(FrameMetric):
     higher_is_better = True
 

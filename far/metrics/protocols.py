@@ -41,13 +41,13 @@ from typing import Dict, List, Literal, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from ..registry import PROTOCOLS, variant
+from ..registry import METRICS, PROTOCOLS, variant
+from ..video import CRF
+from . import lpips, pixel  # noqa: F401  (register the metrics the protocols build)
 from .base import FrameMetric
 from .environment import environment_info
-from .fvd import FVD, frechet_distance
-from .lpips import LPIPSMetric
-from .pixel import MSE, PSNR, SSIM
-from .video_io import CRF, paired_mp4_round_trip
+from .fvd import frechet_distance
+from .round_trip import paired_mp4_round_trip
 from .weights import WEIGHT_FILES, sha256_of
 
 MetricName = Literal['mse', 'psnr', 'ssim', 'lpips', 'fvd']
@@ -59,7 +59,10 @@ class Protocol:
 
     name: str
 
-    def __init__(self, context_length: int, unroll_length: int, num_trajectories: int,
+    # metric name -> METRICS entry that scores it (a protocol may score a name with another entry)
+    metric_types: Dict[str, str] = {}
+
+    def __init__(self, *, context_length: int, unroll_length: int, num_trajectories: int,
                  num_videos: Optional[int], seeds: Sequence[int], metrics: Sequence[str], every: int,
                  reference_quirks: bool, annotate_context: bool, weights: Optional[Dict[str, str]],
                  fvd_min_frames: int, fvd_batch_size: int, frame_batch_size: int):
@@ -94,16 +97,24 @@ class Protocol:
         # Networks are loaded now, so a missing weight file stops the run before any sampling.
         weights = weights or {}
 
-        def frame_metric(name: str, normalize: bool = True) -> FrameMetric:
+        def metric(name: str, **settings):
+            if name == 'fvd':
+                settings.update(weights=weights.get('i3d'), batch_size=fvd_batch_size)
+            else:
+                settings['batch_size'] = frame_batch_size
             if name == 'lpips':
-                return LPIPSMetric('alex', normalize, weights.get('alexnet'), weights.get('lpips_alex'),
-                                   frame_batch_size)
-            return {'mse': MSE, 'psnr': PSNR, 'ssim': SSIM}[name](batch_size=frame_batch_size)
+                settings.update(net='alex', backbone_weights=weights.get('alexnet'),
+                                head_weights=weights.get('lpips_alex'))
+            return METRICS.build({'type': self.metric_types.get(name, name), **settings})
 
-        self._frame_metrics = {m: frame_metric(m) for m in self.metrics if m != 'fvd'}
+        self._frame_metrics = {m: metric(m) for m in self.metrics if m != 'fvd'}
         quirky_lpips = reference_quirks and 'lpips' in self.metrics
-        self._lpips_unnormalized = frame_metric('lpips', normalize=False) if quirky_lpips else None
-        self._fvd = FVD(weights.get('i3d'), fvd_batch_size) if 'fvd' in self.metrics else None
+        self._lpips_unnormalized = metric('lpips', normalize=False) if quirky_lpips else None
+        self._fvd = metric('fvd') if 'fvd' in self.metrics else None
+
+    def sampler_baselines(self) -> Dict[str, dict]:
+        """Baselines made by the evaluated sampler with other settings: ``{name: settings}``. None here."""
+        return {}
 
     # -- selection --------------------------------------------------------------------------------------------
 
@@ -221,7 +232,7 @@ class Protocol:
         }
 
 
-@PROTOCOLS.register(name='latte')
+@PROTOCOLS.register(aliases=('latte',))
 class LatteProtocol(Protocol):
     """UCF-101 generation (Latte's protocol): FVD of ``num_videos`` class-balanced clips per seed.
 
@@ -233,12 +244,14 @@ class LatteProtocol(Protocol):
 
     name = 'latte'
 
-    def __init__(self, num_videos: int = 2048, unroll_length: int = 16, seeds: Sequence[int] = (0, 2, 4, 6),
+    def __init__(self, *, num_videos: int = 2048, unroll_length: int = 16, seeds: Sequence[int] = (0, 2, 4, 6),
                  metrics: Sequence[MetricName] = ('fvd', ), reference_quirks: bool = False,
                  weights: Optional[Dict[str, str]] = None, fvd_min_frames: int = 10, fvd_batch_size: int = 32,
                  frame_batch_size: int = 256):
-        super().__init__(0, unroll_length, 1, num_videos, seeds, metrics, 1, reference_quirks, False, weights,
-                         fvd_min_frames, fvd_batch_size, frame_batch_size)
+        super().__init__(context_length=0, unroll_length=unroll_length, num_trajectories=1, num_videos=num_videos,
+                         seeds=seeds, metrics=metrics, every=1, reference_quirks=reference_quirks,
+                         annotate_context=False, weights=weights, fvd_min_frames=fvd_min_frames,
+                         fvd_batch_size=fvd_batch_size, frame_batch_size=frame_batch_size)
 
     def select(self, dataset, seed: int) -> List[int]:
         labels = getattr(dataset, 'labels', None)
@@ -264,7 +277,7 @@ class LatteProtocol(Protocol):
                 f'shuffled, first {self.num_videos}')
 
 
-@PROTOCOLS.register(name='mcvd')
+@PROTOCOLS.register(aliases=('mcvd',))
 class MCVDProtocol(Protocol):
     """Short-video prediction (MCVD/ExtDM protocol): best of 100 trajectories for pixel metrics.
 
@@ -274,17 +287,19 @@ class MCVDProtocol(Protocol):
 
     name = 'mcvd'
 
-    def __init__(self, context_length: int, unroll_length: int, num_trajectories: int = 100,
+    def __init__(self, *, context_length: int, unroll_length: int, num_trajectories: int = 100,
                  num_videos: Optional[int] = 256, every: int = 1, seeds: Sequence[int] = (0, ),
                  metrics: Sequence[MetricName] = ALL_METRICS, reference_quirks: bool = False,
                  annotate_context: bool = False, weights: Optional[Dict[str, str]] = None,
                  fvd_min_frames: int = 10, fvd_batch_size: int = 32, frame_batch_size: int = 256):
-        super().__init__(context_length, unroll_length, num_trajectories, num_videos, seeds, metrics, every,
-                         reference_quirks, annotate_context, weights, fvd_min_frames, fvd_batch_size,
-                         frame_batch_size)
+        super().__init__(context_length=context_length, unroll_length=unroll_length,
+                         num_trajectories=num_trajectories, num_videos=num_videos, seeds=seeds, metrics=metrics,
+                         every=every, reference_quirks=reference_quirks, annotate_context=annotate_context,
+                         weights=weights, fvd_min_frames=fvd_min_frames, fvd_batch_size=fvd_batch_size,
+                         frame_batch_size=frame_batch_size)
 
 
-@PROTOCOLS.register(name='teco')
+@PROTOCOLS.register(aliases=('teco',))
 class TECOProtocol(Protocol):
     """Long-video prediction (TECO protocol) on 300-frame clips: 144 -> 156 for the pixel metrics.
 
@@ -294,15 +309,19 @@ class TECOProtocol(Protocol):
 
     name = 'teco'
 
-    def __init__(self, context_length: int = 144, unroll_length: int = 156, num_trajectories: int = 1,
+    def __init__(self, *, context_length: int = 144, unroll_length: int = 156, num_trajectories: int = 1,
                  num_videos: Optional[int] = 256, every: int = 1, seeds: Sequence[int] = (0, 1, 2, 3),
                  metrics: Sequence[MetricName] = ('mse', 'psnr', 'ssim', 'lpips'), reference_quirks: bool = False,
                  annotate_context: bool = True, weights: Optional[Dict[str, str]] = None,
                  fvd_min_frames: int = 10, fvd_batch_size: int = 32, frame_batch_size: int = 256):
-        super().__init__(context_length, unroll_length, num_trajectories, num_videos, seeds, metrics, every,
-                         reference_quirks, annotate_context, weights, fvd_min_frames, fvd_batch_size,
-                         frame_batch_size)
+        super().__init__(context_length=context_length, unroll_length=unroll_length,
+                         num_trajectories=num_trajectories, num_videos=num_videos, seeds=seeds, metrics=metrics,
+                         every=every, reference_quirks=reference_quirks, annotate_context=annotate_context,
+                         weights=weights, fvd_min_frames=fvd_min_frames, fvd_batch_size=fvd_batch_size,
+                         frame_batch_size=frame_batch_size)
 
 
-PROTOCOLS.register(variant(TECOProtocol, 'teco_fvd', 'TECO protocol FVD: 36 context frames -> 264 predicted.',
-                           context_length=36, unroll_length=264, metrics=['fvd'], annotate_context=False))
+TECOFVDProtocol = PROTOCOLS.register(
+    variant(TECOProtocol, 'TECOFVDProtocol', 'TECO protocol FVD: 36 context frames -> 264 predicted.',
+            context_length=36, unroll_length=264, metrics=['fvd'], annotate_context=False),
+    aliases=('teco_fvd',))

@@ -1,12 +1,12 @@
 """Latent autoencoders behind one interface: video in [0, 1] <-> scaled latents.
 
-Registry entries (``far.registry.AUTOENCODERS``):
+Registry entries (``far.registry.AUTOENCODERS``; the names in parentheses are accepted too):
 
-- ``AutoencoderDC``: FAR's deep-compression autoencoder (DC-AE), i.e. diffusers' ``AutoencoderDC``. It has
+- ``DCAutoencoder`` (``AutoencoderDC``): FAR's deep-compression autoencoder (DC-AE), i.e. diffusers' ``AutoencoderDC``. It has
   the module tree, parameter names and outputs of the DC-AE class that trained the published FAR
   checkpoints (which only added a ``get_last_layer`` helper), so their ``.pth`` state dicts load strictly.
   Its configurations live in ``options/model_cfg/dcae/`` (8x, 16x and 32x spatial compression, 32 channels).
-- ``AutoencoderKL``: any diffusers KL VAE, from a local folder or the Hugging Face hub.
+- ``KLAutoencoder`` (``AutoencoderKL``): any diffusers KL VAE, from a local folder or the Hugging Face hub.
 - ``IdentityAutoencoder``: pixel space, optionally folded into channels by a lossless space-to-depth
   (``pixel_unshuffle: 4`` turns 32x32x3 frames into 8x8x48 latents: 64 tokens per frame).
 
@@ -163,7 +163,7 @@ class LatentAutoencoder(nn.Module, abc.ABC):
                 f'scaling_factor={self.scaling_factor}, slicing={self.slicing}')
 
 
-@AUTOENCODERS.register(name='AutoencoderDC')
+@AUTOENCODERS.register(aliases=('AutoencoderDC',))
 class DCAutoencoder(LatentAutoencoder):
     """FAR's DC-AE (diffusers ``AutoencoderDC``).
 
@@ -209,7 +209,7 @@ class DCAutoencoder(LatentAutoencoder):
         return self.model.decode(latents).sample
 
 
-@AUTOENCODERS.register(name='AutoencoderKL')
+@AUTOENCODERS.register(aliases=('AutoencoderKL',))
 class KLAutoencoder(LatentAutoencoder):
     """A diffusers KL VAE (``AutoencoderKL.from_pretrained``), e.g. ``stabilityai/sd-vae-ft-ema``.
 

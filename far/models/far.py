@@ -20,14 +20,12 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
 from einops import rearrange
 
+from ..conditions import Condition, Conditions
 from ..registry import MODELS, variant
 from .attention import BACKENDS, FrameCausalAttention, Segment
 from .blocks import FARBlock, FrameModulation, Rope, modulate
 from .embeddings import FrameRotaryEmbedding, condition_embedding
 from .kv_cache import KVCache
-
-CONDITION_KEYS = {'label': 'num_classes', 'action': 'num_action_classes'}
-
 
 class TokenStream(NamedTuple):
     """Frames of one patch size, as tokens grouped by frame, with what the blocks need to process them."""
@@ -37,14 +35,6 @@ class TokenStream(NamedTuple):
     segment: Segment             # (first_frame, T, n)
     patch_size: int
     proj_out: nn.Linear
-
-
-def slice_conditions(conditions: Optional[Dict[str, torch.Tensor]], start: int,
-                     end: Optional[int] = None) -> Optional[Dict[str, torch.Tensor]]:
-    """The conditions of frames ``start:end``: per-frame actions are sliced, a clip label is kept."""
-    if conditions is None or 'action' not in conditions:
-        return conditions
-    return {**conditions, 'action': conditions['action'][:, start:end]}
 
 
 @MODELS.register()
@@ -61,7 +51,8 @@ class FAR(ModelMixin, ConfigMixin):
         short_term_ctx_winsize: FAR-Long's short-term window (frames at full resolution); the trainer
             computes the loss on the last this-many frames of a clip.
         condition_cfg: ``None``, ``{'type': 'label', 'num_classes': N}`` or
-            ``{'type': 'action', 'num_action_classes': N}``. Id N is the null id of guidance.
+            ``{'type': 'action', 'num_action_classes': N}`` (see ``far.conditions``); id N is the null id of
+            guidance. Parsed once into ``model.condition``.
         condition_dropout: probability of replacing a label/action by the null id while training
             (0 turns it off).
     """
@@ -73,6 +64,7 @@ class FAR(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(
         self,
+        *,
         patch_size: int = 1,
         in_channels: int = 32,
         out_channels: int = 32,
@@ -90,10 +82,10 @@ class FAR(ModelMixin, ConfigMixin):
         if sum(axes_dims_rope) != attention_head_dim:
             raise ValueError(f'{name}: axes_dims_rope {list(axes_dims_rope)} must sum to attention_head_dim '
                              f'({attention_head_dim})')
-        if condition_cfg is not None and (condition_cfg.get('type') not in CONDITION_KEYS
-                                          or CONDITION_KEYS[condition_cfg['type']] not in condition_cfg):
-            raise ValueError(f"{name}: condition_cfg must be {{'type': 'label', 'num_classes': N}} or "
-                             f"{{'type': 'action', 'num_action_classes': N}}, got {condition_cfg}")
+        try:
+            self.condition = Condition.parse(condition_cfg)
+        except ValueError as error:
+            raise ValueError(f'{name}: {error}') from None
         dim = num_attention_heads * attention_head_dim
         self.inner_dim = dim
 
@@ -101,10 +93,9 @@ class FAR(ModelMixin, ConfigMixin):
         self.x_embedder = nn.Linear(in_channels * patch_size * patch_size, dim)
         self.time_proj = Timesteps(num_channels=256, flip_sin_to_cos=True, downscale_freq_shift=1)
         self.timestep_embedder = TimestepEmbedding(in_channels=256, time_embed_dim=dim)
-        if condition_cfg is not None:
-            kind = condition_cfg['type']
-            embedder = condition_embedding(condition_cfg[CONDITION_KEYS[kind]], dim, condition_dropout)
-            setattr(self, f'{kind}_embedder', embedder)  # label_embedder / action_embedder
+        if self.condition is not None:
+            embedder = condition_embedding(self.condition.num_classes, dim, condition_dropout)
+            setattr(self, f'{self.condition.kind}_embedder', embedder)  # label_embedder / action_embedder
         self.rope = FrameRotaryEmbedding(axes_dims_rope)
 
         # ----- transformer -----
@@ -134,9 +125,8 @@ class FAR(ModelMixin, ConfigMixin):
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
-        for kind in CONDITION_KEYS:
-            if hasattr(self, f'{kind}_embedder'):
-                nn.init.normal_(getattr(self, f'{kind}_embedder').embedding_table.weight, std=0.02)
+        if self.condition is not None:
+            nn.init.normal_(getattr(self, f'{self.condition.kind}_embedder').embedding_table.weight, std=0.02)
         nn.init.normal_(self.timestep_embedder.linear_1.weight, std=0.02)
         nn.init.normal_(self.timestep_embedder.linear_2.weight, std=0.02)
         zero = [self.norm_out.linear, self.proj_out]
@@ -177,23 +167,26 @@ class FAR(ModelMixin, ConfigMixin):
                                                               backend, device)
         return self._attention_cache[key]
 
+    def condition_frames(self, conditions: Conditions, start: int, end: Optional[int] = None) -> Conditions:
+        """The conditions of frames ``start:end`` (actions sliced, a label kept; nothing for no condition)."""
+        return None if self.condition is None else self.condition.frames(conditions, start, end)
+
     # ----- embedding and output -----
 
-    def _frame_embedding(self, timestep: torch.Tensor,
-                         conditions: Optional[Dict[str, torch.Tensor]]) -> torch.Tensor:
+    def _frame_embedding(self, timestep: torch.Tensor, conditions: Conditions) -> torch.Tensor:
         """Per-frame conditioning ``[B, T, D]``: timestep embedding + label/action embedding."""
         batch, frames = timestep.shape
         dtype = self.x_embedder.weight.dtype
         emb = self.timestep_embedder(self.time_proj(timestep.reshape(-1)).to(dtype)).view(batch, frames, -1)
-        if self.config.condition_cfg is None:
+        if self.condition is None:
             return emb
-        if self.config.condition_cfg['type'] == 'label':
+        if not self.condition.per_frame:
             return emb + self.label_embedder(conditions['label'])[:, None]
         # one dropout draw per frame, as in training of the released checkpoints
         return emb + self.action_embedder(conditions['action'].reshape(-1)).view(batch, frames, -1)
 
     def _stream(self, latents: torch.Tensor, timestep: torch.Tensor,
-                conditions: Optional[Dict[str, torch.Tensor]], first_frame: int, patch_size: int,
+                conditions: Conditions, first_frame: int, patch_size: int,
                 embedder: nn.Linear, proj_out: nn.Linear) -> TokenStream:
         _, frames, _, height, width = latents.shape
         rows, cols = height // patch_size, width // patch_size
@@ -205,7 +198,7 @@ class FAR(ModelMixin, ConfigMixin):
                            (first_frame, frames, rows * cols), patch_size, proj_out)
 
     def _embed_streams(self, latents: torch.Tensor, timestep: torch.Tensor,
-                       conditions: Optional[Dict[str, torch.Tensor]], first_frame: int,
+                       conditions: Conditions, first_frame: int,
                        kv_cache: Optional[KVCache]) -> Tuple[TokenStream, Optional[TokenStream]]:
         """The fed frames as (short-term stream, long-term stream or None); FAR has no long-term stream,
         FAR-Long's depends on the window and on what ``kv_cache`` holds."""
@@ -222,7 +215,7 @@ class FAR(ModelMixin, ConfigMixin):
     # ----- forward -----
 
     def _check_inputs(self, latents: torch.Tensor, timestep: torch.Tensor,
-                      conditions: Optional[Dict[str, torch.Tensor]], kv_cache: Optional[KVCache],
+                      conditions: Conditions, kv_cache: Optional[KVCache],
                       cache_frames: int) -> torch.Tensor:
         """Validate the inputs; return per-frame timesteps ``[B, T]``."""
         name, cfg = type(self).__name__, self.config
@@ -236,16 +229,8 @@ class FAR(ModelMixin, ConfigMixin):
         if timestep.shape != (batch, frames):
             raise ValueError(f'{name}: timestep must be [B] or [B, T] = [{batch}, {frames}], '
                              f'got {tuple(timestep.shape)}')
-        kind = None if cfg.condition_cfg is None else cfg.condition_cfg['type']
-        if kind is not None:
-            shape = (batch,) if kind == 'label' else (batch, frames)
-            value = None if conditions is None else conditions.get(kind)
-            if value is None or tuple(value.shape) != shape:
-                got = None if value is None else tuple(value.shape)
-                raise ValueError(
-                    f"{name} is {kind}-conditioned (condition_cfg={cfg.condition_cfg}): pass conditions="
-                    f"{{'{kind}': LongTensor{list(shape)}}} (id {cfg.condition_cfg[CONDITION_KEYS[kind]]} is "
-                    f"the null id), got {got}")
+        if self.condition is not None:
+            self.condition.check(conditions, batch, frames, name)
         if cache_frames and (kv_cache is None or not 0 <= cache_frames <= frames):
             raise ValueError(f'{name}: cache_frames={cache_frames} needs a kv_cache and at most {frames} frames')
         return timestep
@@ -254,7 +239,7 @@ class FAR(ModelMixin, ConfigMixin):
         self,
         latents: torch.Tensor,
         timestep: torch.Tensor,
-        conditions: Optional[Dict[str, torch.Tensor]] = None,
+        conditions: Conditions = None,
         kv_cache: Optional[KVCache] = None,
         cache_frames: int = 0,
         return_dict: bool = True,

@@ -9,14 +9,15 @@ position, and long-term patches use full-resolution RoPE coordinates (row, colum
 
 Parameter names are those of the published FAR-Long checkpoints, which load strictly.
 """
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 from diffusers.configuration_utils import register_to_config
 
 from ..registry import MODELS, variant
-from .far import FAR, TokenStream, slice_conditions
+from ..conditions import Conditions
+from .far import FAR, TokenStream
 from .kv_cache import KVCache
 
 
@@ -30,6 +31,7 @@ class FAR_Long(FAR):
     @register_to_config
     def __init__(
         self,
+        *,
         patch_size: int = 1,
         context_patch_size: int = 4,
         in_channels: int = 32,
@@ -75,7 +77,7 @@ class FAR_Long(FAR):
         return long_tokens + super()._kv_cache_tokens(window, height, width)
 
     def _check_inputs(self, latents: torch.Tensor, timestep: torch.Tensor,
-                      conditions: Optional[Dict[str, torch.Tensor]], kv_cache: Optional[KVCache],
+                      conditions: Conditions, kv_cache: Optional[KVCache],
                       cache_frames: int) -> torch.Tensor:
         timestep = super()._check_inputs(latents, timestep, conditions, kv_cache, cache_frames)
         patch = self.config.context_patch_size
@@ -97,17 +99,17 @@ class FAR_Long(FAR):
         return max(num_long - first_frame, 0)
 
     def _embed_streams(self, latents: torch.Tensor, timestep: torch.Tensor,
-                       conditions: Optional[Dict[str, torch.Tensor]], first_frame: int,
+                       conditions: Conditions, first_frame: int,
                        kv_cache: Optional[KVCache]) -> Tuple[TokenStream, Optional[TokenStream]]:
         num_long = self._fed_long_term_frames(first_frame, latents.shape[1], kv_cache)
         short, _ = super()._embed_streams(latents[:, num_long:], timestep[:, num_long:],
-                                          slice_conditions(conditions, num_long), first_frame + num_long, kv_cache)
+                                          self.condition_frames(conditions, num_long), first_frame + num_long, kv_cache)
         if num_long == 0:
             return short, None
         # long-term frames are embedded at twice their timestep (a clean one at -2), as the released
         # FAR-Long models were trained
         long = self._stream(latents[:, :num_long], 2 * timestep[:, :num_long],
-                            slice_conditions(conditions, 0, num_long), first_frame,
+                            self.condition_frames(conditions, 0, num_long), first_frame,
                             self.config.context_patch_size, self.context_embedder, self.context_proj_out)
         return short, long
 

@@ -1,4 +1,4 @@
 """Training objectives."""
-from far.objectives.flow_matching import CLEAN_TIMESTEP, FlowMatchingObjective, NoisedFrames
+from far.objectives.flow_matching import CLEAN_TIMESTEP, FlowMatchingObjective, FlowMatchSchedule, NoisedFrames
 
-__all__ = ['CLEAN_TIMESTEP', 'FlowMatchingObjective', 'NoisedFrames']
+__all__ = ['CLEAN_TIMESTEP', 'FlowMatchingObjective', 'FlowMatchSchedule', 'NoisedFrames']

@@ -6,14 +6,28 @@ every frame at once under a frame-causal mask. A random share of the frames is k
 tagged with timestep -1: they act as clean context for the later frames, which is how the model learns
 to condition on clean history at no extra cost, and they are left out of the loss.
 """
+import functools
 from dataclasses import dataclass
-from typing import Dict, Literal, NamedTuple, Optional
+from typing import Literal, NamedTuple, Optional
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.training_utils import compute_density_for_timestep_sampling
 
+from ..conditions import Conditions
+
 CLEAN_TIMESTEP = -1.0  # the timestep that marks a clean context frame, in training and in sampling
+
+
+@dataclass(frozen=True)
+class FlowMatchSchedule:
+    """The noise schedule of diffusers' ``FlowMatchEulerDiscreteScheduler``: timestep ``t = 1000 * s`` has noise
+    level ``sigma = shift * s / (1 + (shift - 1) * s)``. Training draws from it, samplers step along it."""
+    num_train_timesteps: int = 1000
+    shift: float = 1.0
+
+    def build(self) -> FlowMatchEulerDiscreteScheduler:
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=self.num_train_timesteps, shift=self.shift)
 
 
 class NoisedFrames(NamedTuple):
@@ -36,14 +50,20 @@ class FlowMatchingObjective:
     logit_std: float = 1.0
     mode_scale: float = 1.29
     training_type: Literal['base', 'long_context'] = 'base'
+    scheduler: FlowMatchSchedule = FlowMatchSchedule()
 
     def __post_init__(self):
         if not 0.0 <= self.clean_context_ratio < 1.0:
             raise ValueError(f'clean_context_ratio must be in [0, 1), got {self.clean_context_ratio}')
 
-    def sample_timesteps(self, scheduler: FlowMatchEulerDiscreteScheduler, batch: int, frames: int, device,
-                         generator: Optional[torch.Generator] = None):
+    @functools.cached_property
+    def noise_schedule(self) -> FlowMatchEulerDiscreteScheduler:
+        """The training schedule (built once; training only reads it)."""
+        return self.scheduler.build()
+
+    def sample_timesteps(self, batch: int, frames: int, device, generator: Optional[torch.Generator] = None):
         """Per-frame ``(timesteps, sigmas)``, each [batch, frames], drawn as indices into the training schedule."""
+        scheduler = self.noise_schedule
         u = compute_density_for_timestep_sampling(
             weighting_scheme=self.weighting_scheme, batch_size=batch * frames, logit_mean=self.logit_mean,
             logit_std=self.logit_std, mode_scale=self.mode_scale, device=device, generator=generator)
@@ -54,13 +74,12 @@ class FlowMatchingObjective:
         sigmas = scheduler.sigmas[indices].reshape(batch, frames).to(device)
         return timesteps, sigmas
 
-    def noise(self, latents: torch.Tensor, scheduler: FlowMatchEulerDiscreteScheduler, window: int,
-              generator: Optional[torch.Generator] = None) -> NoisedFrames:
+    def noise(self, latents: torch.Tensor, window: int, generator: Optional[torch.Generator] = None) -> NoisedFrames:
         """Noise ``latents`` [B, T, C, H, W] frame by frame and choose the clean context frames."""
         batch, frames = latents.shape[:2]
         device = latents.device
         noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
-        timesteps, sigmas = self.sample_timesteps(scheduler, batch, frames, device, generator)
+        timesteps, sigmas = self.sample_timesteps(batch, frames, device, generator)
         sigmas = sigmas.to(latents.dtype)[..., None, None, None]
         inputs = (1.0 - sigmas) * latents + sigmas * noise
 
@@ -79,9 +98,8 @@ class FlowMatchingObjective:
         weight = (~clean).float()
         return ((per_frame * weight).sum(-1) / (weight.sum(-1) + 1e-9)).mean()
 
-    def __call__(self, model, latents: torch.Tensor, scheduler: FlowMatchEulerDiscreteScheduler, window: int,
-                 conditions: Optional[Dict[str, torch.Tensor]] = None,
+    def __call__(self, model, latents: torch.Tensor, window: int, conditions: Conditions = None,
                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        noised = self.noise(latents, scheduler, window, generator)
+        noised = self.noise(latents, window, generator)
         prediction = model(noised.inputs, timestep=noised.timesteps, conditions=conditions).sample
         return self.loss(prediction, noised.target, noised.clean, window)

@@ -1,4 +1,5 @@
-"""Samplers (registry PIPELINES)."""
-from .far_pipeline import FARPipeline
+"""Samplers (registry PIPELINES): the protocol every sampler follows, and FAR's frame-by-frame sampler."""
+from .base import VideoSampler, build_sampler
+from .far_pipeline import FARPipeline, FARSampling
 
-__all__ = ['FARPipeline']
+__all__ = ['FARPipeline', 'FARSampling', 'VideoSampler', 'build_sampler']

@@ -13,65 +13,108 @@ behind it; ``multi_level_cache=False`` re-encodes the whole context instead (a s
 ``context_window`` samples with a sliding window instead: each frame sees only the last few frames,
 renumbered from 0, e.g. a FAR-Long model restricted to its short-term window (the memory baseline).
 """
-from typing import Dict, List, Optional, Union
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Union
 
 import torch
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
-from diffusers.schedulers import FlowMatchEulerDiscreteScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..models.far import CONDITION_KEYS, FAR, slice_conditions
+from ..conditions import Condition, Conditions
+from ..models.far import FAR
 from ..models.kv_cache import KVCache
+from ..objectives.flow_matching import CLEAN_TIMESTEP, FlowMatchSchedule
 from ..registry import PIPELINES
+from .base import VideoSampler
+
+
+@dataclass(frozen=True)
+class FARSampling:
+    """How :class:`FARPipeline` samples: the keys of a ``sampler: {type: FARPipeline, ...}`` YAML block.
+
+    Args:
+        num_inference_steps: Euler steps per frame (the paper: 50).
+        guidance_scale: > 1 classifier-free guidance, 1 none, -1 fully unconditional (null ids everywhere).
+        use_kv_cache: cache the context's keys/values (same result, much faster).
+        multi_level_cache: FAR-Long only: keep long-term frames cached across window slides.
+        slope_scale: test-time linear temporal attention bias (``None``: the model's ``slope_scale``).
+        context_window: sliding window: the transformer sees only the last ``context_window`` frames, the
+            generated one included, numbered from 0 (older frames are dropped). For FAR-Long,
+            ``short_term_ctx_winsize`` restricts the model to its short-term window. ``None``: every frame.
+        scheduler: the flow-matching noise schedule stepped along (``num_train_timesteps`` as in training).
+    """
+    num_inference_steps: int = 50
+    guidance_scale: float = 1.0
+    use_kv_cache: bool = True
+    multi_level_cache: bool = True
+    slope_scale: Optional[float] = None
+    context_window: Optional[int] = None
+    scheduler: FlowMatchSchedule = FlowMatchSchedule()
+
+    def __post_init__(self):
+        if self.num_inference_steps < 1:
+            raise ValueError(f'num_inference_steps must be >= 1, got {self.num_inference_steps}')
+        if self.context_window is not None and self.context_window < 1:
+            raise ValueError(f'context_window must be >= 1 frame (or null for all), got {self.context_window}')
+
+    @property
+    def guided(self) -> bool:
+        return self.guidance_scale > 1
 
 
 @PIPELINES.register()
-class FARPipeline(DiffusionPipeline):
+class FARPipeline(DiffusionPipeline, VideoSampler):
     """Sampler for FAR / FAR-Long.
 
     Args:
         transformer: a ``FAR`` or ``FAR_Long`` model.
         vae: autoencoder wrapper (``encode`` video [B,T,3,H,W] in [0,1] -> scaled latents, ``decode``
             back), or ``None`` to sample in latent space only (``generate_latents``).
-        scheduler: ``FlowMatchEulerDiscreteScheduler``.
+        scheduler: a diffusers flow-matching scheduler; by default built from ``options.scheduler``.
+        options: :class:`FARSampling`; every generate call may change some of them (``num_inference_steps=10``).
 
     The per-frame progress bar is switched off with ``pipe.set_progress_bar_config(disable=True)``.
     """
 
     model_cpu_offload_seq = 'transformer->vae'
+    model_class = FAR
+    options_class = FARSampling
 
-    def __init__(self, transformer: FAR, vae: Optional[torch.nn.Module],
-                 scheduler: FlowMatchEulerDiscreteScheduler):
+    def __init__(self, transformer: FAR, vae: Optional[torch.nn.Module] = None, scheduler=None,
+                 options: FARSampling = FARSampling()):
         super().__init__()
-        self.register_modules(transformer=transformer, vae=vae, scheduler=scheduler)
+        if options.guidance_scale != 1 and transformer.condition is None:
+            raise ValueError(f'guidance_scale is {options.guidance_scale}, but the transformer is unconditional: '
+                             'guidance needs a label- or action-conditioned model; set it to 1')
+        self.register_modules(transformer=transformer, vae=vae,
+                              scheduler=scheduler if scheduler is not None else options.scheduler.build())
+        self.options = options
 
-    def _guided_conditions(self, conditions: Optional[Dict[str, torch.Tensor]], guidance_scale: float,
-                           batch_size: int, num_frames: int,
-                           device: torch.device) -> Optional[Dict[str, torch.Tensor]]:
-        """Model conditions for the whole video; with guidance the batch is ``[unconditional, conditional]``.
+    @property
+    def condition(self) -> Optional[Condition]:
+        return self.transformer.condition
 
-        ``guidance_scale > 1``: the unconditional half uses the null id (= number of classes/actions);
-        ``guidance_scale == -1``: fully unconditional, null ids everywhere.
-        """
-        cfg = self.transformer.config.condition_cfg
-        if cfg is None:
-            if conditions is not None or guidance_scale > 1:
+    def replace(self, **options) -> 'FARPipeline':
+        pipe = FARPipeline(transformer=self.transformer, vae=self.vae, scheduler=self.scheduler,
+                           options=self.options_with(**options))
+        pipe.set_progress_bar_config(**getattr(self, '_progress_bar_config', {}))
+        return pipe
+
+    def _guided_conditions(self, conditions: Conditions, options: FARSampling, batch_size: int,
+                           num_frames: int, device: torch.device) -> Conditions:
+        """Model conditions for the whole video; with guidance the batch is ``[unconditional, conditional]``."""
+        condition = self.condition
+        if condition is None:
+            if conditions is not None or options.guided:
                 raise ValueError('the transformer is unconditional: pass conditions=None and guidance_scale <= 1')
             return None
-        kind = cfg['type']
-        shape = (batch_size,) if kind == 'label' else (batch_size, num_frames)
-        ids = None if conditions is None else conditions.get(kind)
-        if ids is None or tuple(ids.shape) != shape:
-            raise ValueError(f"the transformer is {kind}-conditioned: pass conditions={{'{kind}': "
-                             f"LongTensor{list(shape)}}} covering context and generated frames, "
-                             f"got {None if ids is None else tuple(ids.shape)}")
-        ids = ids.to(device)
-        null = torch.full_like(ids, cfg[CONDITION_KEYS[kind]])
-        if guidance_scale == -1:
-            ids = null
-        elif guidance_scale > 1:
-            ids = torch.cat([null, ids])
-        return {kind: ids}
+        ids = condition.check(conditions, batch_size, num_frames,
+                              'the transformer (conditions must cover context and generated frames)').to(device)
+        if options.guidance_scale == -1:
+            ids = condition.null(ids)
+        elif options.guided:
+            ids = torch.cat([condition.null(ids), ids])
+        return {condition.kind: ids}
 
     def _frames_to_keep(self, cache: KVCache, total_frames: int, multi_level_cache: bool) -> int:
         """How many cached frames stay valid when the video grows to ``total_frames`` frames."""
@@ -82,37 +125,20 @@ class FARPipeline(DiffusionPipeline):
         return cache.num_frames
 
     @torch.no_grad()
-    def generate_latents(
-        self,
-        context: Optional[torch.Tensor],
-        noise: torch.Tensor,
-        conditions: Optional[Dict[str, torch.Tensor]] = None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 1.0,
-        use_kv_cache: bool = True,
-        multi_level_cache: bool = True,
-        slope_scale: Optional[float] = None,
-        context_window: Optional[int] = None,
-    ) -> torch.Tensor:
+    def generate_latents(self, context: Optional[torch.Tensor], noise: torch.Tensor, conditions: Conditions = None,
+                         **options) -> torch.Tensor:
         """Generate ``Tg`` frames after the context, in latent space.
 
         Args:
             context: ``[B, Tc, C, H, W]`` clean (scaled) latents, or ``None``.
             noise: ``[B, Tg, C, H, W]``: generated frame i starts from ``noise[:, i]``.
             conditions: ``{'label': [B]}`` or ``{'action': [B, Tc + Tg]}`` (ids of every frame) or ``None``.
-            guidance_scale: > 1 classifier-free guidance, 1 none, -1 fully unconditional (null ids).
-            use_kv_cache: cache the context's keys/values (same result, much faster).
-            multi_level_cache: FAR-Long only: keep long-term frames cached across window slides.
-            slope_scale: test-time linear temporal attention bias (overrides ``transformer.slope_scale``).
-            context_window: sliding window: the transformer sees only the last ``context_window`` frames, the
-                generated one included, numbered from 0 (older frames are dropped). For FAR-Long,
-                ``short_term_ctx_winsize`` restricts the model to its short-term window. ``None``: every frame.
+            options: :class:`FARSampling` settings for this call (the pipeline's ``options`` otherwise).
 
         Returns:
             ``[B, Tc + Tg, C, H, W]``: the context followed by the generated frames.
         """
-        if context_window is not None and context_window < 1:
-            raise ValueError(f'context_window must be >= 1 frame (or None for all), got {context_window}')
+        opt = self.options_with(**options)
         model = self.transformer
         batch, num_new, channels, height, width = noise.shape
         num_context = 0 if context is None else context.shape[1]
@@ -120,54 +146,52 @@ class FARPipeline(DiffusionPipeline):
             raise ValueError(f'context {tuple(context.shape)} and noise {tuple(noise.shape)} must agree in batch '
                              'size, channels and latent size')
         # the sampled latents stay in float32 whatever precision the transformer runs in
-        noise, device, guided = noise.float(), noise.device, guidance_scale > 1
-        conditions = self._guided_conditions(conditions, guidance_scale, batch, num_context + num_new, device)
+        noise, device = noise.float(), noise.device
+        conditions = self._guided_conditions(conditions, opt, batch, num_context + num_new, device)
 
         video = torch.empty(batch, num_context + num_new, channels, height, width, device=device)
         if context is not None:
             video[:, :num_context] = context
-        cache = (model.make_kv_cache(2 * batch if guided else batch, num_context + num_new, height, width)
-                 if use_kv_cache else None)
+        cache = (model.make_kv_cache(2 * batch if opt.guided else batch, num_context + num_new, height, width)
+                 if opt.use_kv_cache else None)
 
         previous_slope = model.slope_scale
-        if slope_scale is not None:
-            model.slope_scale = slope_scale
+        if opt.slope_scale is not None:
+            model.slope_scale = opt.slope_scale
         try:
             for index in self.progress_bar(range(num_context, num_context + num_new)):
-                start = 0 if context_window is None else max(index + 1 - context_window, 0)
+                start = 0 if opt.context_window is None else max(index + 1 - opt.context_window, 0)
                 if start and cache is not None:
                     cache.truncate(0)  # the window slid and its frames were renumbered: nothing cached holds
                 video[:, index] = self._denoise_frame(
-                    video[:, start:], index - start, noise[:, index - num_context], slice_conditions(conditions, start),
-                    num_inference_steps, guidance_scale, cache, multi_level_cache)
+                    video[:, start:], index - start, noise[:, index - num_context],
+                    model.condition_frames(conditions, start), opt, cache)
         finally:
             model.slope_scale = previous_slope
         return video
 
-    def _denoise_frame(self, video: torch.Tensor, index: int, x: torch.Tensor,
-                       conditions: Optional[Dict[str, torch.Tensor]], num_inference_steps: int,
-                       guidance_scale: float, cache: Optional[KVCache], multi_level_cache: bool) -> torch.Tensor:
+    def _denoise_frame(self, video: torch.Tensor, index: int, x: torch.Tensor, conditions: Conditions,
+                       opt: FARSampling, cache: Optional[KVCache]) -> torch.Tensor:
         """Denoise frame ``index`` from noise ``x`` given the clean frames ``video[:, :index]``."""
-        guided = guidance_scale > 1
         # clean frames fed at the first step: all of them without a cache, else those not cached yet
-        first = 0 if cache is None else self._frames_to_keep(cache, index + 1, multi_level_cache)
+        first = 0 if cache is None else self._frames_to_keep(cache, index + 1, opt.multi_level_cache)
         if cache is not None:
             cache.truncate(first)
 
-        self.scheduler.set_timesteps(num_inference_steps, device=x.device)
+        self.scheduler.set_timesteps(opt.num_inference_steps, device=x.device)
         for step, t in enumerate(self.scheduler.timesteps):
             start = first if (cache is None or step == 0) else index
-            frames = torch.cat([video[:, start:index], x[:, None]], dim=1)
-            timestep = torch.full(frames.shape[:2], -1.0, device=x.device, dtype=t.dtype)
+            frames = torch.cat([video[:, start:index], x[:, None]], dim=1)      # [B, F, C, H, W]
+            timestep = torch.full(frames.shape[:2], CLEAN_TIMESTEP, device=x.device, dtype=t.dtype)
             timestep[:, -1] = t
-            if guided:
+            if opt.guided:
                 frames, timestep = torch.cat([frames, frames]), torch.cat([timestep, timestep])
             velocity = self.transformer(
-                frames, timestep=timestep, conditions=slice_conditions(conditions, start, index + 1), kv_cache=cache,
-                cache_frames=index - start if cache is not None else 0).sample[:, -1]
-            if guided:
+                frames, timestep=timestep, conditions=self.transformer.condition_frames(conditions, start, index + 1),
+                kv_cache=cache, cache_frames=index - start if cache is not None else 0).sample[:, -1]
+            if opt.guided:
                 uncond, cond = velocity.chunk(2)
-                velocity = uncond + guidance_scale * (cond - uncond)
+                velocity = uncond + opt.guidance_scale * (cond - uncond)
             x = self.scheduler.step(velocity.float(), t, x).prev_sample
         return x
 
@@ -176,24 +200,19 @@ class FARPipeline(DiffusionPipeline):
         self,
         context_video: Optional[torch.Tensor] = None,
         num_frames: int = 1,
-        conditions: Optional[Dict[str, torch.Tensor]] = None,
+        conditions: Conditions = None,
         generator: Union[torch.Generator, List[torch.Generator], None] = None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 1.0,
-        use_kv_cache: bool = True,
-        multi_level_cache: bool = True,
-        slope_scale: Optional[float] = None,
-        context_window: Optional[int] = None,
         batch_size: int = 1,
         height: Optional[int] = None,
         width: Optional[int] = None,
+        **options,
     ) -> torch.Tensor:
         """Generate ``num_frames`` frames after ``context_video`` ``[B, Tc, 3, H, W]`` in [0, 1] (or from
         nothing: then give ``batch_size``, ``height`` and ``width`` in pixels).
 
         Returns the video ``[B, Tc + num_frames, 3, H, W]`` in [0, 1]; its context frames are the
         autoencoder's reconstructions. ``generator`` seeds the noise (one per video, or one for all).
-        Other arguments as in :meth:`generate_latents`.
+        ``options``: :class:`FARSampling` settings for this call.
         """
         if self.vae is None:
             raise ValueError('FARPipeline.generate needs a vae; with vae=None use generate_latents')
@@ -208,9 +227,9 @@ class FARPipeline(DiffusionPipeline):
             latent_width = width // self.vae.spatial_compression
         shape = (batch_size, num_frames, self.transformer.config.in_channels, latent_height, latent_width)
         noise = randn_tensor(shape, generator=generator, device=self.transformer.device, dtype=torch.float32)
-        latents = self.generate_latents(
-            context, noise, conditions=conditions, num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale, use_kv_cache=use_kv_cache, multi_level_cache=multi_level_cache,
-            slope_scale=slope_scale, context_window=context_window)
-        return self.vae.decode(latents)
+        return self.vae.decode(self.generate_latents(context, noise, conditions, **options))
 
+    def predict(self, *, context: Optional[torch.Tensor], num_frames: int, conditions: Conditions,
+                generators: Sequence[torch.Generator], height: int, width: int) -> torch.Tensor:
+        return self.generate(context_video=context, num_frames=num_frames, conditions=conditions,
+                             generator=list(generators), batch_size=len(generators), height=height, width=width)

@@ -1,7 +1,9 @@
-"""Trainers (registry TRAINERS): the shared training loop, the FAR trainer and the autoencoder trainer."""
-from far.trainers.autoencoder_trainer import AutoencoderTrainer
+"""Trainers (registry TRAINERS): the shared training loop, generative trainers validated through their sampler
+(FAR), and the autoencoder trainer."""
+from far.trainers.autoencoder_trainer import AutoencoderTrainer, ReconstructionValidation
 from far.trainers.base import CheckpointOptions, LogOptions, LRScheduleOptions, OptimizerOptions, Trainer
-from far.trainers.far_trainer import FARTrainer, ValidationOptions
+from far.trainers.far_trainer import FARTrainer
+from far.trainers.generative import GenerativeTrainer, ValidationOptions
 
-__all__ = ['AutoencoderTrainer', 'CheckpointOptions', 'FARTrainer', 'LogOptions', 'LRScheduleOptions',
-           'OptimizerOptions', 'Trainer', 'ValidationOptions']
+__all__ = ['AutoencoderTrainer', 'CheckpointOptions', 'FARTrainer', 'GenerativeTrainer', 'LogOptions',
+           'LRScheduleOptions', 'OptimizerOptions', 'ReconstructionValidation', 'Trainer', 'ValidationOptions']

@@ -17,7 +17,7 @@ from far.models.discriminator import PatchDiscriminator
 from far.registry import METRICS, TRAINERS
 from far.trainers.base import CheckpointOptions, LogOptions, LRScheduleOptions, OptimizerOptions, Trainer
 from far.utils.distributed import split_batches
-from far.utils.video import save_videos
+from far.video import save_videos
 
 logger = logging.getLogger('far')
 
@@ -72,7 +72,7 @@ class AutoencoderWithDiscriminator(nn.Module):
 
 @TRAINERS.register()
 class AutoencoderTrainer(Trainer):
-    """Trains the ``AutoencoderDC`` of the YAML ``autoencoder`` block (from scratch, or from its ``checkpoint``)
+    """Trains the ``DCAutoencoder`` of the YAML ``autoencoder`` block (from scratch, or from its ``checkpoint``)
     on the ``'video'`` frames of ``datasets['train']`` with :class:`AutoencoderLoss`.
 
     One AdamW updates the autoencoder and the discriminator together: FAR's recipe uses the same optimiser
@@ -80,7 +80,7 @@ class AutoencoderTrainer(Trainer):
     the gradients of both networks together, where FAR clips the autoencoder's alone (the same until
     ``disc_start``). ``batch_size`` counts clips; every frame is an image.
 
-    A checkpoint loads back as ``autoencoder: {type: AutoencoderDC, config: ..., checkpoint:
+    A checkpoint loads back as ``autoencoder: {type: DCAutoencoder, config: ..., checkpoint:
     experiments/<name>/checkpoints/checkpoint-<step>}`` (its EMA weights).
     """
 
@@ -88,30 +88,17 @@ class AutoencoderTrainer(Trainer):
 
     def __init__(
         self,
+        *,
         accelerator,
         autoencoder: DCAutoencoder,
-        datasets: dict,
-        folder: Path,
-        seed: int,
-        config: dict,
-        total_steps: int,
-        batch_size: int,
         optimizer: OptimizerOptions = OptimizerOptions(betas=(0.5, 0.9)),
-        lr_schedule: LRScheduleOptions = LRScheduleOptions(),
-        max_grad_norm: Optional[float] = 1.0,
-        ema_decay: Optional[float] = 0.9999,
         loss: AutoencoderLoss = AutoencoderLoss(),
-        checkpoint: CheckpointOptions = CheckpointOptions(),
-        log: LogOptions = LogOptions(),
         validation: Optional[ReconstructionValidation] = None,
-        num_workers: int = 0,
+        **options,
     ):
         if not isinstance(autoencoder, DCAutoencoder):
-            raise ValueError(f'AutoencoderTrainer trains an AutoencoderDC; the autoencoder block builds '
+            raise ValueError(f'AutoencoderTrainer trains a DCAutoencoder; the autoencoder block builds '
                              f'{type(autoencoder).__name__}')
-        if validation is not None and validation.dataset not in datasets:
-            raise ValueError(f"validation.dataset '{validation.dataset}' is not among the datasets built: "
-                             f"{', '.join(datasets)}")
         model = AutoencoderWithDiscriminator(autoencoder.model.requires_grad_(True), loss.discriminator())
         if accelerator.num_processes > 1:
             # Each phase leaves some parameters without gradient (the discriminator before disc_start,
@@ -119,10 +106,8 @@ class AutoencoderTrainer(Trainer):
             accelerator.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
             if accelerator.device.type == 'cuda':  # BatchNorm statistics over the global batch
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        super().__init__(accelerator, model, datasets, folder, seed, config, total_steps, batch_size, optimizer,
-                         lr_schedule, max_grad_norm, ema_decay, False, checkpoint, log, num_workers,
-                         validation.every if validation is not None else None)
-        self.loss, self.validation = loss, validation
+        super().__init__(accelerator=accelerator, model=model, optimizer=optimizer, validation=validation, **options)
+        self.loss = loss
         self.perceptual = loss.perceptual_network()
         if self.perceptual is not None:
             self.perceptual.to(accelerator.device)

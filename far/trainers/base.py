@@ -66,16 +66,22 @@ class Trainer(ABC):
     """Runs ``total_steps`` optimisation steps of ``batch_size`` items per process on ``datasets['train']``.
 
     The experiment folder receives ``checkpoints/`` (every ``checkpoint.every`` steps and at the end)
-    and whatever ``validate`` writes; a run started again resumes from the newest checkpoint.
+    and whatever ``validate`` writes (every ``validation.every`` steps); a run started again resumes from the
+    newest checkpoint.
+
+    A subclass takes its own options as keyword arguments and hands the rest on (``**options``); the YAML
+    validator reads the whole chain of signatures, so the defaults here are the only ones.
     """
 
     # Built by train.py, not set in the YAML file.
     runtime_args = ('accelerator', 'model', 'datasets', 'folder', 'seed', 'config')
 
-    def __init__(self, accelerator, model: torch.nn.Module, datasets: dict, folder: Path, seed: int, config: dict,
-                 total_steps: int, batch_size: int, optimizer: OptimizerOptions, lr_schedule: LRScheduleOptions,
-                 max_grad_norm: Optional[float], ema_decay: Optional[float], gradient_checkpointing: bool,
-                 checkpoint: CheckpointOptions, log: LogOptions, num_workers: int, validation_every: Optional[int]):
+    def __init__(self, *, accelerator, model: torch.nn.Module, datasets: dict, folder: Path, seed: int,
+                 config: dict, total_steps: int, batch_size: int, optimizer: OptimizerOptions = OptimizerOptions(),
+                 lr_schedule: LRScheduleOptions = LRScheduleOptions(), max_grad_norm: Optional[float] = 1.0,
+                 ema_decay: Optional[float] = 0.9999, gradient_checkpointing: bool = False,
+                 checkpoint: CheckpointOptions = CheckpointOptions(), log: LogOptions = LogOptions(),
+                 num_workers: int = 0, validation=None):
         if 'train' not in datasets:
             raise ValueError("the trainer needs datasets['train']")
         if total_steps < 1 or batch_size < 1 or num_workers < 0:
@@ -83,13 +89,18 @@ class Trainer(ABC):
                              f'{batch_size} and {num_workers}')
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
             raise ValueError(f'ema_decay must be in [0, 1) or null, got {ema_decay}')
+        if validation is not None and validation.dataset not in datasets:
+            raise ValueError(f"validation.dataset '{validation.dataset}' is not among the datasets built: "
+                             f"{', '.join(datasets)}")
+        if gradient_checkpointing and not getattr(model, '_supports_gradient_checkpointing', False):
+            raise ValueError(f'gradient_checkpointing: {type(model).__name__} does not support it; set it to false')
         self.accelerator, self.model, self.datasets = accelerator, model, datasets
         self.folder, self.seed, self.config = Path(folder), seed, config
         self.total_steps, self.batch_size, self.num_workers = total_steps, batch_size, num_workers
         self.optimizer_options, self.lr_schedule = optimizer, lr_schedule
         self.max_grad_norm, self.ema_decay = max_grad_norm, ema_decay
         self.gradient_checkpointing = gradient_checkpointing
-        self.checkpoint, self.log, self.validation_every = checkpoint, log, validation_every
+        self.checkpoint, self.log, self.validation = checkpoint, log, validation
         self.ema: Optional[AveragedModel] = None
         self.wandb = None
 
@@ -182,7 +193,7 @@ class Trainer(ABC):
                 self._log(step, logs, schedule.get_last_lr()[0], progress(step))
             if step % self.checkpoint.every == 0 or last:
                 save_checkpoint(acc, self.folder / 'checkpoints', step, self.ema, self.checkpoint.keep)
-            if self.validation_every and (step % self.validation_every == 0 or last):
+            if self.validation is not None and (step % self.validation.every == 0 or last):
                 self.validate(step)
         if self.wandb is not None:
             self.wandb.finish()

@@ -1,7 +1,8 @@
 """The experiment folder ``experiments/<name>/``: resolved options, log, checkpoints, samples.
 
 Starting a run whose folder exists resumes it when the resolved options are the same (the `test`
-section aside), and stops otherwise: an earlier run is never overwritten. ``force_new`` archives the old folder under a
+section aside, and the settings that do not alter the steps already taken: the step budget, logging,
+checkpointing, validation), and stops otherwise: an earlier run is never overwritten. ``force_new`` archives the old folder under a
 timestamped name (never deletes it) and starts afresh.
 """
 import time
@@ -12,6 +13,9 @@ import yaml
 
 OPTIONS_FILE = 'options.yml'
 IGNORED = ('test',)  # test.py settings: changing them does not change the training run
+# Settings a resumed run may change: none alters the steps already taken (every step's randomness is a
+# function of the seed and the step, and logging, checkpointing and validation draw none of it).
+RESUMABLE = ('trainer.total_steps', 'trainer.log.', 'trainer.checkpoint.', 'trainer.validation')
 
 
 class ExperimentExists(RuntimeError):
@@ -26,40 +30,52 @@ def _flatten(node, prefix: str = '') -> Iterator[Tuple[str, object]]:
         yield prefix, node
 
 
-def option_differences(old: dict, new: dict) -> List[str]:
-    """``key: old -> new`` for every leaf that differs."""
+def option_differences(old: dict, new: dict) -> List[Tuple[str, str]]:
+    """``(key, 'key: old -> new')`` for every leaf that differs."""
     old, new = dict(_flatten(old)), dict(_flatten(new))
     missing = '<absent>'
-    return [f'{key}: {old.get(key, missing)!r} -> {new.get(key, missing)!r}'
+    return [(key, f'{key}: {old.get(key, missing)!r} -> {new.get(key, missing)!r}')
             for key in sorted(old.keys() | new.keys()) if old.get(key, missing) != new.get(key, missing)]
 
 
-def prepare_experiment_dir(root, name: str, options: dict, force_new: bool, accelerator) -> Path:
-    """Create or reuse ``root/name`` for a training run with resolved ``options``; return the folder.
+def resumable(key: str) -> bool:
+    return key.startswith(RESUMABLE)
 
-    Every rank makes the same decision from what is on disk before the main process changes anything,
-    so a refusal stops all ranks instead of leaving some waiting.
+
+def prepare_experiment_dir(root, name: str, options: dict, force_new: bool, accelerator) -> Tuple[Path, List[str]]:
+    """Create or reuse ``root/name`` for a training run with resolved ``options``; return the folder and the
+    settings changed since the run was started (``RESUMABLE`` ones, e.g. a larger ``trainer.total_steps``).
+
+    Other changes stop the run. The previous options file is kept as ``options.<time>.yml``. Every rank makes
+    the same decision from what is on disk before the main process changes anything, so a refusal stops all
+    ranks instead of leaving some waiting.
     """
     folder = Path(root) / name
     options = yaml.safe_load(yaml.safe_dump(options))  # compare what a YAML round trip keeps
     saved_file = folder / OPTIONS_FILE
-    archive = None
+    stamp = time.strftime('%Y%m%d_%H%M%S')
+    archive, changes = None, []
     if folder.exists() and force_new:
-        archive = folder.with_name(f'{name}_archived_{time.strftime("%Y%m%d_%H%M%S")}')
+        archive = folder.with_name(f'{name}_archived_{stamp}')
     elif saved_file.is_file():
         saved = yaml.safe_load(saved_file.read_text())
         differences = option_differences(*({k: v for k, v in o.items() if k not in IGNORED} for o in (saved, options)))
-        if differences:
-            shown = '\n  '.join(differences[:20]) + ('\n  ...' if len(differences) > 20 else '')
+        refused = [text for key, text in differences if not resumable(key)]
+        if refused:
+            shown = '\n  '.join(refused[:20]) + ('\n  ...' if len(refused) > 20 else '')
             raise ExperimentExists(
                 f'{folder} holds a run with other options (saved -> now):\n  {shown}\n'
                 f'Use another `name`, restore the options to resume that run, or pass --force-new to archive '
-                f'it (renamed with a timestamp) and start a new one.')
+                f'it (renamed with a timestamp) and start a new one. (A resumed run may change '
+                f'{", ".join(k.rstrip(".") for k in RESUMABLE)}.)')
+        changes = [text for _, text in differences]
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if archive is not None:
             folder.rename(archive)
         folder.mkdir(parents=True, exist_ok=True)
+        if changes:
+            saved_file.rename(folder / f'options.{stamp}.yml')
         saved_file.write_text(yaml.safe_dump(options, sort_keys=False))
     accelerator.wait_for_everyone()
-    return folder
+    return folder, changes

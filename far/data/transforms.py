@@ -1,47 +1,14 @@
-"""Video files and clip geometry: PyAV decoding/encoding, frame selection, resize and crop.
+"""Clip geometry: which frames of a video form a clip, resize and crop.
 
 The resize is torchvision's tensor ``Resize(size)`` (shorter side to ``size``, bilinear with antialias,
 ``align_corners=False``) written with ``F.interpolate``, so the clips match the published FAR
 checkpoints without torchvision installed.
 """
-import io
 import random
-from pathlib import Path
 from typing import List, Union
 
-import av
-import numpy as np
 import torch
 import torch.nn.functional as F
-
-
-def decode_video(source: Union[str, Path, bytes]) -> np.ndarray:
-    """All frames of a video file (a path, or the file's bytes) as uint8 ``[T, H, W, 3]`` RGB."""
-    with av.open(io.BytesIO(source) if isinstance(source, bytes) else str(source)) as container:
-        stream = container.streams.video[0]
-        stream.codec_context.thread_count = 1  # loader processes already run one per core
-        frames = [frame.to_ndarray(format='rgb24') for frame in container.decode(stream)]
-    if not frames:
-        raise ValueError('the video has no decodable frame')
-    return np.stack(frames)
-
-
-def encode_video(frames: np.ndarray, fps: int = 8, crf: int = 18) -> bytes:
-    """uint8 ``[T, H, W, 3]`` frames as the bytes of an H.264 (yuv420p) mp4; H and W must be even."""
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f'expected uint8 frames [T, H, W, 3], got {frames.dtype} {tuple(frames.shape)}')
-    height, width = frames.shape[1:3]
-    if height % 2 or width % 2:
-        raise ValueError(f'H.264 with yuv420p needs even sizes, got {height}x{width}')
-    buffer = io.BytesIO()
-    with av.open(buffer, 'w', format='mp4') as container:
-        stream = container.add_stream('libx264', rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, 'yuv420p'
-        stream.options = {'crf': str(crf)}
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format='rgb24')))
-        container.mux(stream.encode())
-    return buffer.getvalue()
 
 
 def sample_frame_ids(total: int, num_frames: int, interval: int, random_start: bool,
