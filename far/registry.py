@@ -65,8 +65,8 @@ def variant(target: Callable, name: str, doc: str = '', **fixed) -> Callable:
     return factory
 
 
-MODELS = Registry('model')              # FAR transformers
-AUTOENCODERS = Registry('autoencoder')  # latent autoencoders (DC-AE, KL, identity)
+MODELS = Registry('model')              # FAR and NBP transformers
+AUTOENCODERS = Registry('autoencoder')  # latent autoencoders (DC-AE, KL, identity), NBP video tokenizer
 DATASETS = Registry('dataset')
 TRAINERS = Registry('trainer')
 PIPELINES = Registry('pipeline')
