@@ -329,10 +329,11 @@ class NBPTransformer(ModelMixin, ConfigMixin):
 
     def make_kv_cache(self, batch_size: int, max_tokens: Optional[int] = None) -> TokenKVCache:
         """An empty KV cache for up to ``max_tokens`` positions (all of ``max_positions`` by default)."""
-        cfg = self.config
+        cfg, device = self.config, self.device
+        # keys/values are stored in the dtype they are computed in (the autocast dtype under autocast)
+        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else self.dtype
         return TokenKVCache(cfg.num_layers, batch_size, cfg.num_attention_heads,
-                            cfg.hidden_size // cfg.num_attention_heads, max_tokens or cfg.max_positions,
-                            self.device, self.dtype)
+                            cfg.hidden_size // cfg.num_attention_heads, max_tokens or cfg.max_positions, device, dtype)
 
     def forward(self, input_ids: torch.Tensor, *, kv_cache: Optional[TokenKVCache] = None,
                 null_condition: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -19,12 +19,14 @@ Layout, as in the released ``magvit2_*.pt`` (parameter names are theirs, so they
 
 Tokens are flattened in (frame, row, column) order. The decoded video is not clamped.
 """
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from accelerate import init_empty_weights
 from einops import rearrange
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
@@ -111,6 +113,19 @@ def upsample(channels: int, block: Tuple[int, int, int]) -> List[nn.Module]:
     return [CausalConv3d(channels, volume * channels), Depth2Space3D(block)]
 
 
+def read_checkpoint(checkpoint: str) -> Dict[str, torch.Tensor]:
+    """The state dict of a released ``magvit2_*.pt`` (``model_state_dict``) or of a plain state dict file,
+    without the ``module.`` prefix of a DistributedDataParallel save."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"NBP tokenizer checkpoint '{checkpoint}' (autoencoder key `checkpoint`) does not "
+                                f'exist: {DOWNLOAD_HINT}')
+    package = torch.load(path, map_location='cpu', weights_only=True)
+    state = dict(package.get('model_state_dict', package))
+    consume_prefix_in_state_dict_if_present(state, 'module.')
+    return state
+
+
 # ----- tokenizer -----
 
 @AUTOENCODERS.register()
@@ -140,9 +155,13 @@ class NBPTokenizer(nn.Module):
         c1, c2, c3 = channels
         self.image_size, self.channels = image_size, (c1, c2, c3)
         self.quantizer = FSQ(fsq_levels)
-        latent = self.quantizer.dim
-        g = num_groups
+        state = None if checkpoint is None else read_checkpoint(checkpoint)  # fails before the layers are built
+        with init_empty_weights() if state is not None else nullcontext():  # skip the random init of loaded weights
+            self._build_layers(c1, c2, c3, num_groups, self.quantizer.dim)
+        if state is not None:
+            self._load(state, checkpoint, assign=True)
 
+    def _build_layers(self, c1: int, c2: int, c3: int, g: int, latent: int):
         self.encoder_layers = nn.ModuleList([
             CausalConv3d(self.in_channels, c1),
             *residual_units(c1, c1, 4, g),
@@ -167,8 +186,6 @@ class NBPTokenizer(nn.Module):
             GroupNorm3D(g, c1), Swish(c1),
             CausalConv3d(c1, self.in_channels),
         ])
-        if checkpoint is not None:
-            self.load_checkpoint(checkpoint)
 
     @classmethod
     def from_reference_config(cls, config: Dict, **kwargs) -> 'NBPTokenizer':
@@ -182,19 +199,15 @@ class NBPTokenizer(nn.Module):
                    num_groups=config['num_groups'], fsq_levels=levels, **kwargs)
 
     def load_checkpoint(self, checkpoint: str):
-        """Load a ``magvit2_*.pt`` (``model_state_dict`` with ``module.`` prefixes) or a plain state dict."""
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise FileNotFoundError(f"NBP tokenizer checkpoint '{checkpoint}' (autoencoder key `checkpoint`) does "
-                                    f'not exist: {DOWNLOAD_HINT}')
-        package = torch.load(path, map_location='cpu', weights_only=True)
-        state = dict(package.get('model_state_dict', package))
-        consume_prefix_in_state_dict_if_present(state, 'module.')
+        """Strictly load a ``magvit2_*.pt`` (``model_state_dict`` with ``module.`` prefixes) or a state dict."""
+        self._load(read_checkpoint(checkpoint), checkpoint)
+
+    def _load(self, state: Dict[str, torch.Tensor], checkpoint: str, assign: bool = False):
         try:
-            self.load_state_dict(state, strict=True)
+            self.load_state_dict(state, strict=True, assign=assign)
         except RuntimeError as error:
             summary = ' '.join(str(error).split())
-            raise ValueError(f'{path} does not fit NBPTokenizer(channels={self.channels}, fsq_levels='
+            raise ValueError(f'{checkpoint} does not fit NBPTokenizer(channels={self.channels}, fsq_levels='
                              f'{self.quantizer.levels}) (autoencoder keys `checkpoint`, `channels`, `fsq_levels`): '
                              f'{summary[:500]}') from None
 
