@@ -21,7 +21,9 @@ def fixture(shared_dir):
 def reference_pipeline(variant) -> NBPPipeline:
     model = NBPTransformer.from_reference_config(variant['gpt_config'], variant['wrapper_config'])
     model.load_reference_state_dict(variant['state_dict'])
-    return NBPPipeline(transformer=model.eval())
+    pipe = NBPPipeline(transformer=model.eval())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def run_args(variant, batch=slice(None)):
@@ -40,7 +42,9 @@ def tiny_pipeline(**overrides) -> NBPPipeline:
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.3)  # larger than the GPT init, so that logits differ clearly
-    return NBPPipeline(transformer=model.eval())
+    pipe = NBPPipeline(transformer=model.eval())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 # ----- reference behaviour -----
@@ -55,11 +59,12 @@ def test_filter_matches_reference(fixture):
 @pytest.mark.parametrize('name', VARIANTS)
 def test_greedy_matches_reference(fixture, name):
     variant = fixture['gpt'][name]
-    greedy, steps = variant['greedy'], []
-    out = reference_pipeline(variant).generate_indices(
+    greedy, steps, pipe = variant['greedy'], [], reference_pipeline(variant)
+    out = pipe.generate_indices(
         **run_args(variant), top_k=1, callback=lambda *step: steps.append(step))
     assert torch.equal(out, greedy['video_indices'])
-    assert len(steps) == greedy['num_steps']
+    prefix_length = 0 if greedy['prefix'] is None else greedy['prefix'].shape[1]
+    assert len(steps) == greedy['num_steps'] == pipe.num_steps(out.shape[1], prefix_length)
     for (index, input_ids, past_length, logits), ids, past in zip(steps, greedy['step_input_ids'],
                                                                    greedy['step_past_length']):
         assert torch.equal(input_ids, ids) and past_length == past, index
@@ -140,12 +145,14 @@ def test_generate_decodes_videos(fixture):
     config = dict(video_vocab_size=64000, max_positions=96)
     conditional = tiny_pipeline(**config)
     pipe = PIPELINES.build({'type': 'NBPPipeline', 'transformer': conditional.transformer, 'tokenizer': tokenizer})
+    pipe.set_progress_bar_config(disable=True)
     video = pipe.generate(num_frames=9, cond_ids=torch.tensor([0, 4]), top_k=100,
                           generator=[torch.Generator().manual_seed(s) for s in (0, 1)])
     assert video.shape == (2, 9, 3, 32, 32) and video.min() >= 0 and video.max() <= 1
 
     predictor = NBPPipeline(transformer=tiny_pipeline(**config, condition_cfg=None, hybrid=False).transformer,
                             tokenizer=tokenizer)
+    predictor.set_progress_bar_config(disable=True)
     context = fixture['tokenizer']['video_uint8'][:, :, :5].float().transpose(1, 2) / 255  # [B, 5, 3, H, W]
     video = predictor.generate(num_frames=9, context=context, top_k=1)
     expected = tokenizer.decode(tokenizer.encode(context.transpose(1, 2))[0]).clamp(0, 1).transpose(1, 2)

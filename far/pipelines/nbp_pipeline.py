@@ -55,6 +55,8 @@ class NBPPipeline(DiffusionPipeline):
         transformer: an ``NBPTransformer``.
         tokenizer: an ``NBPTokenizer`` to encode context frames and decode videos (``generate``), or ``None``
             to sample tokens only (``generate_indices``).
+
+    The per-step progress bar is switched off with ``pipe.set_progress_bar_config(disable=True)``.
     """
 
     model_cpu_offload_seq = 'transformer->tokenizer'
@@ -65,11 +67,17 @@ class NBPPipeline(DiffusionPipeline):
 
     # ----- helpers -----
 
+    def num_steps(self, num_tokens: int, prefix_length: int = 0) -> int:
+        """Forward passes to complete ``num_tokens`` video tokens from a prefix of ``prefix_length``."""
+        model = self.transformer
+        one_by_one = max(model.num_token_by_token - prefix_length, 0)
+        return one_by_one + (num_tokens - max(prefix_length, model.num_token_by_token)) // model.block_size
+
     def _check_lengths(self, num_tokens: int, prefix_length: int):
         model, k = self.transformer, self.transformer.block_size
-        if num_tokens % k or num_tokens < prefix_length:
-            raise ValueError(f'num_tokens ({num_tokens}) must be a multiple of the block size {k} and cover the '
-                             f'prefix ({prefix_length} tokens)')
+        if num_tokens % k or num_tokens < max(prefix_length, k):
+            raise ValueError(f'num_tokens ({num_tokens}) must be a positive multiple of the block size {k} and '
+                             f'cover the prefix ({prefix_length} tokens)')
         if model.config.hybrid and prefix_length > k and prefix_length % k:
             raise ValueError(f'a prefix of {prefix_length} tokens must be shorter than a block ({k}) or whole blocks')
         if not model.config.hybrid and (prefix_length < k or prefix_length % k):
@@ -145,6 +153,8 @@ class NBPPipeline(DiffusionPipeline):
         if prefix is None:
             prefix = torch.zeros(batch, 0, dtype=torch.long, device=device)
         self._check_lengths(num_tokens, prefix.shape[1])
+        if temperature <= 0:
+            raise ValueError(f'temperature must be > 0 (use top_k=1 for greedy decoding), got {temperature}')
         guided = guidance_scale > 1
         if guided and model.condition_length == 0:
             raise ValueError('guidance_scale > 1 needs a conditional transformer (this one has condition_cfg=None)')
@@ -159,8 +169,8 @@ class NBPPipeline(DiffusionPipeline):
         cache = model.make_kv_cache(2 * batch if guided else batch,
                                     pending.shape[1] + num_tokens - prefix.shape[1] + k)
 
-        drawn, count, step = [], prefix.shape[1], 0
-        while count < num_tokens:
+        drawn, count = [], prefix.shape[1]
+        for step in self.progress_bar(range(self.num_steps(num_tokens, count))):
             width = 1 if count < model.num_token_by_token else k                 # tokens drawn this step
             past_length = cache.length
             fed = pending.repeat(2, 1) if guided else pending
@@ -173,7 +183,7 @@ class NBPPipeline(DiffusionPipeline):
                 scores = uncond_scores + guidance_scale * (cond_scores - uncond_scores)
             pending = self._draw(scores, top_k, top_p, generators)               # [B, width]
             drawn.append(pending)
-            count, step = count + width, step + 1
+            count += width
             if count == k and model.config.hybrid:  # the first block is complete: open next-block prediction
                 pending = torch.cat([pending, torch.arange(1, k, device=device).expand(batch, -1)], dim=1)
 
