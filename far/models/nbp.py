@@ -289,8 +289,12 @@ class NBPTransformer(ModelMixin, ConfigMixin):
         if not self.config.hybrid:
             return torch.cat([cond, video], dim=1)
         bov = torch.full((batch, 1), BOV_ID, dtype=torch.long, device=video.device)
-        middle_bos = torch.arange(1, k, device=video.device).expand(batch, -1)[:, :(k - 1) * (video.shape[1] >= k)]
+        middle_bos = self.middle_bos_ids(batch, video.device)[:, :(k - 1) * (video.shape[1] >= k)]
         return torch.cat([cond, bov, video[:, :k], middle_bos, video[:, k:]], dim=1)
+
+    def middle_bos_ids(self, batch_size: int, device: Optional[torch.device] = None) -> torch.Tensor:
+        """The ids ``1 .. k-1`` that follow the first block in the hybrid layout, ``[B, k - 1]``."""
+        return torch.arange(1, self.block_size, device=device).expand(batch_size, -1)
 
     def input_ids(self, z_indices: torch.Tensor, cond_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Training input: the layout of the whole video without its last block."""

@@ -14,7 +14,7 @@ Unlike the reference: batches of any size (one generator per video reproduces th
 one-video-per-call draws), classifier-free guidance (a second, null-condition half of the batch), and
 ``top_p`` also applies without ``top_k``.
 """
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
@@ -72,6 +72,22 @@ class NBPPipeline(DiffusionPipeline):
         model = self.transformer
         one_by_one = max(model.num_token_by_token - prefix_length, 0)
         return one_by_one + (num_tokens - max(prefix_length, model.num_token_by_token)) // model.block_size
+
+    def _check_inputs(self, num_tokens: int, cond_ids: Optional[torch.Tensor], prefix: Optional[torch.Tensor],
+                      batch_size: Optional[int], temperature: float,
+                      guidance_scale: float) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Validate the sampling arguments; return the prefix as ``[B, n]`` codes and the condition ids."""
+        model, device = self.transformer, self.transformer.device
+        batch = next((x.shape[0] for x in (cond_ids, prefix) if x is not None), batch_size)
+        if batch is None:
+            raise ValueError('give cond_ids, a prefix or batch_size: the batch size is unknown')
+        prefix = (torch.zeros(batch, 0, dtype=torch.long) if prefix is None else prefix.flatten(1).long()).to(device)
+        self._check_lengths(num_tokens, prefix.shape[1])
+        if temperature <= 0:
+            raise ValueError(f'temperature must be > 0 (use top_k=1 for greedy decoding), got {temperature}')
+        if guidance_scale > 1 and model.condition_length == 0:
+            raise ValueError('guidance_scale > 1 needs a conditional transformer (this one has condition_cfg=None)')
+        return prefix, None if cond_ids is None else cond_ids.to(device)
 
     def _check_lengths(self, num_tokens: int, prefix_length: int):
         model, k = self.transformer, self.transformer.block_size
@@ -143,29 +159,14 @@ class NBPPipeline(DiffusionPipeline):
                 ids, their first position and their logits ``[B', L, V]`` (B' = 2B under guidance,
                 conditional half first).
         """
-        model = self.transformer
-        k, device = model.block_size, model.device
-        if prefix is not None:
-            prefix = prefix.flatten(1).long().to(device)
-        batch = next((x.shape[0] for x in (cond_ids, prefix) if x is not None), batch_size)
-        if batch is None:
-            raise ValueError('give cond_ids, a prefix or batch_size: the batch size is unknown')
-        if prefix is None:
-            prefix = torch.zeros(batch, 0, dtype=torch.long, device=device)
-        self._check_lengths(num_tokens, prefix.shape[1])
-        if temperature <= 0:
-            raise ValueError(f'temperature must be > 0 (use top_k=1 for greedy decoding), got {temperature}')
-        guided = guidance_scale > 1
-        if guided and model.condition_length == 0:
-            raise ValueError('guidance_scale > 1 needs a conditional transformer (this one has condition_cfg=None)')
-        cond = None if cond_ids is None else cond_ids.to(device)
+        model, device = self.transformer, self.transformer.device
+        prefix, cond = self._check_inputs(num_tokens, cond_ids, prefix, batch_size, temperature, guidance_scale)
+        batch, k, guided = prefix.shape[0], model.block_size, guidance_scale > 1
         generators = self._generator_list(generator, batch)
 
         # ----- prompt: condition, BOV (hybrid), prefix; under guidance a second, null-condition half -----
         pending = model.layout_ids(prefix, cond)                                 # [B, L0]
-        null = None
-        if guided:
-            null = torch.arange(2 * batch, device=device) >= batch
+        null = torch.arange(2 * batch, device=device) >= batch if guided else None
         cache = model.make_kv_cache(2 * batch if guided else batch,
                                     pending.shape[1] + num_tokens - prefix.shape[1] + k)
 
@@ -184,8 +185,8 @@ class NBPPipeline(DiffusionPipeline):
             pending = self._draw(scores, top_k, top_p, generators)               # [B, width]
             drawn.append(pending)
             count += width
-            if count == k and model.config.hybrid:  # the first block is complete: open next-block prediction
-                pending = torch.cat([pending, torch.arange(1, k, device=device).expand(batch, -1)], dim=1)
+            if count == model.num_token_by_token:  # the first block is complete: open next-block prediction
+                pending = torch.cat([pending, model.middle_bos_ids(batch, device)], dim=1)
 
         ids = torch.cat(drawn, dim=1) if drawn else prefix[:, :0]
         codes = (ids - model.video_offset).clamp(0, model.config.video_vocab_size - 1)
