@@ -20,9 +20,10 @@ Vocabulary and sequence layouts (as the released models were trained):
   (+ condition vocabulary; a conditional model keeps one unused special id at the end of the vocabulary).
   The first block is never predicted: generation starts from given tokens (frame prediction).
 Condition tokens (text ids or a class label) are visible to every position; text padding is not masked,
-as in the reference (its pad check compares ids that were already shifted). Training drops the last
-block of the sequence from the input and scores every prediction with a mean cross-entropy over the
-whole vocabulary, non-video ids included.
+as in the released models (the reference's pad check compares ids that were already shifted; only with
+k = 1 would it hide a pad from the condition tokens before it). Training drops the last block of the
+sequence from the input and scores every prediction with a mean cross-entropy over the whole vocabulary,
+non-video ids included.
 
 ``uncond_embedding`` is the null condition of classifier-free guidance: a fixed random buffer that
 replaces the condition tokens' embeddings. The released models never trained with it (the reference
@@ -136,16 +137,16 @@ class NBPTransformer(ModelMixin, ConfigMixin):
         max_positions: learned absolute positions (the sequence length limit; 5120 released).
         video_vocab_size: tokenizer codebook size.
         token_number_per_step: k, tokens per block (1 = next-token prediction).
-        hybrid: the UCF-101 layout (BOV, first block token by token, middle-BOS); ``False``: the K600
-            layout (first block given).
+        hybrid: the UCF-101 layout (BOV, first block token by token, middle-BOS), also without a condition
+            (which the reference forbids); ``False``: the K600 layout (first block given).
         condition_cfg: ``None`` (unconditional), ``{'type': 'text', 'vocab_size': V, 'num_tokens': P}``
             (P text ids, e.g. ``UCF101_TEXT_CONDITION``) or ``{'type': 'label', 'num_classes': N}`` (one id).
         dropout: embedding and residual dropout (the reference trained with 0.1; attention has none).
         condition_dropout: training probability of replacing a sample's condition by the null condition
-            (``uncond_embedding``), so that classifier-free guidance can be used; 0 disables it.
+            (``uncond_embedding``), drawn per sample, so that classifier-free guidance can be used; 0 disables
+            it.
     """
 
-    _supports_gradient_checkpointing = False
     _no_split_modules = ['Block']
 
     @register_to_config
@@ -267,7 +268,7 @@ class NBPTransformer(ModelMixin, ConfigMixin):
         """Positions after the condition that predict one token each (BOV and the first block, hybrid)."""
         return self.block_size if self.config.hybrid else 0
 
-    def check_condition(self, cond_ids: Optional[torch.Tensor], batch_size: int) -> torch.Tensor:
+    def _condition_ids(self, cond_ids: Optional[torch.Tensor], batch_size: int) -> torch.Tensor:
         """Condition ids as ``[B, P]`` (a label may be given as ``[B]``); ``[B, 0]`` when unconditional."""
         length = self.condition_length
         if cond_ids is not None and cond_ids.ndim == 1 and length == 1:
@@ -284,13 +285,15 @@ class NBPTransformer(ModelMixin, ConfigMixin):
         """The model sequence of a condition and the first n video tokens ``[B, n]`` (raw codes), with
         every special token in place (BOV, and the middle-BOS ids once n >= k)."""
         k, batch = self.block_size, video_ids.shape[0]
-        cond = self.check_condition(cond_ids, batch) + self.condition_offset
+        cond = self._condition_ids(cond_ids, batch) + self.condition_offset
         video = video_ids.long() + self.video_offset
         if not self.config.hybrid:
             return torch.cat([cond, video], dim=1)
         bov = torch.full((batch, 1), BOV_ID, dtype=torch.long, device=video.device)
-        middle_bos = self.middle_bos_ids(batch, video.device)[:, :(k - 1) * (video.shape[1] >= k)]
-        return torch.cat([cond, bov, video[:, :k], middle_bos, video[:, k:]], dim=1)
+        parts = [cond, bov, video[:, :k]]
+        if video.shape[1] >= k:
+            parts += [self.middle_bos_ids(batch, video.device), video[:, k:]]
+        return torch.cat(parts, dim=1)
 
     def middle_bos_ids(self, batch_size: int, device: Optional[torch.device] = None) -> torch.Tensor:
         """The ids ``1 .. k-1`` that follow the first block in the hybrid layout, ``[B, k - 1]``."""
