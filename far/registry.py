@@ -83,8 +83,8 @@ def variant(target: Callable, name: str, doc: str = '', **fixed) -> Callable:
     return factory
 
 
-MODELS = Registry('model')              # video transformers (FAR, FAR-Long, ...)
-AUTOENCODERS = Registry('autoencoder')  # latent autoencoders and tokenizers (DC-AE, KL, identity, ...)
+MODELS = Registry('model')              # video transformers (FAR, FAR-Long, NBP)
+AUTOENCODERS = Registry('autoencoder')  # latent autoencoders (DC-AE, KL, identity) and the NBP video tokenizer
 DATASETS = Registry('dataset')
 TRAINERS = Registry('trainer')
 PIPELINES = Registry('pipeline')        # samplers: a model + its autoencoder -> videos (far.pipelines.base)

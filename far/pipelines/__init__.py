@@ -1,5 +1,7 @@
-"""Samplers (registry PIPELINES): the protocol every sampler follows, and FAR's frame-by-frame sampler."""
+"""Samplers (registry PIPELINES): the protocol every sampler follows, FAR's frame-by-frame sampler and NBP's
+semi-autoregressive block sampler."""
 from .base import VideoSampler, build_sampler
 from .far_pipeline import FARPipeline, FARSampling
+from .nbp_pipeline import NBPPipeline, top_k_top_p_filtering
 
-__all__ = ['FARPipeline', 'FARSampling', 'VideoSampler', 'build_sampler']
+__all__ = ['FARPipeline', 'FARSampling', 'NBPPipeline', 'VideoSampler', 'build_sampler', 'top_k_top_p_filtering']

@@ -1,0 +1,287 @@
+"""NBP's video tokenizer: a MAGVIT-v2-style causal 3D CNN with an FSQ bottleneck (Ren et al. 2025,
+"Next Block Prediction").
+
+A clip ``[B, 3, T, H, W]`` in [0, 1] (no normalisation) becomes ``T' = (T - 1) / 4 + 1`` latent frames of
+``H/8 x W/8`` tokens, each one of ``prod(fsq_levels)`` = 64000 codes: 17 frames at 128x128 give 5x16x16 =
+1280 tokens. The first frame is encoded on its own, every later latent frame summarises 4 frames.
+
+Layout, as in the released ``magvit2_*.pt`` (parameter names are theirs, so they load strictly):
+- every 3D convolution is causal in time: the input is padded by ``2 * (k // 2)`` frames at the front
+  only and by ``k // 2`` pixels on each side in space, all with replicate padding;
+- GroupNorm normalises each frame on its own; Swish has a learned per-channel slope ``x * sigmoid(beta x)``;
+- a residual unit is ``[GN, Swish, conv, GN, Swish, conv]`` plus a 1x1x1 convolution on the skip path when
+  the width changes;
+- the encoder (27 layers) downsamples with strided convolutions (space, then space and time twice) and
+  ends in a plain 1x1x1 ``nn.Conv3d`` to the FSQ channels;
+- the decoder (30 layers) upsamples with a convolution to ``block volume x width`` channels followed by
+  depth-to-space, whose block offsets are the slow part of the channel axis; a temporal block of 2 drops
+  its first output frame, so ``T'`` latent frames decode to ``4 (T' - 1) + 1`` frames.
+
+Tokens are flattened in (frame, row, column) order. The decoded video is not clamped.
+"""
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from accelerate import init_empty_weights
+from einops import rearrange
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
+
+from ..registry import AUTOENCODERS
+from .fsq import FSQ
+
+DOWNLOAD_HINT = ('download magvit2_ucf.pt (huggingface.co/ShuhuaiRen/NBP-tokenizer-ucf) or magvit2_k600.pt '
+                 '(huggingface.co/ShuhuaiRen/NBP-tokenizer-k600) and pass its path')
+
+
+# ----- building blocks -----
+
+class CausalConv3d(nn.Module):
+    """3D convolution that sees only the current and earlier frames (replicate padding)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
+                 stride: Union[int, Tuple[int, int, int]] = 1):
+        super().__init__()
+        half = kernel_size // 2
+        self.padding = (half, half, half, half, 2 * half, 0)  # (W, H, T) as F.pad reads it: time at the front
+        self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, stride=stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, self.padding, mode='replicate'))
+
+
+class GroupNorm3D(nn.GroupNorm):
+    """GroupNorm over each frame separately (statistics never mix frames, which keeps the encoder causal)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        frames = x.transpose(1, 2)  # [B, T, C, H, W]
+        return super().forward(frames.flatten(0, 1)).unflatten(0, frames.shape[:2]).transpose(1, 2)
+
+
+class Swish(nn.Module):
+    """``x * sigmoid(beta * x)`` with a learned slope per channel."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.beta = nn.Parameter(torch.ones(1, channels, 1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.beta * x)
+
+
+class ResidualUnit(nn.Module):
+    """``fn(x) + residual_fn(x)``; the skip path is a 1x1x1 causal convolution when the width changes."""
+
+    def __init__(self, in_channels: int, out_channels: int, num_groups: int):
+        super().__init__()
+        self.fn = nn.Sequential(
+            GroupNorm3D(num_groups, in_channels), Swish(in_channels), CausalConv3d(in_channels, out_channels),
+            GroupNorm3D(num_groups, out_channels), Swish(out_channels), CausalConv3d(out_channels, out_channels),
+        )
+        same = in_channels == out_channels
+        self.residual_fn = nn.Identity() if same else nn.Sequential(CausalConv3d(in_channels, out_channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x) + self.residual_fn(x)
+
+
+class Depth2Space3D(nn.Module):
+    """``[B, (t h w C), T, H, W] -> [B, C, T t, H h, W w]``; a temporal block > 1 drops its first t - 1 frames
+    (the first frame is never upsampled in time)."""
+
+    def __init__(self, block: Tuple[int, int, int]):
+        super().__init__()
+        self.block = tuple(block)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t, h, w = self.block
+        x = rearrange(x, 'b (t h w c) T H W -> b c (T t) (H h) (W w)', t=t, h=h, w=w)
+        return x[:, :, t - 1:]
+
+
+def residual_units(in_channels: int, out_channels: int, count: int, num_groups: int) -> List[nn.Module]:
+    """``count`` residual units, the first one changing the width."""
+    return [ResidualUnit(in_channels if i == 0 else out_channels, out_channels, num_groups) for i in range(count)]
+
+
+def upsample(channels: int, block: Tuple[int, int, int]) -> List[nn.Module]:
+    """Convolution to ``block volume x channels``, then depth-to-space."""
+    volume = block[0] * block[1] * block[2]
+    return [CausalConv3d(channels, volume * channels), Depth2Space3D(block)]
+
+
+def read_checkpoint(checkpoint: str) -> Dict[str, torch.Tensor]:
+    """The state dict of a released ``magvit2_*.pt`` (``model_state_dict``) or of a plain state dict file,
+    without the ``module.`` prefix of a DistributedDataParallel save."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"NBP tokenizer checkpoint '{checkpoint}' (autoencoder key `checkpoint`) does not "
+                                f'exist: {DOWNLOAD_HINT}')
+    package = torch.load(path, map_location='cpu', weights_only=True)
+    state = dict(package.get('model_state_dict', package))
+    consume_prefix_in_state_dict_if_present(state, 'module.')
+    return state
+
+
+# ----- tokenizer -----
+
+@AUTOENCODERS.register()
+class NBPTokenizer(nn.Module):
+    """NBP's causal 3D CNN video tokenizer with FSQ (see the module docstring).
+
+    Args (keyword-only; defaults are the released 128x128 tokenizer):
+        image_size: frame height = width; fixes the token grid of flattened indices (``image_size / 8``).
+        channels: widths of the three resolutions, finest first (128, 256, 512 released). The decoder's
+            depth-to-space convolutions output ``8 * channels[2]``, ``8 * channels[1]`` and ``4 * channels[1]``.
+        num_groups: GroupNorm groups.
+        fsq_levels: FSQ levels; their number is the latent width (no projections).
+        checkpoint: a released ``magvit2_*.pt`` (or a plain state dict), loaded strictly; a ``module.``
+            prefix is stripped. ``None`` leaves the weights random.
+    """
+
+    in_channels = 3
+    spatial_compression = 8
+    temporal_compression = 4
+
+    def __init__(self, *, image_size: int = 128, channels: Sequence[int] = (128, 256, 512), num_groups: int = 32,
+                 fsq_levels: Sequence[int] = (8, 8, 8, 5, 5, 5), checkpoint: Optional[str] = None):
+        super().__init__()
+        if len(channels) != 3 or image_size % self.spatial_compression:
+            raise ValueError(f'NBPTokenizer: channels must list 3 widths and image_size be a multiple of '
+                             f'{self.spatial_compression}, got channels={list(channels)}, image_size={image_size}')
+        c1, c2, c3 = channels
+        self.image_size, self.channels = image_size, (c1, c2, c3)
+        self.quantizer = FSQ(fsq_levels)
+        state = None if checkpoint is None else read_checkpoint(checkpoint)  # fails before the layers are built
+        with init_empty_weights() if state is not None else nullcontext():  # skip the random init of loaded weights
+            self._build_layers(c1, c2, c3, num_groups, self.quantizer.dim)
+        if state is not None:
+            self._load(state, checkpoint, assign=True)
+
+    def _build_layers(self, c1: int, c2: int, c3: int, g: int, latent: int):
+        self.encoder_layers = nn.ModuleList([
+            CausalConv3d(self.in_channels, c1),
+            *residual_units(c1, c1, 4, g),
+            CausalConv3d(c1, c1, stride=(1, 2, 2)),  # space / 2
+            *residual_units(c1, c2, 4, g),
+            CausalConv3d(c2, c2, stride=2),  # space and time / 2
+            *residual_units(c2, c2, 4, g),
+            CausalConv3d(c2, c2, stride=2),  # space and time / 2
+            *residual_units(c2, c3, 8, g),
+            GroupNorm3D(g, c3), Swish(c3),
+            nn.Conv3d(c3, latent, 1),
+        ])
+        self.decoder_layers = nn.ModuleList([
+            CausalConv3d(latent, c3),
+            *residual_units(c3, c3, 8, g),
+            *upsample(c3, (2, 2, 2)),
+            *residual_units(c3, c2, 4, g),
+            *upsample(c2, (2, 2, 2)),
+            *residual_units(c2, c2, 4, g),
+            *upsample(c2, (1, 2, 2)),
+            *residual_units(c2, c1, 4, g),
+            GroupNorm3D(g, c1), Swish(c1),
+            CausalConv3d(c1, self.in_channels),
+        ])
+
+    @classmethod
+    def from_reference_config(cls, config: Dict, **kwargs) -> 'NBPTokenizer':
+        """Build from a reference-style config (``image_size``, ``channels``, ``num_groups``, ``fsq_levels``,
+        ``embed_dim``), e.g. the parity fixture's ``tokenizer.config``."""
+        levels = list(config['fsq_levels'])
+        if config.get('embed_dim', len(levels)) != len(levels):
+            raise ValueError(f"NBPTokenizer: embed_dim {config['embed_dim']} must equal the number of FSQ levels "
+                             f'{levels} (the tokenizer has no FSQ projections)')
+        return cls(image_size=config['image_size'], channels=tuple(config['channels']),
+                   num_groups=config['num_groups'], fsq_levels=levels, **kwargs)
+
+    def load_checkpoint(self, checkpoint: str):
+        """Strictly load a ``magvit2_*.pt`` (``model_state_dict`` with ``module.`` prefixes) or a state dict."""
+        self._load(read_checkpoint(checkpoint), checkpoint)
+
+    def _load(self, state: Dict[str, torch.Tensor], checkpoint: str, assign: bool = False):
+        try:
+            self.load_state_dict(state, strict=True, assign=assign)
+        except RuntimeError as error:
+            summary = ' '.join(str(error).split())
+            raise ValueError(f'{checkpoint} does not fit NBPTokenizer(channels={self.channels}, fsq_levels='
+                             f'{self.quantizer.levels}) (autoencoder keys `checkpoint`, `channels`, `fsq_levels`): '
+                             f'{summary[:500]}') from None
+
+    # ----- sizes -----
+
+    @property
+    def latent_channels(self) -> int:
+        return self.quantizer.dim
+
+    @property
+    def codebook_size(self) -> int:
+        return self.quantizer.codebook_size
+
+    @property
+    def latent_size(self) -> int:
+        """Tokens per row and per column of a latent frame."""
+        return self.image_size // self.spatial_compression
+
+    def latent_frames(self, num_frames: int) -> int:
+        """Latent frames of a ``num_frames`` clip: ``(T - 1) / 4 + 1``."""
+        r = self.temporal_compression
+        if num_frames < 1 or (num_frames - 1) % r:
+            raise ValueError(f'NBPTokenizer encodes 1 + {r} k frames (1, 5, 9, 13, 17, ...), got {num_frames}')
+        return (num_frames - 1) // r + 1
+
+    def num_frames(self, latent_frames: int) -> int:
+        """Frames decoded from ``latent_frames`` latent frames."""
+        return (latent_frames - 1) * self.temporal_compression + 1
+
+    # ----- encode / decode -----
+
+    def encode_latents(self, video: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, T, H, W]`` in [0, 1] -> continuous latents ``[B, D, T', H/8, W/8]`` (before FSQ)."""
+        if video.ndim != 5 or video.shape[1] != self.in_channels:
+            raise ValueError(f'NBPTokenizer.encode expects video [B, 3, T, H, W] in [0, 1], got {tuple(video.shape)}')
+        r = self.spatial_compression
+        if video.shape[-2] % r or video.shape[-1] % r:
+            raise ValueError(f'NBPTokenizer: frame size {tuple(video.shape[-2:])} is not a multiple of {r}')
+        self.latent_frames(video.shape[2])
+        x = video.to(self.encoder_layers[0].conv.weight.dtype)
+        for layer in self.encoder_layers:
+            x = layer(x)
+        return x
+
+    def encode(self, video: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``[B, 3, T, H, W]`` in [0, 1] -> (codes ``[B, D, T', h, w]``, indices int32 ``[B, T', h, w]``)."""
+        return self.quantizer(self.encode_latents(video))
+
+    def decode(self, quantized: torch.Tensor) -> torch.Tensor:
+        """Codes ``[B, D, T', h, w]`` -> video ``[B, 3, 4 (T' - 1) + 1, 8 h, 8 w]`` (not clamped)."""
+        if quantized.ndim != 5 or quantized.shape[1] != self.latent_channels:
+            raise ValueError(f'NBPTokenizer.decode expects codes [B, {self.latent_channels}, T, h, w], '
+                             f'got {tuple(quantized.shape)}')
+        x = quantized.to(self.decoder_layers[0].conv.weight.dtype)
+        for layer in self.decoder_layers:
+            x = layer(x)
+        return x
+
+    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """Indices ``[B, T', h, w]``, or flattened ``[B, T' h w]`` in (frame, row, column) order on the
+        ``image_size / 8`` grid -> video ``[B, 3, T, H, W]`` (not clamped)."""
+        if indices.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f'NBPTokenizer.decode_indices expects int32/int64 indices, got {indices.dtype}')
+        if indices.ndim == 2:
+            side = self.latent_size
+            if indices.shape[1] % (side * side):
+                raise ValueError(f'NBPTokenizer: {indices.shape[1]} flattened indices are not whole latent frames '
+                                 f'of {side}x{side} tokens (image_size {self.image_size}); pass [B, T, h, w]')
+            indices = indices.unflatten(1, (-1, side, side))
+        if indices.ndim != 4:
+            raise ValueError(f'NBPTokenizer.decode_indices expects [B, T, h, w] or [B, N], got {tuple(indices.shape)}')
+        return self.decode(self.quantizer.indices_to_codes(indices))
+
+    def extra_repr(self) -> str:
+        return (f'image_size={self.image_size}, latent_channels={self.latent_channels}, '
+                f'codebook_size={self.codebook_size}, compression={self.temporal_compression}x'
+                f'{self.spatial_compression}x{self.spatial_compression}')

@@ -1,0 +1,143 @@
+"""NBP video tokenizer and its FSQ quantizer: parity with the reference, released parameter names and sizes,
+causality, checkpoint loading."""
+import pickle
+
+import pytest
+import torch
+
+from far.models import FSQ, NBPTokenizer
+from far.registry import AUTOENCODERS
+
+
+@pytest.fixture(scope='module')
+def fixture(shared_dir):
+    path = shared_dir / 'fixtures' / 'parity' / 'nbp.pt'
+    if not path.is_file():
+        pytest.skip(f'{path} is absent')
+    return torch.load(path, weights_only=False)
+
+
+def close(actual, expected, atol=1e-4):
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=atol)
+
+
+def reference_tokenizer(fixture) -> NBPTokenizer:
+    tokenizer = NBPTokenizer.from_reference_config(fixture['tokenizer']['config'])
+    tokenizer.load_state_dict(fixture['tokenizer']['state_dict'])  # strict: the reference names
+    return tokenizer.eval()
+
+
+# ----- FSQ -----
+
+def test_fsq_matches_reference(fixture):
+    data = fixture['fsq']
+    fsq = FSQ(data['levels'])
+    codes, indices = fsq(data['input'])
+    assert torch.equal(codes, data['codes'])
+    assert indices.dtype == torch.int32 and torch.equal(indices, data['indices'])
+    close(fsq.bound(data['input'].movedim(1, -1)), data['bounded'], atol=1e-6)  # tan (not atanh) in the shift
+    assert torch.equal(fsq.indices_to_codes(data['indices_in']), data['codes_out'])
+    assert fsq.codebook_size == data['codebook_size'] == 64000
+
+
+def test_fsq_codebook_round_trip_and_straight_through():
+    fsq = FSQ([8, 5, 3])
+    every = torch.arange(fsq.codebook_size)
+    all_codes = fsq.indices_to_codes(every[None])  # [1, 3, 120]
+    assert torch.equal(fsq.codes_to_indices(all_codes.movedim(1, -1))[0].long(), every)
+    assert all_codes[0, 0, :8].tolist() == [-1, -0.75, -0.5, -0.25, 0, 0.25, 0.5, 0.75]  # first level fastest
+    assert (all_codes[0, 1, :8] == -1).all()
+    codes, indices = fsq(torch.randn(2, 3, 50) * 2)
+    assert torch.equal(fsq.indices_to_codes(indices), codes)
+    assert fsq.state_dict() == {}
+    z = torch.randn(2, 3, 4, requires_grad=True)
+    fsq(z)[0].sum().backward()
+    assert (z.grad > 0).all()  # rounding passes the gradient of the bound through
+    with pytest.raises(ValueError, match='levels'):
+        FSQ([8, 1])
+
+
+# ----- tokenizer -----
+
+def test_tokenizer_matches_reference(fixture):
+    data = fixture['tokenizer']
+    tokenizer = reference_tokenizer(fixture)
+    assert list(tokenizer.state_dict()) == data['param_names']
+    video = data['video_uint8'].float() / 255
+    with torch.no_grad():
+        latents = tokenizer.encode_latents(video)
+        quantized, indices = tokenizer.encode(video)
+        recon = tokenizer.decode(quantized)
+        from_flat = tokenizer.decode_indices(data['indices'].flatten(1))
+        from_grid = tokenizer.decode_indices(data['indices'].long())
+    close(latents, data['latents'])
+    close(quantized, data['quantized'])
+    assert indices.dtype == torch.int32 and torch.equal(indices, data['indices'])
+    for output in (recon, from_flat, from_grid):
+        close(output, data['recon'])
+
+
+def test_tokenizer_layer_shapes(fixture):
+    data = fixture['tokenizer']
+    tokenizer = reference_tokenizer(fixture)
+    x = data['video_uint8'].float() / 255
+    shapes = {'encoder_shapes': [], 'decoder_shapes': []}
+    with torch.no_grad():
+        for layer in tokenizer.encoder_layers:
+            x = layer(x)
+            shapes['encoder_shapes'].append(tuple(x.shape))
+        x = tokenizer.quantizer(x)[0]
+        for layer in tokenizer.decoder_layers:
+            x = layer(x)
+            shapes['decoder_shapes'].append(tuple(x.shape))
+    for key, found in shapes.items():
+        assert found == [tuple(shape) for shape in data[key]], key
+
+
+def test_released_layout_and_sizes(fixture):
+    with torch.device('meta'):
+        tokenizer = NBPTokenizer()
+    layout = [(name, tuple(tensor.shape)) for name, tensor in tokenizer.state_dict().items()]
+    assert layout == [(name, tuple(shape)) for name, shape in fixture['checkpoint_layouts']['tokenizer_128']]
+    counts = fixture['param_counts']['tokenizer_128']
+    assert sum(p.numel() for p in tokenizer.parameters()) == counts['total']
+    assert sum(p.numel() for p in tokenizer.encoder_layers.parameters()) == counts['encoder']
+    assert (tokenizer.spatial_compression, tokenizer.temporal_compression) == (8, 4)
+    assert (tokenizer.latent_channels, tokenizer.codebook_size, tokenizer.latent_size) == (6, 64000, 16)
+    assert tokenizer.latent_frames(17) == 5 and tokenizer.num_frames(5) == 17
+    with pytest.raises(ValueError, match='1 \\+ 4 k frames'):
+        tokenizer.latent_frames(16)
+
+
+def test_encoder_is_causal_in_time():
+    torch.manual_seed(0)
+    tokenizer = NBPTokenizer(image_size=16, channels=(4, 6, 8), num_groups=2).eval()
+    video = torch.rand(1, 3, 9, 16, 16)
+    changed = video.clone()
+    changed[:, :, 5:] = torch.rand(1, 3, 4, 16, 16)  # frames of the last latent frame only
+    with torch.no_grad():
+        before, after = tokenizer.encode_latents(video), tokenizer.encode_latents(changed)
+        decoded = tokenizer.decode(tokenizer.encode(video)[0])
+    assert torch.equal(before[:, :, :2], after[:, :, :2]) and not torch.equal(before[:, :, 2], after[:, :, 2])
+    assert decoded.shape == video.shape
+
+
+def test_checkpoint_with_module_prefix_loads(fixture, tmp_path):
+    data = fixture['tokenizer']
+    path = tmp_path / 'magvit2_tiny.pt'
+    state = {f'module.{name}': tensor for name, tensor in data['state_dict'].items()}
+    torch.save({'model_state_dict': state, 'version': '0.0', 'config': pickle.dumps({})}, path)
+    config = {key: data['config'][key] for key in ('image_size', 'channels', 'num_groups', 'fsq_levels')}
+    tokenizer = AUTOENCODERS.build({'type': 'NBPTokenizer', **config, 'checkpoint': str(path)})
+    for name, tensor in tokenizer.state_dict().items():
+        assert torch.equal(tensor, data['state_dict'][name]), name
+    assert all(p.requires_grad and p.device.type == 'cpu' for p in tokenizer.parameters())  # trainable, not meta
+
+
+def test_checkpoint_errors(fixture, tmp_path):
+    with pytest.raises(FileNotFoundError, match='magvit2_ucf.pt'):
+        NBPTokenizer(checkpoint=str(tmp_path / 'absent.pt'))
+    path = tmp_path / 'tiny.pt'
+    torch.save({'model_state_dict': fixture['tokenizer']['state_dict']}, path)
+    with pytest.raises(ValueError, match='tiny.pt does not fit NBPTokenizer'):
+        NBPTokenizer(image_size=32, channels=(4, 6, 10), num_groups=2, checkpoint=str(path))

@@ -1,0 +1,156 @@
+"""NBP transformer: parity of the training layouts with the reference, released checkpoint names and paper
+sizes, block masks (k = 1 is next-token prediction), the null condition, save/load."""
+import argparse
+
+import pytest
+import torch
+
+from far.models import NBPTransformer, build_model
+from far.models.nbp import UCF101_TEXT_CONDITION
+from far.registry import MODELS
+
+VARIANTS = ['hybrid_text', 'hybrid_label', 'semi_ar_uncond']
+
+
+@pytest.fixture(scope='module')
+def fixture(shared_dir):
+    path = shared_dir / 'fixtures' / 'parity' / 'nbp.pt'
+    if not path.is_file():
+        pytest.skip(f'{path} is absent')
+    return torch.load(path, weights_only=False)
+
+
+def reference_model(variant) -> NBPTransformer:
+    model = NBPTransformer.from_reference_config(variant['gpt_config'], variant['wrapper_config'])
+    model.load_reference_state_dict(variant['state_dict'])  # names `transformer.*`, strict
+    return model.eval()
+
+
+def tiny(**overrides) -> NBPTransformer:
+    config = dict(num_layers=2, num_attention_heads=2, hidden_size=32, max_positions=64, video_vocab_size=50,
+                  token_number_per_step=4, hybrid=True, condition_cfg={'type': 'label', 'num_classes': 5}, dropout=0.0)
+    torch.manual_seed(0)
+    return NBPTransformer(**{**config, **overrides}).eval()
+
+
+# ----- parity and released checkpoints -----
+
+@pytest.mark.parametrize('name', VARIANTS)
+def test_training_layout_matches_reference(fixture, name):
+    variant = fixture['gpt'][name]
+    model, train = reference_model(variant), variant['train']
+    cond = train['c_indices'] if model.condition_length else None
+    input_ids = model.input_ids(train['z_indices'], cond)
+    assert torch.equal(input_ids, train['gpt_input_ids'])
+    mask = model.attention_mask(input_ids.shape[1])
+    assert torch.equal(mask.expand_as(train['attn_mask']), train['attn_mask'])
+    assert torch.equal(model.targets(train['z_indices']), train['target'])
+    with torch.no_grad():
+        full = model(input_ids)
+        logits = model.logits(train['z_indices'], cond)
+        loss = model.loss(train['z_indices'], cond)
+    torch.testing.assert_close(full, train['gpt_logits'], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logits, train['gpt_logits'][:, train['cut_len']:], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(loss, train['loss'], rtol=1e-4, atol=1e-4)
+
+
+def test_released_checkpoint_names_and_paper_sizes(fixture):
+    counts = fixture['param_counts']
+    for size in ('base', 'xl', '3b'):
+        for data, layout in (('ucf', dict(hybrid=True, condition_cfg=UCF101_TEXT_CONDITION)), ('k600', {})):
+            with torch.device('meta'):  # no memory, no init cost
+                model = build_model(f'NBP_{size}', **layout)
+            expected = counts[f'{data}_{size}']
+            total = sum(p.numel() for p in model.parameters())
+            assert total == expected['total'] and model.vocab_size == expected['vocab_size'], (size, data)
+            non_embedding = total - model.tok_emb.weight.numel() - model.head.weight.numel()
+            assert non_embedding == expected['non_embedding']
+            assert model.uncond_embedding.numel() == expected['uncond_embedding_buffer']
+            if size == 'base':
+                assert non_embedding == 687_823_872  # the paper's "700M"
+                names = [(f'transformer.{n}', tuple(t.shape)) for n, t in model.state_dict().items()]
+                assert names == [(n, tuple(s)) for n, s in fixture['checkpoint_layouts'][f'{data}_base']]
+
+
+def test_reference_checkpoint_loading(fixture, tmp_path):
+    variant = fixture['gpt']['hybrid_label']
+    model = NBPTransformer.from_reference_config(variant['gpt_config'], variant['wrapper_config'])
+    lightning = {f'module.{k}': v for k, v in variant['state_dict'].items()}
+    lightning['module.first_stage_model.encoder_layers.0.conv.weight'] = torch.zeros(1)  # the tokenizer: ignored
+    path = tmp_path / 'tiny.ckpt'
+    torch.save({'state_dict': lightning, 'hyper_parameters': {'args': argparse.Namespace(n_layer=2)}}, path)
+    model.load_reference_checkpoint(str(path))
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, variant['state_dict'][f'transformer.{name}']), name
+    with pytest.raises(FileNotFoundError, match='NBP-ucf-base'):
+        model.load_reference_checkpoint(str(tmp_path / 'absent.ckpt'))
+    wrong = NBPTransformer.from_reference_config(fixture['gpt']['hybrid_text']['gpt_config'],
+                                                 fixture['gpt']['hybrid_text']['wrapper_config'])
+    with pytest.raises(ValueError, match='do not fit'):
+        wrong.load_reference_state_dict(variant['state_dict'])
+
+
+def test_registry_and_config_errors():
+    assert {'NBPTransformer', 'NBP_base', 'NBP_xl', 'NBP_3b'} <= set(MODELS.keys())
+    with pytest.raises(TypeError):
+        NBPTransformer(2)  # keyword-only
+    with pytest.raises(ValueError, match='condition_cfg must be'):
+        tiny(condition_cfg={'type': 'label'})
+    with pytest.raises(ValueError, match='needs a condition'):
+        tiny(condition_cfg=None, condition_dropout=0.1)
+    with pytest.raises(ValueError, match='cond_ids of shape'):
+        tiny().loss(torch.zeros(2, 8, dtype=torch.long), None)
+
+
+# ----- behaviour -----
+
+@pytest.mark.parametrize('hybrid', [True, False])
+def test_block_size_one_is_token_by_token(hybrid):
+    model = tiny(token_number_per_step=1, hybrid=hybrid)
+    length = 12
+    mask = model.attention_mask(length)
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    causal[:, :1] = True  # the class token is visible to every position
+    assert torch.equal(mask, causal)
+    video = torch.randint(0, 50, (1, 10))
+    changed = video.clone()
+    changed[0, 6] = (video[0, 6] + 1) % 50
+    label = torch.tensor([3])
+    with torch.no_grad():
+        before, after = model.logits(video, label), model.logits(changed, label)
+    # output i predicts token i (hybrid: from BOV on) or token i + 1: only outputs that see token 6 change
+    first_changed = 7 if hybrid else 6
+    assert torch.equal(before[:, :first_changed], after[:, :first_changed])
+    assert not torch.allclose(before[:, first_changed], after[:, first_changed])
+
+
+def test_blocks_are_bidirectional_inside_causal_across():
+    model = tiny(condition_cfg=None, hybrid=False)
+    video = torch.randint(0, 50, (1, 16))
+    changed = video.clone()
+    changed[0, 9] = (video[0, 9] + 1) % 50  # block 2 (tokens 8..11)
+    with torch.no_grad():
+        before, after = model(model.input_ids(video)), model(model.input_ids(changed))
+    assert torch.equal(before[:, :8], after[:, :8])
+    assert not torch.allclose(before[:, 8], after[:, 8])  # an earlier position of the same block sees it
+
+
+def test_condition_dropout_uses_the_null_condition():
+    model = tiny(condition_dropout=1.0)
+    video, label = torch.randint(0, 50, (2, 16)), torch.tensor([1, 4])
+    with torch.no_grad():
+        kept = model.logits(video, label)  # eval mode: no dropout
+        null = model(model.input_ids(video, label), null_condition=torch.ones(2, dtype=torch.bool))[:, 1:]
+        dropped = model.train().logits(video, label)
+    assert not torch.allclose(kept, null)
+    torch.testing.assert_close(dropped, null)
+    assert 'uncond_embedding' in model.state_dict() and 'uncond_embedding' not in dict(model.named_parameters())
+
+
+def test_save_and_load_pretrained(tmp_path):
+    model = tiny(condition_cfg=UCF101_TEXT_CONDITION | {'vocab_size': 30}, condition_dropout=0.1)
+    model.save_pretrained(tmp_path)
+    loaded = NBPTransformer.from_pretrained(tmp_path).eval()
+    assert loaded.config.condition_cfg == model.config.condition_cfg
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
