@@ -119,3 +119,27 @@ def test_save_pretrained_round_trip(tiny_far_long, tmp_path):
     assert loaded.config.context_patch_size == 2 and loaded.config.short_term_ctx_winsize == 2
     latents, timestep, actions = randn(1, 4, 4, 4, 4), torch.full((1, 4), 300.0), {'action': torch.ones(1, 4).long()}
     assert torch.equal(loaded(latents, timestep, actions).sample, model(latents, timestep, actions).sample)
+
+
+def test_reference_dtype_rounding_feeds_the_embeddings_what_bf16_made_of_them(tiny_far_long):
+    """The released checkpoints embedded timesteps and RoPE frame ids after a cast to bf16 (frame 257 reads 256)."""
+    timestep = torch.tensor([[-1.0, 999.0, 500.5, 257.0]])
+    latents, actions = randn(1, 4, 4, 4, 4), {'action': torch.zeros(1, 4).long()}
+    bf16 = timestep.to(torch.bfloat16).float()
+    assert torch.equal(bf16[0, 1:], torch.tensor([1000.0, 500.0, 256.0]))  # what bf16 makes of them
+    for rounding, autocast, expected in ((True, True, bf16),
+                                         (True, False, timestep), (False, True, timestep)):
+        model = tiny_far_long(reference_dtype_rounding=rounding, short_term_ctx_winsize=4)
+        fed, rope_dtypes = [], []
+        model.time_proj.register_forward_pre_hook(lambda module, args: fed.append(args[0].float()))
+        rope = model.rope
+        model.rope = lambda *args, **kwargs: rope_dtypes.append(kwargs['round_to']) or rope(*args, **kwargs)
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+            model(latents, timestep, actions)
+        assert torch.equal(fed[0], expected.flatten())
+        assert rope_dtypes == [torch.bfloat16 if rounding and autocast else None]
+    exact, rounded = (tiny_far_long().rope(255, 4, 1, 1, 1, torch.device('cpu'), round_to=r)
+                      for r in (None, torch.bfloat16))
+    table = tiny_far_long().rope(0, 259, 1, 1, 1, torch.device('cpu'))
+    assert torch.equal(exact[0], table[0][255:259])
+    assert torch.equal(rounded[0], table[0][[255, 256, 256, 258]])  # 257 -> 256

@@ -170,6 +170,7 @@ def test_model_has_the_paper_size(name):
     row, opt = PAPER[name], load(name)
     assert opt.model['type'] == row.model
     assert opt.model.get('condition_cfg') == CONDITIONS[row.condition]
+    assert opt.model['reference_dtype_rounding']  # bf16-rounded timesteps and positions, as the released models
     with torch.device('meta'):
         model = opt.build_model()
     assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(row.params, abs=0.01)

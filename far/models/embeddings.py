@@ -2,7 +2,7 @@
 
 Timesteps use diffusers' ``Timesteps`` + ``TimestepEmbedding`` directly (see ``far.py``).
 """
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from diffusers.models.embeddings import LabelEmbedding, get_1d_rotary_pos_embed
@@ -40,15 +40,21 @@ class FrameRotaryEmbedding:
             dim, positions, theta=self.theta, use_real=True, repeat_interleave_real=True, freqs_dtype=torch.float64)
 
     def __call__(self, first_frame: int, num_frames: int, height: int, width: int, stride: int,
-                 device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin of shape ``[num_frames * height * width, sum(axes_dims)]``, frame-major token order."""
-        key = (first_frame, num_frames, height, width, stride, str(device))
+                 device: torch.device, round_to: Optional[torch.dtype] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin of shape ``[num_frames * height * width, sum(axes_dims)]``, frame-major token order.
+
+        ``round_to``: positions rounded to that dtype first (e.g. bfloat16: frame 257 -> 256), as the released
+        FAR models computed them when they ran in bf16.
+        """
+        key = (first_frame, num_frames, height, width, stride, str(device), round_to)
         if key not in self._cache:
             if len(self._cache) >= self.max_cached:
                 self._cache.pop(next(iter(self._cache)))
             positions = (torch.arange(first_frame, first_frame + num_frames, dtype=torch.float64),
                          torch.arange(height, dtype=torch.float64) * stride,
                          torch.arange(width, dtype=torch.float64) * stride)
+            if round_to is not None:
+                positions = tuple(p.to(round_to).double() for p in positions)
             cos_sin = [self._axis(dim, pos) for dim, pos in zip(self.axes_dims, positions)]
             grid = (num_frames, height, width)
 

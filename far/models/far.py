@@ -55,6 +55,10 @@ class FAR(ModelMixin, ConfigMixin):
             guidance. Parsed once into ``model.condition``.
         condition_dropout: probability of replacing a label/action by the null id while training
             (0 turns it off).
+        reference_dtype_rounding: when the model computes in a 16-bit dtype (bf16 autocast or weights), round
+            the timesteps and the RoPE positions to that dtype before embedding them, as the released FAR
+            checkpoints saw them in bf16 (the 1000 training timesteps collapse to 506 values; frame 257 reads
+            256). Off: exact positions, the better choice for new training.
     """
 
     _supports_gradient_checkpointing = True
@@ -76,6 +80,7 @@ class FAR(ModelMixin, ConfigMixin):
         short_term_ctx_winsize: int = 16,
         condition_cfg: Optional[dict] = None,
         condition_dropout: float = 0.1,
+        reference_dtype_rounding: bool = False,
     ):
         super().__init__()
         name = type(self).__name__
@@ -173,10 +178,21 @@ class FAR(ModelMixin, ConfigMixin):
 
     # ----- embedding and output -----
 
+    def rounding_dtype(self) -> Optional[torch.dtype]:
+        """The 16-bit dtype timesteps and positions are rounded to (``reference_dtype_rounding``), or None."""
+        if not self.config.reference_dtype_rounding:
+            return None
+        device = self.x_embedder.weight.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else self.dtype
+        return dtype if dtype in (torch.bfloat16, torch.float16) else None
+
     def _frame_embedding(self, timestep: torch.Tensor, conditions: Conditions) -> torch.Tensor:
         """Per-frame conditioning ``[B, T, D]``: timestep embedding + label/action embedding."""
         batch, frames = timestep.shape
         dtype = self.x_embedder.weight.dtype
+        rounding = self.rounding_dtype()
+        if rounding is not None:
+            timestep = timestep.to(rounding).to(timestep.dtype)
         emb = self.timestep_embedder(self.time_proj(timestep.reshape(-1)).to(dtype)).view(batch, frames, -1)
         if self.condition is None:
             return emb
@@ -193,7 +209,8 @@ class FAR(ModelMixin, ConfigMixin):
         tokens = rearrange(latents.to(embedder.weight.dtype), 'b t c (h p) (w q) -> b t (h w) (c p q)',
                            p=patch_size, q=patch_size)
         # RoPE positions in units of the full-resolution patch, so coarse patches share the same grid
-        rope = self.rope(first_frame, frames, rows, cols, patch_size // self.config.patch_size, latents.device)
+        rope = self.rope(first_frame, frames, rows, cols, patch_size // self.config.patch_size, latents.device,
+                         round_to=self.rounding_dtype())
         return TokenStream(embedder(tokens), self._frame_embedding(timestep, conditions), rope,
                            (first_frame, frames, rows * cols), patch_size, proj_out)
 

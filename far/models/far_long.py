@@ -44,6 +44,7 @@ class FAR_Long(FAR):
         short_term_ctx_winsize: int = 16,
         condition_cfg: Optional[dict] = None,
         condition_dropout: float = 0.1,
+        reference_dtype_rounding: bool = False,
     ):
         if context_patch_size % patch_size:
             raise ValueError(f'FAR_Long: context_patch_size={context_patch_size} must be a multiple of '
@@ -55,7 +56,7 @@ class FAR_Long(FAR):
             attention_head_dim=attention_head_dim, num_attention_heads=num_attention_heads,
             axes_dims_rope=axes_dims_rope, slope_scale=slope_scale,
             short_term_ctx_winsize=short_term_ctx_winsize, condition_cfg=condition_cfg,
-            condition_dropout=condition_dropout)
+            condition_dropout=condition_dropout, reference_dtype_rounding=reference_dtype_rounding)
 
     def _build_long_term_stream(self):
         patch, channels = self.config.context_patch_size, self.config.in_channels
