@@ -30,7 +30,6 @@ autoencoder block: the trainer scales the raw latents with its ``scale_latents``
 import argparse
 import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Literal, Optional, Sequence

@@ -40,6 +40,18 @@ def frame_ids(segments: Sequence[Segment], device: torch.device) -> torch.Tensor
                       for first, count, tokens in segments])
 
 
+def frame_causal_mask(query_frames: torch.Tensor, key_frames: torch.Tensor, slope: float,
+                      dtype: torch.dtype) -> torch.Tensor:
+    """SDPA mask ``[Sq, Sk]`` from each token's frame index: a query of frame i sees the keys of frames
+    ``0 <= j <= i`` (-1 marks an empty key slot); boolean (True = attend), or additive float with the temporal
+    bias ``slope * (j - i)`` when ``slope != 0``."""
+    q, k = query_frames[:, None], key_frames[None, :]
+    allowed = (q >= k) & (k >= 0)
+    if slope == 0:
+        return allowed
+    return (slope * (k - q).float()).masked_fill(~allowed, float('-inf')).to(dtype)
+
+
 class FrameCausalAttention:
     """Attention of query tokens (``q_segments``) over key tokens (``k_segments``).
 
@@ -73,13 +85,7 @@ class FrameCausalAttention:
         if self.unmasked and self.slope == 0:
             return None
         if self._dense is None or (self.slope != 0 and self._dense.dtype != dtype):
-            q, k = self.frames()
-            allowed = q[:, None] >= k[None, :]
-            if self.slope == 0:
-                self._dense = allowed
-            else:
-                bias = self.slope * (k[None, :] - q[:, None]).float()
-                self._dense = bias.masked_fill(~allowed, float('-inf')).to(dtype)
+            self._dense = frame_causal_mask(*self.frames(), self.slope, dtype)
         return self._dense
 
     def block_mask(self):
@@ -112,3 +118,13 @@ class FrameCausalAttention:
             flex = _flex_attention(query.device)
             return flex(query, key, value, score_mod=self.score_mod(), block_mask=self.block_mask())
         return F.scaled_dot_product_attention(query, key, value, attn_mask=self.dense_mask(query.dtype))
+
+
+class SlotAttention:
+    """Attention of the fed tokens over every slot of a ``SlotKVCache``: the same shapes for every pass."""
+
+    def __init__(self, query_frames: torch.Tensor, slot_frames: torch.Tensor, slope: float, dtype: torch.dtype):
+        self.mask = frame_causal_mask(query_frames, slot_frames, slope, dtype)
+
+    def __call__(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=self.mask)

@@ -22,18 +22,25 @@ from einops import rearrange
 
 from ..conditions import Condition, Conditions
 from ..registry import MODELS, variant
-from .attention import BACKENDS, FrameCausalAttention, Segment
+from .attention import BACKENDS, FrameCausalAttention, Segment, SlotAttention
 from .blocks import FARBlock, FrameModulation, Rope, modulate
 from .embeddings import FrameRotaryEmbedding, condition_embedding
-from .kv_cache import KVCache
+from .kv_cache import KVCache, SlotKVCache
 
 class TokenStream(NamedTuple):
     """Frames of one patch size, as tokens grouped by frame, with what the blocks need to process them."""
     tokens: torch.Tensor         # [B, T, n, D]
     emb: torch.Tensor            # [B, T, D] per-frame conditioning (timestep + condition)
     rope: Rope                   # cos, sin [T * n, head_dim]
-    segment: Segment             # (first_frame, T, n)
+    segment: Optional[Segment]   # (first_frame, T, n); None in a slot pass, whose frames are a tensor
     patch_size: int
+    proj_out: nn.Linear
+
+
+class StreamLayout(NamedTuple):
+    """How frames of one stream become tokens: patch size, input projection, output projection."""
+    patch_size: int
+    embedder: nn.Linear
     proj_out: nn.Linear
 
 
@@ -155,7 +162,27 @@ class FAR(ModelMixin, ConfigMixin):
                        self._kv_cache_tokens(num_frames, height, width), device, dtype)
 
     def _kv_cache_tokens(self, num_frames: int, height: int, width: int) -> int:
-        return num_frames * (height // self.config.patch_size) * (width // self.config.patch_size)
+        return num_frames * self.tokens_per_frame(height, width)
+
+    def tokens_per_frame(self, height: int, width: int, long_term: bool = False) -> int:
+        patch = self.stream_layout(long_term).patch_size
+        return (height // patch) * (width // patch)
+
+    def make_slot_cache(self, batch_size: int, num_frames: int, height: int, width: int) -> SlotKVCache:
+        """An empty static-shape cache for sampling up to ``num_frames`` frames (``far.pipelines.static_sampling``):
+        slots for the long-term frames (FAR-Long), then the short-term window, and the rotary tables of every
+        frame."""
+        cfg, device = self.config, self.device
+        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else self.dtype
+        cache = SlotKVCache(cfg.num_layers, batch_size, cfg.num_attention_heads, cfg.attention_head_dim,
+                            self._kv_cache_tokens(num_frames, height, width), device, dtype)
+        for long_term in ((False, True) if self.has_long_term_stream else (False,)):
+            patch = self.stream_layout(long_term).patch_size
+            rows, cols = height // patch, width // patch
+            cos, sin = self.rope(0, num_frames, rows, cols, patch // cfg.patch_size, device,
+                                 round_to=self.rounding_dtype())
+            cache.rope[patch] = (cos.view(num_frames, rows * cols, -1), sin.view(num_frames, rows * cols, -1))
+        return cache
 
     def _attention(self, q_segments: Sequence[Segment], k_segments: Sequence[Segment],
                    device: torch.device) -> FrameCausalAttention:
@@ -193,35 +220,74 @@ class FAR(ModelMixin, ConfigMixin):
         rounding = self.rounding_dtype()
         if rounding is not None:
             timestep = timestep.to(rounding).to(timestep.dtype)
-        emb = self.timestep_embedder(self.time_proj(timestep.reshape(-1)).to(dtype)).view(batch, frames, -1)
+        emb = self.timestep_embedder(self.time_proj(timestep.reshape(-1)).to(dtype)).unflatten(0, (batch, frames))
         if self.condition is None:
             return emb
         if not self.condition.per_frame:
             return emb + self.label_embedder(conditions['label'])[:, None]
         # one dropout draw per frame, as in training of the released checkpoints
-        return emb + self.action_embedder(conditions['action'].reshape(-1)).view(batch, frames, -1)
+        return emb + self.action_embedder(conditions['action'].reshape(-1)).unflatten(0, (batch, frames))
 
-    def _stream(self, latents: torch.Tensor, timestep: torch.Tensor,
-                conditions: Conditions, first_frame: int, patch_size: int,
-                embedder: nn.Linear, proj_out: nn.Linear) -> TokenStream:
+    def stream_layout(self, long_term: bool = False) -> StreamLayout:
+        """FAR has one stream (FAR-Long adds the long-term one)."""
+        return StreamLayout(self.config.patch_size, self.x_embedder, self.proj_out)
+
+    def _fed_long_term_frames(self, first_frame: int, num_frames: int, kv_cache: Optional[KVCache]) -> int:
+        """How many of the fed frames are long-term frames: none in FAR."""
+        return 0
+
+    def _tokens(self, latents: torch.Tensor, layout: StreamLayout) -> torch.Tensor:
+        """``[B, T, C, H, W]`` -> embedded patches ``[B, T, n, D]``."""
+        p = layout.patch_size
+        patches = rearrange(latents.to(layout.embedder.weight.dtype), 'b t c (h p) (w q) -> b t (h w) (c p q)',
+                            p=p, q=p)
+        return layout.embedder(patches)
+
+    def _stream(self, latents: torch.Tensor, timestep: torch.Tensor, conditions: Conditions, first_frame: int,
+                layout: StreamLayout) -> TokenStream:
         _, frames, _, height, width = latents.shape
-        rows, cols = height // patch_size, width // patch_size
-        tokens = rearrange(latents.to(embedder.weight.dtype), 'b t c (h p) (w q) -> b t (h w) (c p q)',
-                           p=patch_size, q=patch_size)
+        rows, cols = height // layout.patch_size, width // layout.patch_size
         # RoPE positions in units of the full-resolution patch, so coarse patches share the same grid
-        rope = self.rope(first_frame, frames, rows, cols, patch_size // self.config.patch_size, latents.device,
-                         round_to=self.rounding_dtype())
-        return TokenStream(embedder(tokens), self._frame_embedding(timestep, conditions), rope,
-                           (first_frame, frames, rows * cols), patch_size, proj_out)
+        rope = self.rope(first_frame, frames, rows, cols, layout.patch_size // self.config.patch_size,
+                         latents.device, round_to=self.rounding_dtype())
+        return TokenStream(self._tokens(latents, layout), self._frame_embedding(timestep, conditions), rope,
+                           (first_frame, frames, rows * cols), layout.patch_size, layout.proj_out)
 
-    def _embed_streams(self, latents: torch.Tensor, timestep: torch.Tensor,
-                       conditions: Conditions, first_frame: int,
-                       kv_cache: Optional[KVCache]) -> Tuple[TokenStream, Optional[TokenStream]]:
-        """The fed frames as (short-term stream, long-term stream or None); FAR has no long-term stream,
-        FAR-Long's depends on the window and on what ``kv_cache`` holds."""
-        short = self._stream(latents, timestep, conditions, first_frame, self.config.patch_size,
-                             self.x_embedder, self.proj_out)
-        return short, None
+    def _slot_stream(self, latents: torch.Tensor, timestep: torch.Tensor, conditions: Conditions,
+                     frames: torch.Tensor, layout: StreamLayout, cache: SlotKVCache) -> TokenStream:
+        """A stream whose frame indices are a tensor: its rotary rows are gathered from the cache's tables."""
+        cos, sin = cache.rope[layout.patch_size]                        # [F, n, d]
+        rope = (cos[frames].flatten(0, 1), sin[frames].flatten(0, 1))   # [T * n, d]
+        return TokenStream(self._tokens(latents, layout), self._frame_embedding(timestep, conditions), rope,
+                           None, layout.patch_size, layout.proj_out)
+
+    def _streams(self, latents: torch.Tensor, timestep: torch.Tensor, conditions: Conditions, num_long: int,
+                 build) -> Tuple[TokenStream, Optional[TokenStream]]:
+        """The fed frames as (short-term stream, long-term stream or None) when their first ``num_long`` are
+        long-term frames; ``build(latents, timestep, conditions, offset, layout)`` makes one stream."""
+        short = build(latents[:, num_long:], timestep[:, num_long:], self.condition_frames(conditions, num_long),
+                      num_long, self.stream_layout())
+        if num_long == 0:
+            return short, None
+        # long-term frames are embedded at twice their timestep (a clean one at -2), as the released
+        # FAR-Long models were trained
+        long = build(latents[:, :num_long], 2 * timestep[:, :num_long], self.condition_frames(conditions, 0, num_long),
+                     0, self.stream_layout(long_term=True))
+        return short, long
+
+    def _transform(self, short: TokenStream, long: Optional[TokenStream], attend, kv_cache):
+        """The transformer blocks over both streams: ``(x [B, T, n, D], x_long or None)``."""
+        x, x_long, long_emb, long_rope = short.tokens, None, None, None
+        if long is not None:
+            x_long, long_emb, long_rope = long.tokens, long.emb, long.rope
+        for index, block in enumerate(self.transformer_blocks):
+            layer_cache = kv_cache.layer(index) if kv_cache is not None else None
+            args = (x, short.emb, short.rope, attend, x_long, long_emb, long_rope, layer_cache)
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                x, x_long = self._gradient_checkpointing_func(block, *args)
+            else:
+                x, x_long = block(*args)
+        return x, x_long
 
     def _unembed(self, x: torch.Tensor, stream: TokenStream, height: int) -> torch.Tensor:
         scale, shift = self.norm_out(stream.emb)
@@ -274,23 +340,18 @@ class FAR(ModelMixin, ConfigMixin):
         timestep = self._check_inputs(latents, timestep, conditions, kv_cache, cache_frames)
         height = latents.shape[3]
         first_frame = 0 if kv_cache is None else kv_cache.num_frames
-        short, long = self._embed_streams(latents, timestep, conditions, first_frame, kv_cache)
+        num_long = self._fed_long_term_frames(first_frame, latents.shape[1], kv_cache)
+
+        def build(frames, steps, conds, offset, layout):
+            return self._stream(frames, steps, conds, first_frame + offset, layout)
+
+        short, long = self._streams(latents, timestep, conditions, num_long, build)
 
         # long-term tokens first, as in the released FAR-Long models
         segments = ([long.segment] if long is not None else []) + [short.segment]
         cached = kv_cache.segments if kv_cache is not None else []
         attend = self._attention(segments, cached + segments, latents.device)
-
-        x, x_long, long_emb, long_rope = short.tokens, None, None, None
-        if long is not None:
-            x_long, long_emb, long_rope = long.tokens, long.emb, long.rope
-        for index, block in enumerate(self.transformer_blocks):
-            layer_cache = kv_cache.layer(index) if kv_cache is not None else None
-            args = (x, short.emb, short.rope, attend, x_long, long_emb, long_rope, layer_cache)
-            if torch.is_grad_enabled() and self.gradient_checkpointing:
-                x, x_long = self._gradient_checkpointing_func(block, *args)
-            else:
-                x, x_long = block(*args)
+        x, x_long = self._transform(short, long, attend, kv_cache)
         if kv_cache is not None:
             num_long = long.segment[1] if long is not None else 0
             kv_cache.commit(segments, cache_frames, num_long_term_frames=min(cache_frames, num_long))
@@ -302,6 +363,34 @@ class FAR(ModelMixin, ConfigMixin):
             return (out,)
         return Transformer2DModelOutput(sample=out)
 
+
+    def forward_slots(self, latents: torch.Tensor, timestep: torch.Tensor, conditions: Conditions, *,
+                      cache: SlotKVCache, frames: torch.Tensor, num_long_term: int = 0) -> torch.Tensor:
+        """One static-shape sampling pass (see ``SlotKVCache``): the velocity of the fed short-term frames.
+
+        Args:
+            latents: ``[B, m, C, H, W]`` fed frames; the first ``num_long_term`` are long-term frames (FAR-Long).
+            timestep: ``[B, m]`` (``-1`` for a clean frame).
+            conditions: the conditions of the fed frames.
+            cache: their keys/values go to ``cache.write_slots`` (long-term tokens first); they attend to every
+                slot of a frame up to their own (``cache.slot_frames``).
+            frames: ``[m]`` frame index of each fed frame (its RoPE position).
+
+        Returns ``[B, m - num_long_term, C, H, W]``. Shapes depend only on ``m`` and ``num_long_term``.
+        """
+        height = latents.shape[3]
+
+        def build(part, steps, conds, offset, layout):
+            return self._slot_stream(part, steps, conds, frames[offset:offset + part.shape[1]], layout, cache)
+
+        short, long = self._streams(latents, timestep, conditions, num_long_term, build)
+        streams = ([long] if long is not None else []) + [short]
+        fed = [frames[:num_long_term], frames[num_long_term:]][-len(streams):]
+        query_frames = torch.cat([f.repeat_interleave(s.tokens.shape[2]) for f, s in zip(fed, streams)])
+        dtype = short.tokens.dtype if short.tokens.numel() else long.tokens.dtype
+        attend = SlotAttention(query_frames, cache.slot_frames, self.slope_scale, dtype)
+        x, _ = self._transform(short, long, attend, cache)
+        return self._unembed(x, short, height)
 
 # ----- paper sizes (v3 Table 1): 32 latent channels, patch 1, head dim 64 -----
 _PAPER = dict(in_channels=32, out_channels=32, patch_size=1, attention_head_dim=64)

@@ -9,7 +9,7 @@ position, and long-term patches use full-resolution RoPE coordinates (row, colum
 
 Parameter names are those of the published FAR-Long checkpoints, which load strictly.
 """
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import torch
 import torch.nn as nn
@@ -17,7 +17,7 @@ from diffusers.configuration_utils import register_to_config
 
 from ..registry import MODELS, variant
 from ..conditions import Conditions
-from .far import FAR, TokenStream
+from .far import FAR, StreamLayout
 from .kv_cache import KVCache
 
 
@@ -99,20 +99,10 @@ class FAR_Long(FAR):
                 f'to its long-term frames (kv_cache.truncate({cached_long})) and feed the window again')
         return max(num_long - first_frame, 0)
 
-    def _embed_streams(self, latents: torch.Tensor, timestep: torch.Tensor,
-                       conditions: Conditions, first_frame: int,
-                       kv_cache: Optional[KVCache]) -> Tuple[TokenStream, Optional[TokenStream]]:
-        num_long = self._fed_long_term_frames(first_frame, latents.shape[1], kv_cache)
-        short, _ = super()._embed_streams(latents[:, num_long:], timestep[:, num_long:],
-                                          self.condition_frames(conditions, num_long), first_frame + num_long, kv_cache)
-        if num_long == 0:
-            return short, None
-        # long-term frames are embedded at twice their timestep (a clean one at -2), as the released
-        # FAR-Long models were trained
-        long = self._stream(latents[:, :num_long], 2 * timestep[:, :num_long],
-                            self.condition_frames(conditions, 0, num_long), first_frame,
-                            self.config.context_patch_size, self.context_embedder, self.context_proj_out)
-        return short, long
+    def stream_layout(self, long_term: bool = False) -> StreamLayout:
+        if not long_term:
+            return super().stream_layout()
+        return StreamLayout(self.config.context_patch_size, self.context_embedder, self.context_proj_out)
 
 
 # ----- paper sizes (v3 Table 1): 32 latent channels, patch 1, head dim 64 -----

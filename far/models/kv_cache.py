@@ -11,7 +11,7 @@ come first, then the short-term window (level one, full resolution). When the wi
 caller truncates the cache to level two and the model re-encodes the window after the new long-term
 frame, because every short-term frame attends to all long-term frames.
 """
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 
@@ -87,3 +87,42 @@ def _first_frames(segments: Sequence[Segment], num_frames: int) -> List[Segment]
         kept.append((first, min(count, num_frames), tokens))
         num_frames -= count
     return kept
+
+
+class SlotKVCache:
+    """Keys/values in fixed slots for static-shape sampling: every pass has the same shapes, whatever the frame.
+
+    A pass writes the keys/values of the tokens it feeds into the slots ``write_slots`` and attends over all
+    ``num_slots`` slots, masked by ``slot_frames`` (the frame in each slot, -1 for an empty slot; see
+    ``far.models.attention.slot_mask``). The sampler plans which frame lives in which slot and updates
+    ``slot_frames`` and ``write_slots`` in place before each pass, so a compiled (or CUDA-graph captured) pass
+    is replayed for every frame of a rollout. ``rope`` holds the rotary tables of every frame the slots can
+    hold, per patch size, gathered by frame index inside the pass.
+    """
+
+    def __init__(self, num_layers: int, batch_size: int, num_heads: int, head_dim: int, num_slots: int,
+                 device: torch.device, dtype: torch.dtype):
+        shape = (num_layers, batch_size, num_heads, num_slots, head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.slot_frames = torch.full((num_slots,), -1, dtype=torch.long, device=device)
+        self.write_slots = torch.zeros(0, dtype=torch.long, device=device)
+        self.rope: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}  # patch size -> cos, sin [frames, n, d]
+        self.batch_size, self.num_slots = batch_size, num_slots
+
+    def layer(self, index: int) -> 'SlotLayerKVCache':
+        return SlotLayerKVCache(self, index)
+
+
+class SlotLayerKVCache:
+    """One layer's view of a :class:`SlotKVCache` (the interface of :class:`LayerKVCache`)."""
+
+    def __init__(self, cache: SlotKVCache, index: int):
+        self.cache, self.index = cache, index
+
+    def extend(self, key: torch.Tensor, value: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Write ``[B, H, n, head_dim]`` keys/values into the cache's ``write_slots``; return every slot."""
+        keys, values = self.cache.keys[self.index], self.cache.values[self.index]
+        keys.index_copy_(2, self.cache.write_slots, key.to(keys.dtype))
+        values.index_copy_(2, self.cache.write_slots, value.to(values.dtype))
+        return keys, values

@@ -14,7 +14,7 @@ behind it; ``multi_level_cache=False`` re-encodes the whole context instead (a s
 renumbered from 0, e.g. a FAR-Long model restricted to its short-term window (the memory baseline).
 """
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Union
+from typing import List, Literal, Optional, Sequence, Union
 
 import torch
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
@@ -26,6 +26,7 @@ from ..models.kv_cache import KVCache
 from ..objectives.flow_matching import CLEAN_TIMESTEP, FlowMatchSchedule
 from ..registry import PIPELINES
 from .base import VideoSampler
+from .static_sampling import StaticFrameSampler
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,10 @@ class FARSampling:
             generated one included, numbered from 0 (older frames are dropped). For FAR-Long,
             ``short_term_ctx_winsize`` restricts the model to its short-term window. ``None``: every frame.
         scheduler: the flow-matching noise schedule stepped along (``num_train_timesteps`` as in training).
+        execution: ``eager``: the KV cache grows frame by frame (shapes change every frame); ``static``: fixed
+            cache slots and masks, so every pass has the same shapes (``far.pipelines.static_sampling``);
+            ``compiled``: static, with each pass compiled once by ``torch.compile`` (on CUDA captured as a CUDA
+            graph). Static execution needs the KV cache and no ``context_window``; otherwise sampling is eager.
     """
     num_inference_steps: int = 50
     guidance_scale: float = 1.0
@@ -50,6 +55,7 @@ class FARSampling:
     slope_scale: Optional[float] = None
     context_window: Optional[int] = None
     scheduler: FlowMatchSchedule = FlowMatchSchedule()
+    execution: Literal['eager', 'static', 'compiled'] = 'eager'
 
     def __post_init__(self):
         if self.num_inference_steps < 1:
@@ -60,6 +66,11 @@ class FARSampling:
     @property
     def guided(self) -> bool:
         return self.guidance_scale > 1
+
+    @property
+    def static(self) -> bool:
+        """Whether sampling runs the fixed-shape passes (only with the KV cache and the whole context)."""
+        return self.execution != 'eager' and self.use_kv_cache and self.context_window is None
 
 
 @PIPELINES.register()
@@ -89,6 +100,7 @@ class FARPipeline(DiffusionPipeline, VideoSampler):
         self.register_modules(transformer=transformer, vae=vae,
                               scheduler=scheduler if scheduler is not None else options.scheduler.build())
         self.options = options
+        self._engines: List[StaticFrameSampler] = []  # built once per shape family, reused by later calls
 
     @property
     def condition(self) -> Optional[Condition]:
@@ -140,7 +152,7 @@ class FARPipeline(DiffusionPipeline, VideoSampler):
         """
         opt = self.options_with(**options)
         model = self.transformer
-        batch, num_new, channels, height, width = noise.shape
+        batch, num_new = noise.shape[:2]
         num_context = 0 if context is None else context.shape[1]
         if context is not None and (context.shape[0] != batch or context.shape[2:] != noise.shape[2:]):
             raise ValueError(f'context {tuple(context.shape)} and noise {tuple(noise.shape)} must agree in batch '
@@ -149,26 +161,60 @@ class FARPipeline(DiffusionPipeline, VideoSampler):
         noise, device = noise.float(), noise.device
         conditions = self._guided_conditions(conditions, opt, batch, num_context + num_new, device)
 
-        video = torch.empty(batch, num_context + num_new, channels, height, width, device=device)
-        if context is not None:
-            video[:, :num_context] = context
-        cache = (model.make_kv_cache(2 * batch if opt.guided else batch, num_context + num_new, height, width)
-                 if opt.use_kv_cache else None)
-
         previous_slope = model.slope_scale
         if opt.slope_scale is not None:
             model.slope_scale = opt.slope_scale
         try:
-            for index in self.progress_bar(range(num_context, num_context + num_new)):
-                start = 0 if opt.context_window is None else max(index + 1 - opt.context_window, 0)
-                if start and cache is not None:
-                    cache.truncate(0)  # the window slid and its frames were renumbered: nothing cached holds
-                video[:, index] = self._denoise_frame(
-                    video[:, start:], index - start, noise[:, index - num_context],
-                    model.condition_frames(conditions, start), opt, cache)
+            if opt.static:
+                return self._sample_static(context, noise, conditions, opt)
+            return self._sample_eager(context, noise, conditions, opt)
         finally:
             model.slope_scale = previous_slope
+
+    def _sample_eager(self, context: Optional[torch.Tensor], noise: torch.Tensor, conditions: Conditions,
+                      opt: FARSampling) -> torch.Tensor:
+        model = self.transformer
+        batch, num_new, channels, height, width = noise.shape
+        num_context = 0 if context is None else context.shape[1]
+        video = torch.empty(batch, num_context + num_new, channels, height, width, device=noise.device)
+        if context is not None:
+            video[:, :num_context] = context
+        cache = (model.make_kv_cache(2 * batch if opt.guided else batch, num_context + num_new, height, width)
+                 if opt.use_kv_cache else None)
+        for index in self.progress_bar(range(num_context, num_context + num_new)):
+            start = 0 if opt.context_window is None else max(index + 1 - opt.context_window, 0)
+            if start and cache is not None:
+                cache.truncate(0)  # the window slid and its frames were renumbered: nothing cached holds
+            video[:, index] = self._denoise_frame(
+                video[:, start:], index - start, noise[:, index - num_context],
+                model.condition_frames(conditions, start), opt, cache)
         return video
+
+    def _sample_static(self, context: Optional[torch.Tensor], noise: torch.Tensor, conditions: Conditions,
+                       opt: FARSampling) -> torch.Tensor:
+        batch, num_new, _, height, width = noise.shape
+        engine = self._engine(opt, batch, num_new + (0 if context is None else context.shape[1]), height, width)
+        self.scheduler.set_timesteps(opt.num_inference_steps, device=noise.device)
+        return engine.sample(context, noise, conditions, self.scheduler.timesteps, self.scheduler.sigmas,
+                             multi_level_cache=opt.multi_level_cache)
+
+    def _engine(self, opt: FARSampling, batch: int, num_frames: int, height: int, width: int) -> StaticFrameSampler:
+        """The engine for these settings that fits the call, or a new one as large as any before it."""
+        model = self.transformer
+        dtype = torch.get_autocast_dtype(model.device.type) if torch.is_autocast_enabled(model.device.type) \
+            else model.dtype
+        key = (opt.guidance_scale, opt.execution, model.slope_scale, dtype)
+        same = [e for e in self._engines if e.key == key]
+        fitting = next((e for e in same if e.fits(batch, num_frames, height, width)), None)
+        if fitting is not None:
+            return fitting
+        engine = StaticFrameSampler(
+            model, batch_size=max([batch] + [e.batch_size for e in same]),
+            num_frames=max([num_frames] + [e.num_frames for e in same]), height=height, width=width,
+            guidance_scale=opt.guidance_scale, backend='inductor' if opt.execution == 'compiled' else None)
+        engine.key = key
+        self._engines = [e for e in self._engines if e not in same] + [engine]
+        return engine
 
     def _denoise_frame(self, video: torch.Tensor, index: int, x: torch.Tensor, conditions: Conditions,
                        opt: FARSampling, cache: Optional[KVCache]) -> torch.Tensor:

@@ -2,7 +2,6 @@
 import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Dict, Literal, Optional, Tuple
 
 import diffusers
@@ -15,7 +14,7 @@ from far.losses.autoencoder_loss import AutoencoderLoss, DiscriminatorLogits
 from far.models.autoencoders import DCAutoencoder
 from far.models.discriminator import PatchDiscriminator
 from far.registry import METRICS, TRAINERS
-from far.trainers.base import CheckpointOptions, LogOptions, LRScheduleOptions, OptimizerOptions, Trainer
+from far.trainers.base import OptimizerOptions, Trainer
 from far.utils.distributed import split_batches
 from far.video import save_videos
 
