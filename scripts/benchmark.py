@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import select
 import statistics
 import subprocess
 import sys
@@ -84,7 +85,11 @@ class Reference:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
         self._reply()  # ready, or the reason it cannot load
 
-    def _reply(self) -> dict:
+    def _reply(self, timeout: Optional[float] = None) -> dict:
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        if not ready:  # still computing after `timeout` seconds: stop it (a later request starts it again)
+            self.process.kill()
+            raise TimeoutError(f'the reference did not answer within {timeout} s')
         line = self.process.stdout.readline()
         if not line:
             raise RuntimeError(f'the reference process exited (code {self.process.wait()}); see its stderr above')
@@ -93,10 +98,10 @@ class Reference:
             raise RuntimeError(f"reference implementation failed:\n{reply['error']}")
         return reply
 
-    def request(self, **request) -> dict:
+    def request(self, timeout: Optional[float] = None, **request) -> dict:
         self.process.stdin.write(json.dumps(request) + '\n')
         self.process.stdin.flush()
-        return self._reply()
+        return self._reply(timeout)
 
     def close(self):
         if self.process.poll() is None:

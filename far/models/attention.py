@@ -112,9 +112,22 @@ class FrameCausalAttention:
             self._score_mod = temporal_bias
         return self._score_mod
 
+    @property
+    def uses_flex(self) -> bool:
+        return self.backend == 'flex' and not self.unmasked and self.q_segments == self.k_segments
+
+    def prepare(self, dtype: torch.dtype) -> 'FrameCausalAttention':
+        """Build the masks now, outside compiled blocks: a block then never traces their construction (a
+        compiled block that saw a mask built would recompile once it is cached)."""
+        if self.uses_flex:
+            self.block_mask(), self.score_mod()
+        else:
+            self.dense_mask(dtype)
+        return self
+
     def __call__(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         """``[B, H, S, head_dim]`` tensors in, ``[B, H, Sq, head_dim]`` out."""
-        if self.backend == 'flex' and not self.unmasked and self.q_segments == self.k_segments:
+        if self.uses_flex:
             flex = _flex_attention(query.device)
             return flex(query, key, value, score_mod=self.score_mod(), block_mask=self.block_mask())
         return F.scaled_dot_product_attention(query, key, value, attn_mask=self.dense_mask(query.dtype))

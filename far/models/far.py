@@ -350,7 +350,7 @@ class FAR(ModelMixin, ConfigMixin):
         # long-term tokens first, as in the released FAR-Long models
         segments = ([long.segment] if long is not None else []) + [short.segment]
         cached = kv_cache.segments if kv_cache is not None else []
-        attend = self._attention(segments, cached + segments, latents.device)
+        attend = self._attention(segments, cached + segments, latents.device).prepare(short.tokens.dtype)
         x, x_long = self._transform(short, long, attend, kv_cache)
         if kv_cache is not None:
             num_long = long.segment[1] if long is not None else 0

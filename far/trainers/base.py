@@ -18,6 +18,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, IterableDataset
 
 from far.utils.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from far.utils.compile import compile_blocks
 from far.utils.distributed import StepBatchSampler, seed_for
 from far.utils.logger import Progress, setup_wandb
 
@@ -69,6 +70,9 @@ class Trainer(ABC):
     and whatever ``validate`` writes (every ``validation.every`` steps); a run started again resumes from the
     newest checkpoint.
 
+    ``compile``: regional compilation (``torch.compile`` of each transformer block, once for all of them); it pays
+    on GPUs and takes minutes to warm up on a CPU. The optimiser is AdamW, fused into one kernel on CUDA.
+
     A subclass takes its own options as keyword arguments and hands the rest on (``**options``); the YAML
     validator reads the whole chain of signatures, so the defaults here are the only ones.
     """
@@ -81,7 +85,7 @@ class Trainer(ABC):
                  lr_schedule: LRScheduleOptions = LRScheduleOptions(), max_grad_norm: Optional[float] = 1.0,
                  ema_decay: Optional[float] = 0.9999, gradient_checkpointing: bool = False,
                  checkpoint: CheckpointOptions = CheckpointOptions(), log: LogOptions = LogOptions(),
-                 num_workers: int = 0, validation=None):
+                 num_workers: int = 0, compile: bool = False, validation=None):
         if 'train' not in datasets:
             raise ValueError("the trainer needs datasets['train']")
         if total_steps < 1 or batch_size < 1 or num_workers < 0:
@@ -99,7 +103,7 @@ class Trainer(ABC):
         self.total_steps, self.batch_size, self.num_workers = total_steps, batch_size, num_workers
         self.optimizer_options, self.lr_schedule = optimizer, lr_schedule
         self.max_grad_norm, self.ema_decay = max_grad_norm, ema_decay
-        self.gradient_checkpointing = gradient_checkpointing
+        self.gradient_checkpointing, self.compile = gradient_checkpointing, compile
         self.checkpoint, self.log, self.validation = checkpoint, log, validation
         self.ema: Optional[AveragedModel] = None
         self.wandb = None
@@ -140,10 +144,13 @@ class Trainer(ABC):
         model = self.model.to(acc.device)
         if self.gradient_checkpointing:
             model.enable_gradient_checkpointing()
+        if self.compile:
+            logger.info(f'compiling {compile_blocks(model)} transformer blocks (regional compilation)')
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
+        # one fused kernel for the whole update on CUDA
         optimizer = torch.optim.AdamW(params, lr=opt.lr, betas=tuple(opt.betas), weight_decay=opt.weight_decay,
-                                      eps=opt.eps)
+                                      eps=opt.eps, fused=acc.device.type == 'cuda')
         schedule = get_scheduler('constant_with_warmup' if self.lr_schedule.name == 'constant' else 'cosine',
                                  optimizer, num_warmup_steps=self.lr_schedule.warmup_steps,
                                  num_training_steps=self.total_steps)

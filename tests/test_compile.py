@@ -1,0 +1,48 @@
+"""Compilation: regional compilation of the blocks computes what eager code computes, once per shape, and the
+compiled static sampler (inductor, as on a GPU) gives the eager sampler's videos without recompiling."""
+import pytest
+import torch
+
+from far.utils.compile import compile_blocks, count_compilations
+
+
+def training_step(model, latents, timestep, conditions):
+    model.zero_grad(set_to_none=True)
+    loss = model(latents, timestep, conditions).sample.square().mean()
+    loss.backward()
+    return loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+def test_regional_compilation_trains_like_eager_code_and_compiles_once(tiny_far):
+    torch._dynamo.reset()
+    labels = {'type': 'label', 'num_classes': 3}
+    eager, compiled = tiny_far(condition_cfg=labels).train(), tiny_far(condition_cfg=labels).train()
+    assert compile_blocks(compiled, backend='aot_eager') == 2
+    g = torch.Generator().manual_seed(0)
+    latents, conditions = torch.randn(2, 3, 4, 4, 4, generator=g), {'label': torch.tensor([0, 2])}
+    timestep = torch.tensor([[-1.0, 500.0, 20.0], [300.0, -1.0, 999.0]])
+    with count_compilations() as first:
+        loss, grads = training_step(compiled, latents, timestep, conditions)
+    expected_loss, expected_grads = training_step(eager, latents, timestep, conditions)
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads, expected_grads, rtol=1e-4, atol=1e-6)
+    with count_compilations() as again:
+        training_step(compiled, latents.flip(0), timestep.flip(0), conditions)
+    assert first['graphs'] >= 1 and again == {'graphs': 0, 'frames': 0}  # the second block reuses the first's code
+    with pytest.raises(ValueError, match='no repeated block'):
+        compile_blocks(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.slow
+def test_inductor_compiled_sampling_equals_eager_and_never_recompiles(tiny_far, make_pipeline):
+    torch._dynamo.reset()
+    pipe = make_pipeline(tiny_far(num_layers=1, num_attention_heads=1, axes_dims_rope=[4, 6, 6],
+                                  attention_head_dim=16), num_inference_steps=2)
+    g = torch.Generator().manual_seed(0)
+    context, noise = torch.randn(3, 2, 4, 4, 4, generator=g), torch.randn(3, 3, 4, 4, 4, generator=g)
+    compiled = pipe.generate_latents(context, noise, execution='compiled')
+    torch.testing.assert_close(compiled, pipe.generate_latents(context, noise), rtol=1e-4, atol=1e-5)
+    with count_compilations() as after_warm_up:
+        pipe.generate_latents(context[:2, :1], noise[:2], execution='compiled')  # a smaller batch, other lengths
+        pipe.generate_latents(None, noise[:1, :2], execution='compiled')
+    assert after_warm_up == {'graphs': 0, 'frames': 0}
