@@ -19,7 +19,6 @@ with the device and torch version; peak GPU memory per workload. Writes one JSON
 """
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
@@ -28,7 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
