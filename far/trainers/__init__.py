@@ -2,6 +2,7 @@
 from far.trainers.autoencoder_trainer import AutoencoderTrainer
 from far.trainers.base import CheckpointOptions, LogOptions, LRScheduleOptions, OptimizerOptions, Trainer
 from far.trainers.far_trainer import FARTrainer, ValidationOptions
+from far.trainers.guards import FaultOptions
 
-__all__ = ['AutoencoderTrainer', 'CheckpointOptions', 'FARTrainer', 'LogOptions', 'LRScheduleOptions',
+__all__ = ['AutoencoderTrainer', 'CheckpointOptions', 'FARTrainer', 'FaultOptions', 'LogOptions', 'LRScheduleOptions',
            'OptimizerOptions', 'Trainer', 'ValidationOptions']

@@ -16,6 +16,7 @@ from far.models.autoencoders import DCAutoencoder
 from far.models.discriminator import PatchDiscriminator
 from far.registry import METRICS, TRAINERS
 from far.trainers.base import CheckpointOptions, LogOptions, LRScheduleOptions, OptimizerOptions, Trainer
+from far.trainers.guards import FaultOptions
 from far.utils.distributed import split_batches
 from far.utils.video import save_videos
 
@@ -105,6 +106,7 @@ class AutoencoderTrainer(Trainer):
         log: LogOptions = LogOptions(),
         validation: Optional[ReconstructionValidation] = None,
         num_workers: int = 0,
+        fault: FaultOptions = FaultOptions(),
     ):
         if not isinstance(autoencoder, DCAutoencoder):
             raise ValueError(f'AutoencoderTrainer trains an AutoencoderDC; the autoencoder block builds '
@@ -121,7 +123,7 @@ class AutoencoderTrainer(Trainer):
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         super().__init__(accelerator, model, datasets, folder, seed, config, total_steps, batch_size, optimizer,
                          lr_schedule, max_grad_norm, ema_decay, False, checkpoint, log, num_workers,
-                         validation.every if validation is not None else None)
+                         validation.every if validation is not None else None, fault=fault)
         self.loss, self.validation = loss, validation
         self.perceptual = loss.perceptual_network()
         if self.perceptual is not None:

@@ -12,6 +12,7 @@ from far.objectives import FlowMatchingObjective
 from far.pipelines import FARPipeline
 from far.registry import TRAINERS
 from far.trainers.base import CheckpointOptions, LogOptions, LRScheduleOptions, OptimizerOptions, Trainer
+from far.trainers.guards import FaultOptions
 from far.utils.video import save_videos
 
 
@@ -71,10 +72,11 @@ class FARTrainer(Trainer):
         log: LogOptions = LogOptions(),
         validation: Optional[ValidationOptions] = None,
         num_workers: int = 0,
+        fault: FaultOptions = FaultOptions(),
     ):
         super().__init__(accelerator, model, datasets, folder, seed, config, total_steps, batch_size, optimizer,
                          lr_schedule, max_grad_norm, ema_decay, gradient_checkpointing, checkpoint, log, num_workers,
-                         validation.every if validation is not None else None)
+                         validation.every if validation is not None else None, fault=fault)
         if validation is not None and validation.dataset not in datasets:
             raise ValueError(f"validation.dataset '{validation.dataset}' is not among the datasets built: "
                              f"{', '.join(datasets)}")
