@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_model
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
-from far.utils.faults import (CheckpointLoadError, CheckpointWriteError, drop_frames, first_line, free_space, megabytes,
+from far.utils.faults import (CheckpointLoadError, CheckpointWriteError, drop_frames, first_line, free_space, size_text,
                               write_cause)
 from far.utils.integrity import MANIFEST_FILE, file_problem, folder_problem, has_manifest, read_manifest, write_manifest
 
@@ -121,10 +121,10 @@ def write_failure(error: BaseException, tmp: Path) -> str:
     last = latest_checkpoint(tmp.parent)
     needed, free = checkpoint_size(last), free_space(tmp.parent)
     name = tmp.name[len(TMP_PREFIX):]
-    space = f'; it needs about {megabytes(needed)} (as {last.name}), ' if needed is not None else '; '
+    space = f'; it needs about {size_text(needed)} (as {last.name}), ' if needed is not None else '; '
     kept = f'the last good checkpoint, {last}, is intact' if last else 'no earlier checkpoint was saved'
     return (f'could not save {name} in {tmp.parent}: {write_cause(error, free=free, needed=needed)}{space}'
-            f'{megabytes(free)} free there; {kept}: free space or fix the folder\'s permissions, then start the run '
+            f'{size_text(free)} free there; {kept}: free space or fix the folder\'s permissions, then start the run '
             f'again to resume')
 
 

@@ -31,8 +31,11 @@ class CheckpointLoadError(RunStopped):
     """A checkpoint to resume from could not be loaded."""
 
 
-def megabytes(num_bytes: int) -> str:
-    return f'{num_bytes / 1e6:.1f} MB'
+def size_text(num_bytes: int) -> str:
+    for unit, scale in (('GB', 1e9), ('MB', 1e6), ('kB', 1e3)):
+        if num_bytes >= scale:
+            return f'{num_bytes / scale:.1f} {unit}'
+    return f'{num_bytes} bytes'
 
 
 def first_line(error: BaseException) -> str:
@@ -87,6 +90,6 @@ def fault_message(error: BaseException) -> Optional[str]:
         return str(error)
     if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
         full = error.errno in (errno.ENOSPC, errno.EDQUOT)
-        space = f' ({megabytes(free_space(error.filename or "."))} free there)' if full else ''
+        space = f' ({size_text(free_space(error.filename or "."))} free there)' if full else ''
         return f'{write_cause(error, free=0, needed=None)}{space}'
     return collective_failure(error)
