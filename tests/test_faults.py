@@ -1,4 +1,5 @@
-"""Faults met in-process: damaged checkpoints, failed writes, non-finite steps, and the one-line messages."""
+"""Faults met in-process: damaged checkpoints, failed writes, non-finite steps, a full log disk, and the
+one-line messages."""
 import errno
 import json
 import logging
@@ -17,6 +18,7 @@ from far.utils.checkpoints import (list_checkpoints, load_checkpoint, load_weigh
                                    save_checkpoint)
 from far.utils.faults import CheckpointLoadError, CheckpointWriteError, NonFiniteTraining, fault_message
 from far.utils.integrity import MANIFEST_FILE
+from far.utils.logger import setup_logging
 
 
 @pytest.fixture
@@ -184,3 +186,26 @@ def test_fault_options_are_checked():
     assert FaultOptions() == FaultOptions(max_nonfinite_steps=3, collective_timeout=600.0)
     with pytest.raises(ValueError, match='max_nonfinite_steps must be >= 0'):
         FaultOptions(max_nonfinite_steps=-1)
+
+
+def test_an_unwritable_log_file_leaves_the_console(tmp_path, capsys):
+    class Full:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, 'No space left on device')
+
+        def flush(self):
+            pass
+
+    logger = setup_logging(tmp_path / 'train.log', is_main_process=True)
+    try:
+        logger.handlers[-1].stream = Full()
+        logger.info('first')
+        logger.info('second')
+    finally:  # as other tests expect the logger: no handlers of its own, records reach pytest's
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.propagate, logger.level = True, logging.NOTSET
+    out, err = capsys.readouterr()
+    assert 'first' in out and 'second' in out
+    assert err == f'warning: cannot write {tmp_path}/train.log ([Errno 28] No space left on device); logging to the ' \
+                  f'console only\n'

@@ -66,7 +66,7 @@ def write_cause(error: BaseException, *, free: int, needed: Optional[int]) -> st
     if isinstance(error, OSError) and error.errno:
         where = f'{error.filename}: ' if error.filename else ''
         return f'{where}{error.strerror}'
-    if needed is not None and free < needed:  # torch.save reports a full disk as "unexpected pos ..."
+    if free == 0 or (needed is not None and free < needed):  # torch.save says "unexpected pos ..." then
         return f'the disk is full ({first_line(error)})'
     return first_line(error)
 
