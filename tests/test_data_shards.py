@@ -391,3 +391,21 @@ def test_resume_point_counts_each_workers_batches():
                                                    (1, (2, 0), 1)]
     with pytest.raises(ValueError, match='fewer than one batch of 7'):
         ShardStream.resume_point(ds, 1, batch_size=7, num_workers=2)
+
+
+@pytest.mark.parametrize('damage', ['header', 'cut'])
+def test_a_damaged_tar_is_reported_not_silently_shortened(tmp_path, caplog, damage):
+    write_shards((sample(i) for i in range(4)), tmp_path, 4)
+    shard = tmp_path / 'shard-000000.tar'
+    header = dict(scan_shard(str(shard)))['000002']['frames.npy'][0] - 512  # where sample 2 starts
+    data = shard.read_bytes()
+    shard.write_bytes(data[:header] + b'\x07' * 4000 + data[header + 4000:] if damage == 'header' else data[:header])
+    problem = 'the tar header there is damaged' if damage == 'header' else 'the file ends there, cut short'
+    expected = f'{shard}: {problem}; the 2 samples before byte {header} are read, the rest is lost'
+    with caplog.at_level(logging.WARNING, logger='far'):
+        indexed = video_dataset('val', T, shards=str(tmp_path), dataset='X', fields=('label',), pad_short=False)
+        streamed = stream(tmp_path, rank=0, world_size=1)
+    assert caplog.text.count(expected) == 2 and indexed.num_skipped == streamed.num_skipped == 1
+    assert [indexed[i]['index'] for i in range(len(indexed))] == [0, 1] and len(streamed.index_of) == 2
+    with pytest.raises(CorruptSampleError, match='the rest is lost'):
+        video_dataset('val', T, shards=str(tmp_path), strict=True, dataset='X', fields=(), pad_short=False)

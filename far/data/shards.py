@@ -134,14 +134,32 @@ def list_shards(spec: str) -> List[str]:
     return [str(p) for p in found]
 
 
+class DamagedShard(ValueError):
+    """A shard whose tar structure breaks off (tarfile then stops without a word); ``samples`` are the
+    samples before the damage."""
+
+    def __init__(self, message: str, samples: list):
+        super().__init__(message)
+        self.samples = samples
+
+
 def scan_shard(path: str) -> List[Tuple[str, Dict[str, Tuple[int, int]]]]:
-    """``(key, {suffix: (data offset, size)})`` for every sample of a tar, in order, from its headers only."""
+    """``(key, {suffix: (data offset, size)})`` for every sample of a tar, in order, from its headers only;
+    :class:`DamagedShard` when a header is damaged or the tar is cut short."""
     samples: Dict[str, Dict[str, Tuple[int, int]]] = {}
     with tarfile.open(path) as tar:
         for member in tar:
             key, suffix = base_plus_ext(member.name) if member.isreg() else (None, None)
             if key is not None:
                 samples.setdefault(key, {})[suffix.lower()] = (member.offset_data, member.size)
+        end = tar.offset
+    with open(path, 'rb') as f:
+        f.seek(end)
+        block = f.read(tarfile.BLOCKSIZE)
+    if block != bytes(tarfile.BLOCKSIZE):  # a complete tar ends with zero blocks
+        problem = 'the tar header there is damaged' if block else 'the file ends there, cut short'
+        raise DamagedShard(f'{path}: {problem}; the {len(samples)} samples before byte {end} are read, the rest '
+                           f'is lost', list(samples.items()))
     return list(samples.items())
 
 
@@ -161,10 +179,22 @@ def decode_sample(sample: Dict[str, bytes], use_latent: bool) -> Clip:
     return Clip(frames, latent=use_latent, label=meta.get('label'), per_frame=per_frame)
 
 
-def index_shards(shards: List[str], use_latent: bool) -> List[Tuple[str, str, Dict[str, Tuple[int, int]]]]:
-    """``(shard, key, members)`` of every sample, in shard order then tar order; fails before any work when
-    the shards are empty or do not hold what ``use_latent`` asks for."""
-    entries = [(path, key, members) for path in shards for key, members in scan_shard(path)]
+def index_shards(shards: List[str], use_latent: bool,
+                 corrupt: CorruptSamples) -> List[Tuple[str, str, Dict[str, Tuple[int, int]]]]:
+    """``(shard, key, members)`` of every sample, in shard order then tar order; a damaged shard is reported
+    to ``corrupt`` and keeps the samples before the damage. Fails before any work when the shards are empty
+    or do not hold what ``use_latent`` asks for."""
+    entries = []
+    for path in shards:
+        try:
+            found = scan_shard(path)
+        except DamagedShard as error:
+            corrupt.report(f'{path} (the rest of it)', error)
+            found = error.samples
+        except tarfile.TarError as error:
+            corrupt.report(f'{path} (all of it)', error)
+            found = []
+        entries += [(path, key, members) for key, members in found]
     if not entries:
         raise ValueError(f'the shards {shards[0]} ... hold no sample')
     shard, _, members = entries[0]
@@ -181,12 +211,17 @@ def index_shards(shards: List[str], use_latent: bool) -> List[Tuple[str, str, Di
 class ShardIndex:
     """Random access to the samples of tar shards (a ``ClipSource``), in shard order then tar order."""
 
-    def __init__(self, shards: List[str], use_latent: bool, read_labels: bool):
+    def __init__(self, shards: List[str], use_latent: bool, read_labels: bool, corrupt: CorruptSamples):
         self.use_latent = use_latent
-        self.entries = index_shards(shards, use_latent)
-        self.labels = None
-        if read_labels:
-            self.labels = [json.loads(self._read(i)['json']).get('label') for i in range(len(self))]
+        self.entries = index_shards(shards, use_latent, corrupt)
+        self.labels = [self._label(i) for i in range(len(self))] if read_labels else None
+
+    def _label(self, index: int) -> Optional[int]:
+        """The label its json holds; None when that cannot be read (loading the sample reports it)."""
+        try:
+            return json.loads(self._read(index)['json']).get('label')
+        except UNREADABLE:
+            return None
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -259,7 +294,8 @@ class ShardStream(IterableDataset):
         self.shuffle_buffer = shuffle_buffer
         self.rank, self.world_size = distributed_rank(rank, world_size)
         # Global positions (shard order, then tar order) give items an 'index' and split shared shards.
-        self.index_of = {(path, key): i for i, (path, key, _) in enumerate(index_shards(shards, use_latent))}
+        entries = index_shards(shards, use_latent, corrupt)
+        self.index_of = {(path, key): i for i, (path, key, _) in enumerate(entries)}
         epoch = len(self.index_of) if samples_per_epoch is None else samples_per_epoch
         if epoch < 1:
             raise ValueError(f'samples_per_epoch must be >= 1, got {epoch}')

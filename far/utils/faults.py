@@ -86,8 +86,8 @@ def collective_failure(error: BaseException) -> Optional[str]:
 
 def fault_message(error: BaseException) -> Optional[str]:
     """The one line that ends a run for a fault it expects; None for anything else (shown with its traceback)."""
-    if isinstance(error, RunStopped):
-        return str(error)
+    if isinstance(error, RunStopped):  # raised in a DataLoader worker, its message ends with the original line
+        return str(error).strip().splitlines()[-1].split(f'{type(error).__name__}: ', 1)[-1]
     if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
         full = error.errno in (errno.ENOSPC, errno.EDQUOT)
         space = f' ({size_text(free_space(error.filename or "."))} free there)' if full else ''
