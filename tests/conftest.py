@@ -1,4 +1,5 @@
-"""Test environment: offline hubs, one thread per process, the `slow` marker, and the shared fixtures path."""
+"""Test environment: offline hubs, one thread per process, the `slow` marker, the shared fixtures path, and
+'far' log records that reach caplog."""
 import os
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
@@ -7,6 +8,7 @@ os.environ.setdefault('OMP_NUM_THREADS', '1')
 os.environ.setdefault('MKL_NUM_THREADS', '1')
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
 
+import logging  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -20,6 +22,12 @@ SHARED = REPO.parent / 'shared'
 
 def pytest_configure(config):
     config.addinivalue_line('markers', 'slow: takes more than ~30 s on a 2-core CPU')
+
+
+@pytest.fixture(autouse=True)
+def far_records_reach_caplog(monkeypatch):
+    """A test that set up a run's logging in this process keeps 'far' records from pytest's caplog."""
+    monkeypatch.setattr(logging.getLogger('far'), 'propagate', True)
 
 
 @pytest.fixture(scope='session')

@@ -61,11 +61,14 @@ def drop_frames(error: BaseException) -> BaseException:
     return error
 
 
+def system_cause(error: OSError) -> str:
+    return f'{error.filename}: {error.strerror}' if error.filename else str(error.strerror)
+
+
 def write_cause(error: BaseException, *, free: int, needed: Optional[int]) -> str:
     """Why a write failed, in words: the system's reason, or a full disk when the writer hid it."""
     if isinstance(error, OSError) and error.errno:
-        where = f'{error.filename}: ' if error.filename else ''
-        return f'{where}{error.strerror}'
+        return system_cause(error)
     if free == 0 or (needed is not None and free < needed):  # torch.save says "unexpected pos ..." then
         return f'the disk is full ({first_line(error)})'
     return first_line(error)
@@ -91,5 +94,5 @@ def fault_message(error: BaseException) -> Optional[str]:
     if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
         full = error.errno in (errno.ENOSPC, errno.EDQUOT)
         space = f' ({size_text(free_space(error.filename or "."))} free there)' if full else ''
-        return f'{write_cause(error, free=0, needed=None)}{space}'
+        return f'{system_cause(error)}{space}'
     return collective_failure(error)
