@@ -16,7 +16,9 @@ logger = logging.getLogger('far')
 class FaultOptions:
     """A step whose loss or gradient norm is not finite is skipped (no optimizer, EMA or schedule step);
     more than ``max_nonfinite_steps`` in a row stop the run. A process waits at most
-    ``collective_timeout`` seconds for the others (a dead or hung process) before it stops."""
+    ``collective_timeout`` seconds for the others (a dead or hung process) before it stops: more than the
+    main process alone ever works between two collectives (writing a dataset on first use, saving or
+    checking a checkpoint)."""
     max_nonfinite_steps: int = 3
     collective_timeout: float = 600.0
 
