@@ -21,8 +21,9 @@ Output, in the shard format of ``far.data.shards``: ``{key}.latent.npy`` (raw, u
 ``[T, c, h, w]``) and ``{key}.json`` (``num_frames``, ``index``, ``label``/``actions`` when the items carry
 them, ``source``, and ``crc32``, the latent's checksum, which readers check) per item, the key being the
 item's index. Items are cut into shards of ``samples_per_shard`` in dataset order and shard ``s`` is
-written by process ``s % num_processes``, so the output is the same for any number of processes. Once every process is done, the main one writes
-``index.json``: the shards and their sample counts, and the autoencoder and dataset blocks used.
+written by process ``s % num_processes``, so the output is the same for any number of processes. Once
+every process is done, the main one writes ``index.json``: the shards and their sample counts, and the
+autoencoder and dataset blocks used.
 
 Train from them with the dataset keys ``shards: <output_dir>`` and ``use_latent: true``, and the same
 autoencoder block: the trainer scales the raw latents with its ``scale_latents``.

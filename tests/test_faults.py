@@ -167,10 +167,11 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path, caplog):
         assert not g.allows(12, nan, finite) and not g.allows(13, finite, inf)
         assert g.allows(14, finite, finite) and g.in_a_row == 0 and g.skipped == 2
         assert not g.allows(15, nan, nan) and not g.allows(16, nan, nan)
-    assert 'step 12: loss nan, gradient norm 1 on this process: update skipped (1 in a row, 1 in this run)' in caplog.text
-    with pytest.raises(NonFiniteTraining, match=rf'^step 17: the loss or gradient norm was not finite 3 steps in a row '
-                                                rf'\(more than trainer.fault.max_nonfinite_steps=2\): training stopped; '
-                                                rf'the last finite checkpoint is {tmp_path}/checkpoint-10; '):
+    assert 'step 12: loss nan, gradient norm 1 on this process: update skipped (1 in a row, 1 in this run)' \
+        in caplog.text
+    with pytest.raises(NonFiniteTraining, match=rf'^step 17: the loss or gradient norm was not finite 3 steps in a '
+                                                rf'row \(more than trainer.fault.max_nonfinite_steps=2\): training '
+                                                rf'stopped; the last finite checkpoint is {tmp_path}/checkpoint-10; '):
         g.allows(17, nan, finite)
 
 
