@@ -14,9 +14,11 @@ import far  # noqa: F401  (fills the registries)
 from far.experiment import building, dataset_references, load_experiment, require
 from far.options import OptionError, to_dict
 from far.registry import TRAINERS
+from far.trainers.guards import fault_options
 from far.utils.checkpoints import latest_checkpoint, load_weights
 from far.utils.distributed import LaunchError, make_accelerator
 from far.utils.experiment_dir import ExperimentExists, prepare_experiment_dir
+from far.utils.faults import fault_message
 from far.utils.logger import setup_logging
 
 
@@ -44,7 +46,7 @@ def train(args):
         raise OptionError(file, 'pretrained', f"trainer {opt.trainer['type']} trains no `model`; remove it")
     config = to_dict(opt)
 
-    accelerator = make_accelerator(opt.mixed_precision)
+    accelerator = make_accelerator(opt.mixed_precision, fault_options(opt.trainer).collective_timeout)
     folder, changes = prepare_experiment_dir(args.root, opt.name, config, args.force_new, accelerator)
     logger = setup_logging(folder / 'train.log', accelerator.is_main_process)
     logger.info(f'{file} -> {folder} ({accelerator.num_processes} process(es) on {accelerator.device}, '
@@ -83,3 +85,8 @@ if __name__ == '__main__':
         train(args)
     except (OptionError, LaunchError, ExperimentExists) as error:
         raise SystemExit(f'error: {error}')
+    except (RuntimeError, OSError) as error:
+        message = fault_message(error)  # None: not a fault a run expects; its traceback shows
+        if message is None:
+            raise
+        raise SystemExit(f'error: {message}') from None

@@ -19,10 +19,11 @@ CONFIG (every key can also be given, or overridden, as ``key.path=value`` on the
 
 Output, in the shard format of ``far.data.shards``: ``{key}.latent.npy`` (raw, unscaled latents
 ``[T, c, h, w]``) and ``{key}.json`` (``num_frames``, ``index``, ``label``/``actions`` when the items carry
-them, ``source``) per item, the key being the item's index. Items are cut into shards of
-``samples_per_shard`` in dataset order and shard ``s`` is written by process ``s % num_processes``, so the
-output is the same for any number of processes. Once every process is done, the main one writes
-``index.json``: the shards and their sample counts, and the autoencoder and dataset blocks used.
+them, ``source``, and ``crc32``, the latent's checksum, which readers check) per item, the key being the
+item's index. Items are cut into shards of ``samples_per_shard`` in dataset order and shard ``s`` is
+written by process ``s % num_processes``, so the output is the same for any number of processes. Once
+every process is done, the main one writes ``index.json``: the shards and their sample counts, and the
+autoencoder and dataset blocks used.
 
 Train from them with the dataset keys ``shards: <output_dir>`` and ``use_latent: true``, and the same
 autoencoder block: the trainer scales the raw latents with its ``scale_latents``.
@@ -41,7 +42,7 @@ from torch.utils.data import DataLoader, IterableDataset, Subset
 import far.data  # noqa: F401  (registers the datasets)
 import far.models.autoencoders  # noqa: F401  (registers the autoencoders)
 from far.data.clips import ClipDataset
-from far.data.shards import PER_FRAME_JSON, SHARD_NAME, scan_shard
+from far.data.shards import PER_FRAME_JSON, SHARD_NAME, scan_shard, with_checksums
 from far.options import Block, OptionError, apply_overrides, load_yaml, to_dict, validate
 from far.registry import AUTOENCODERS, DATASETS
 from far.utils.distributed import LaunchError, make_accelerator, split_batches
@@ -102,8 +103,8 @@ def write_shard(path: Path, indices: Sequence[int], items: Iterator[dict], autoe
                 logger.warning(f'sample {index} is unreadable: left out of {path.name}')
                 continue
             raw = autoencoder.encode_raw(item['video'][None].to(device))[0]
-            sink.write({'__key__': f'{index:08d}', 'latent.npy': raw.cpu().numpy().astype(dtype),
-                        'json': sample_meta(item, index, dataset)})
+            sink.write(with_checksums({'__key__': f'{index:08d}', 'latent.npy': raw.cpu().numpy().astype(dtype),
+                                       'json': sample_meta(item, index, dataset)}))
             written += 1
     return written
 

@@ -1,6 +1,6 @@
-"""Test environment (offline hubs, one thread per process, the `slow` marker) and the helpers tests share, as
-fixtures: the shared folder and its parity fixtures, tiny random FAR models and their samplers, and the
-repository's scripts run as a user runs them."""
+"""Test environment (offline hubs, one thread per process, the `slow` marker, 'far' log records that reach
+caplog) and the helpers tests share, as fixtures: the shared folder and its parity fixtures, tiny random FAR
+models and their samplers, and the repository's scripts run as a user runs them."""
 import os
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
@@ -9,6 +9,7 @@ os.environ.setdefault('OMP_NUM_THREADS', '1')
 os.environ.setdefault('MKL_NUM_THREADS', '1')
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
 
+import logging  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -23,6 +24,12 @@ torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / 'shared'
+
+
+@pytest.fixture(autouse=True)
+def far_records_reach_caplog(monkeypatch):
+    """A test that set up a run's logging in this process keeps 'far' records from pytest's caplog."""
+    monkeypatch.setattr(logging.getLogger('far'), 'propagate', True)
 
 
 @pytest.fixture(scope='session')

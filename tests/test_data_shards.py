@@ -1,17 +1,23 @@
-"""Tar shards: writing, finding, indexed reading, streaming over ranks and workers, unreadable samples."""
+"""Tar shards: writing, finding, indexed reading, streaming over ranks and workers, unreadable and garbled
+samples, and resuming a stream."""
+import functools
 import io
 import json
 import logging
 import tarfile
+import zlib
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+import webdataset as wds
 from torch.utils.data import DataLoader
 
 from far.data import CorruptSampleError, ShardStream, list_shards, video_dataset, write_shards
 from far.data.clips import ClipDataset
 from far.data.shards import distributed_rank, scan_shard, write_generated_split
+from far.trainers import Trainer
 from far.video import encode_video
 
 T, H, W = 8, 16, 16
@@ -243,10 +249,10 @@ def test_stream_counts_a_truncated_shard(tmp_path, caplog):
     make_shards(tmp_path, [3, 3])
     data = (tmp_path / 'shard-000001.tar').read_bytes()
     (tmp_path / 'shard-000001.tar').write_bytes(data[:len(data) // 2 + 100])
-    ds = stream(tmp_path, rank=0, world_size=1, samples_per_epoch=4)
+    ds = stream(tmp_path, rank=0, world_size=1, samples_per_epoch=5, shuffle_buffer=1)  # reaches the cut sample
     with caplog.at_level(logging.WARNING, logger='far'):
         numbers = [item_number(item) for item in ds]
-    assert len(numbers) == 4 and ds.num_skipped >= 1
+    assert len(numbers) == 5 and ds.num_skipped >= 1
 
 
 def test_skip_count_is_shared_with_dataloader_workers(tmp_path):
@@ -303,3 +309,103 @@ def test_npy_members_are_plain_numpy(tmp_path):
     with tarfile.open(tmp_path / 'shard-000000.tar') as tar:
         frames = np.load(io.BytesIO(tar.extractfile('000005.frames.npy').read()))
     assert frames.dtype == np.uint8 and frames.shape == (T, H, W, 3)
+
+
+# ---- checksums: garbled bytes are found ----
+
+def garble(shard, key: str, member: str = 'frames.npy'):
+    """Overwrite bytes in the middle of one member of a shard, as a failing disk or copy would."""
+    members = dict(scan_shard(str(shard)))[key]
+    offset, size = members[member]
+    data = bytearray(shard.read_bytes())
+    data[offset + size // 2:offset + size // 2 + 64] = b'\xff' * 64
+    shard.write_bytes(bytes(data))
+
+
+def test_written_samples_carry_checksums(tmp_path):
+    write_shards([sample(0)], tmp_path, 1)
+    with tarfile.open(tmp_path / 'shard-000000.tar') as tar:
+        meta = json.loads(tar.extractfile('000000.json').read())
+        frames = tar.extractfile('000000.frames.npy').read()
+    assert meta['crc32'] == {'frames.npy': f'{zlib.crc32(frames):08x}'}
+
+
+def test_garbled_sample_is_skipped_by_both_readers(tmp_path, caplog):
+    write_shards((sample(i) for i in range(4)), tmp_path, 2)
+    garble(tmp_path / 'shard-000000.tar', '000001')
+    indexed = video_dataset('val', T, shards=str(tmp_path), dataset='Shards', fields=(), pad_short=False)
+    with caplog.at_level(logging.WARNING, logger='far'):
+        assert [indexed[i]['index'] for i in range(4)] == [0, 2, 2, 3]
+    assert indexed.num_skipped == 1
+    assert 'shard-000000.tar:000001 (ValueError: its frames.npy fails its checksum' in caplog.text
+    streamed = video_dataset('train', T, shards=str(tmp_path), streaming=True, rank=0, world_size=1, dataset='Shards',
+                             fields=(), pad_short=False)
+    assert 1 not in [item['index'] for item in streamed] and streamed.num_skipped >= 1
+    strict = video_dataset('val', T, shards=str(tmp_path), strict=True, dataset='Shards', fields=(), pad_short=False)
+    with pytest.raises(CorruptSampleError, match=r'000001 is unreadable .*fails its checksum'):
+        strict[1]
+
+
+def test_shards_without_checksums_still_read(tmp_path):
+    with wds.TarWriter(str(tmp_path / 'shard-000000.tar')) as sink:  # as published shards are written
+        for i in range(2):
+            sink.write(sample(i))
+    ds = video_dataset('val', T, shards=str(tmp_path), strict=True, dataset='X', fields=('label',), pad_short=False)
+    assert [item_number(ds[i]) for i in range(2)] == [0, 1]
+
+
+# ---- a resumed stream continues its epoch ----
+
+def loader_batches(ds, num_workers: int, start_step: int, count: int) -> list:
+    """``count`` training batches from ``start_step`` on, as the trainer draws them: (samples, pixels)."""
+    trainer = SimpleNamespace(batch_size=2, num_workers=num_workers, seed=5)
+    batches = Trainer._stream_batches(trainer, ds, start_step, dict(num_workers=num_workers))
+    return [(b['index'].tolist(), b['video']) for _, b in zip(range(count), batches)]
+
+
+def assert_same_batches(a: list, b: list):
+    assert [indices for indices, _ in a] == [indices for indices, _ in b]
+    for (_, x), (_, y) in zip(a, b):
+        assert torch.equal(x, y)  # the same random crops and starts too
+
+
+@pytest.mark.parametrize('num_workers', [0, 2])
+def test_resumed_stream_continues_where_it_stopped(tmp_path, num_workers):
+    make_shards(tmp_path, [5, 4, 4])
+    ds = stream(tmp_path, rank=0, world_size=1, shuffle_buffer=4, samples_per_epoch=11)
+    # 2 workers: 6 and 5 samples, 3 and 2 batches of 2 per epoch (one sample left over each)
+    assert ds.resume_point(7, batch_size=2, num_workers=num_workers).epoch == 1
+    uninterrupted = loader_batches(ds, num_workers, 0, 8)
+    epochs = [[i for indices, _ in uninterrupted[s] for i in indices] for s in (slice(0, 5), slice(5, 8))]
+    assert len(epochs[0]) == 10 and epochs[1] != epochs[0][:6]  # each epoch in its own order
+    for start in (3, 6):  # inside the first epoch, and inside the second
+        assert_same_batches(loader_batches(ds, num_workers, start, 8 - start), uninterrupted[start:])
+
+
+def test_resume_point_counts_each_workers_batches():
+    ds = SimpleNamespace(samples_per_rank=11, corrupt=SimpleNamespace(dataset='X'))
+    point = functools.partial(ShardStream.resume_point, ds, batch_size=2, num_workers=2)
+    ds.quotas = functools.partial(ShardStream.quotas, ds)
+    assert ds.quotas(2) == [6, 5]  # 3 and 2 batches: the loader takes w0, w1, w0, w1, w0
+    assert [point(b) for b in (0, 1, 4, 5, 6)] == [(0, (0, 0), 0), (0, (2, 0), 1), (0, (4, 4), 0), (1, (0, 0), 0),
+                                                   (1, (2, 0), 1)]
+    with pytest.raises(ValueError, match='fewer than one batch of 7'):
+        ShardStream.resume_point(ds, 1, batch_size=7, num_workers=2)
+
+
+@pytest.mark.parametrize('damage', ['header', 'cut'])
+def test_a_damaged_tar_is_reported_not_silently_shortened(tmp_path, caplog, damage):
+    write_shards((sample(i) for i in range(4)), tmp_path, 4)
+    shard = tmp_path / 'shard-000000.tar'
+    header = dict(scan_shard(str(shard)))['000002']['frames.npy'][0] - 512  # where sample 2 starts
+    data = shard.read_bytes()
+    shard.write_bytes(data[:header] + b'\x07' * 4000 + data[header + 4000:] if damage == 'header' else data[:header])
+    problem = 'the tar header there is damaged' if damage == 'header' else 'the file ends there, cut short'
+    expected = f'{shard}: {problem}; the 2 samples before byte {header} are read, the rest is lost'
+    with caplog.at_level(logging.WARNING, logger='far'):
+        indexed = video_dataset('val', T, shards=str(tmp_path), dataset='X', fields=('label',), pad_short=False)
+        streamed = stream(tmp_path, rank=0, world_size=1)
+    assert caplog.text.count(expected) == 2 and indexed.num_skipped == streamed.num_skipped == 1
+    assert [indexed[i]['index'] for i in range(len(indexed))] == [0, 1] and len(streamed.index_of) == 2
+    with pytest.raises(CorruptSampleError, match='the rest is lost'):
+        video_dataset('val', T, shards=str(tmp_path), strict=True, dataset='X', fields=(), pad_short=False)

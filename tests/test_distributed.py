@@ -1,23 +1,35 @@
-"""Several processes: launch checks, even data splits, synchronised training and rank-independent evaluation."""
+"""Several processes: launch checks, even data splits, synchronised training, rank-independent evaluation,
+and a rank that dies."""
 import json
+import os
+import re
 import shutil
+import signal
 import socket
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from far.utils.checkpoints import latest_checkpoint
 from far.utils.distributed import LaunchError, StepBatchSampler, check_launch, split_batches
 
 ACCELERATE = shutil.which('accelerate')
 needs_launcher = pytest.mark.skipif(ACCELERATE is None, reason='the accelerate launcher is not on PATH')
 
 
-def two_processes() -> tuple:
-    """``accelerate launch`` of two synchronised processes, on a free port (other runs may hold 29500)."""
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-    return ACCELERATE, 'launch', '--multi_gpu', '--num_processes', '2', '--main_process_port', str(port)
+        return s.getsockname()[1]
+
+
+def two_processes() -> tuple:
+    """``accelerate launch`` of two synchronised processes, on a free port (other runs may hold 29500)."""
+    return ACCELERATE, 'launch', '--multi_gpu', '--num_processes', '2', '--main_process_port', str(free_port())
 
 
 # ---- launch checks ----
@@ -87,7 +99,18 @@ def recording(self, batch):
     return batch
 
 
+train_step = FARTrainer.train_step
+
+
+def poisoned(self, batch, step):
+    logs = train_step(self, batch, step)
+    if step == 4 and self.accelerator.process_index == 1:  # an infinite loss on rank 1 alone, finite gradients
+        logs['loss'] = logs['loss'] + float('inf')
+    return logs
+
+
 FARTrainer._random_clip = recording
+FARTrainer.train_step = poisoned
 trainer = train.train(train.parse_args(sys.argv[1:]))
 model = trainer.accelerator.unwrap_model(trainer.model)
 torch.save({{'lengths': lengths, 'model': model.state_dict(), 'ema': trainer.ema.module.state_dict()}},
@@ -107,12 +130,14 @@ def test_two_process_long_context_training_stays_in_sync(scripts, tmp_path):
     # every step trained on a clip of 4..8 frames, the same length on both ranks
     assert ranks[0]['lengths'] == ranks[1]['lengths'] and len(ranks[0]['lengths']) == 20
     assert set(ranks[0]['lengths']) <= set(range(4, 9)) and len(set(ranks[0]['lengths'])) > 1
-    # different data and noise on each rank, yet the same weights: gradients were averaged
+    # different data and noise on each rank, yet the same weights: gradients were averaged, step 5 skipped by both
     for key in ranks[0]['model']:
         assert torch.equal(ranks[0]['model'][key], ranks[1]['model'][key]), key
         assert torch.equal(ranks[0]['ema'][key], ranks[1]['ema'][key]), key
     # one writer: every log line once, one set of checkpoints and samples
     log = (tmp_path / 'experiments' / 'ddp' / 'train.log').read_text()
+    # rank 0 skipped step 5 too, although its own loss was finite
+    assert re.search(r'step 5: loss [\d.]+, gradient norm [\d.]+ on this process: update skipped', log), log
     assert log.count('step 20/20 |') == 1 and '2 process(es)' in log
     assert (tmp_path / 'experiments/ddp/checkpoints/checkpoint-20/random_states_1.pkl').is_file()
     assert len(list((tmp_path / 'experiments/ddp/samples/step-0000020').glob('*.mp4'))) == 2
@@ -136,3 +161,51 @@ def test_two_process_evaluation_gives_the_same_results(scripts, tmp_path):
     for key in ('metrics', 'copy_last_frame', 'per_seed'):
         assert results[1][key] == results[2][key]
 
+
+
+# ---- a dead rank ----
+
+def start_ranks(scripts, cwd, port: int, *args: str) -> list:
+    """The two ranks of a run started without a launcher, as on two machines: nobody stops the survivor."""
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'HF_HUB_OFFLINE': '1', 'WANDB_MODE': 'offline',
+           'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': str(port), 'WORLD_SIZE': '2'}
+    return [subprocess.Popen([sys.executable, str(scripts.repo / 'train.py'), '-opt', str(scripts.demo), *scripts.tiny,
+                              *args], cwd=cwd,
+                             env={**env, 'RANK': str(rank), 'LOCAL_RANK': str(rank)}, text=True,
+                             stdout=open(cwd / f'rank{rank}.out', 'a'), stderr=open(cwd / f'rank{rank}.err', 'w'))
+            for rank in range(2)]
+
+
+@pytest.mark.slow
+def test_a_killed_rank_stops_the_other_and_both_resume_exactly(scripts, tmp_path):
+    options = ('name=tiny', 'trainer.fault.collective_timeout=20')
+    reference = tmp_path / 'reference'
+    reference.mkdir()
+    assert [p.wait(timeout=300) for p in start_ranks(scripts, reference, free_port(), *options)] == [0, 0]
+
+    ranks = start_ranks(scripts, tmp_path, free_port(), *options)
+    checkpoints = tmp_path / 'experiments' / 'tiny' / 'checkpoints'
+    try:
+        while latest_checkpoint(checkpoints) is None and ranks[1].poll() is None:
+            time.sleep(0.02)
+        ranks[1].send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        assert ranks[0].wait(timeout=60) == 1
+    finally:
+        for rank in ranks:
+            rank.kill()
+            rank.wait()
+    assert time.monotonic() - killed < 30
+    assert ranks[1].returncode == -signal.SIGKILL, 'rank 1 ended before it could be killed'
+    survivor = (tmp_path / 'rank0.err').read_text()
+    assert 'Traceback' not in survivor, survivor
+    assert re.fullmatch(r'error: process 0 of 2 lost the others \(.+\): one of them died or did not answer within '
+                        r'trainer.fault.collective_timeout; start them all again to resume from the newest checkpoint',
+                        survivor.strip().splitlines()[-1]), survivor
+
+    assert [p.wait(timeout=300) for p in start_ranks(scripts, tmp_path, free_port(), *options)] == [0, 0]
+    assert 'resumed from experiments/tiny/checkpoints/checkpoint-10 (step 10)' in (tmp_path / 'rank0.out').read_text()
+    for name in ('model.safetensors', 'ema.safetensors'):
+        expected = load_file(str(reference / 'experiments/tiny/checkpoints/checkpoint-20' / name))
+        resumed = load_file(str(checkpoints / 'checkpoint-20' / name))
+        assert all(torch.equal(expected[k], resumed[k]) for k in expected), name

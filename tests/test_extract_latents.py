@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import diffusers
@@ -85,10 +86,12 @@ def test_shards_hold_the_raw_latents_and_metadata(extraction):
                                       'checkpoint': str(root / 'dcae.pth')})
     pixels = DATASETS.build({'type': 'MovingShapes', 'root': str(root / 'data'), 'split': 'val', 'num_videos': 5,
                              'num_frames': 3, 'resolution': 16})
-    # What training with `shards: <output_dir>, use_latent: true` reads.
+    # What training with `shards: <output_dir>, use_latent: true` reads, checksums checked.
     latents = video_dataset('val', 3, shards=str(out), use_latent=True, dataset='latents', fields=('label',),
-                            pad_short=False)
+                            pad_short=False, strict=True)
     assert len(latents) == 5
+    with tarfile.open(out / 'shard-000000.tar') as tar:
+        assert set(json.loads(tar.extractfile('00000000.json').read())['crc32']) == {'latent.npy'}
     for i in range(5):
         item, source = latents[i], pixels[i]
         assert (item['index'], item['label']) == (i, source['label'])

@@ -1,5 +1,5 @@
 """train.py end to end on the embedded dataset: a 20-step run, kill and resume, the experiment folder,
-bad options, and the checkpoint files behind resuming."""
+bad options, the checkpoint files behind resuming, non-finite steps and damaged checkpoints."""
 import json
 import os
 import shutil
@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from far.utils.checkpoints import latest_checkpoint, list_checkpoints, load_weights, resolve_weights
+from far.utils.checkpoints import checkpoint_problem, latest_checkpoint, list_checkpoints, load_weights, resolve_weights
 
 def weights(checkpoint: Path):
     return load_file(str(checkpoint / 'model.safetensors')), load_file(str(checkpoint / 'ema.safetensors'))
@@ -163,3 +163,82 @@ def test_load_weights_from_every_saved_form(scripts, finished_run, tmp_path):
         resolve_weights(tmp_path / 'absent.pth')
     with pytest.raises(FileNotFoundError, match='neither an experiment checkpoint'):
         resolve_weights(tmp_path)
+
+
+# ---- faults ----
+
+NAN_SPY = '''
+import runpy
+import sys
+
+import torch
+
+sys.path.insert(0, {repo!r})
+from far.trainers import FARTrainer
+
+train_step = FARTrainer.train_step
+weights_before = {{}}  # step -> model and EMA weights when the step starts
+
+
+def injected(self, batch, step):
+    weights_before[step] = [p.detach().clone() for p in [*self.model.parameters(), *self.ema.parameters()]]
+    logs = train_step(self, batch, step)
+    if step + 1 in {nan_steps!r}:  # counted from 1, as the log counts
+        logs['loss'] = logs['loss'] * float('nan')
+    return logs
+
+
+FARTrainer.train_step = injected
+sys.argv = ['train.py', *sys.argv[1:]]
+try:
+    runpy.run_path({train!r}, run_name='__main__')
+finally:
+    torch.save(weights_before, 'weights_before.pt')
+'''
+
+
+def test_non_finite_steps_are_skipped_and_too_many_stop_the_run(scripts, tmp_path):
+    script = tmp_path / 'nan_spy.py'
+    script.write_text(NAN_SPY.format(repo=str(scripts.repo), train=str(scripts.repo / 'train.py'),
+                                     nan_steps={7, 12, 13, 14, 15}))
+    result = scripts.run(str(script), '-opt', str(scripts.demo), *scripts.tiny, 'name=nan', cwd=tmp_path)
+    assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        'error: step 15: the loss or gradient norm was not finite 4 steps in a row (more than '
+        'trainer.fault.max_nonfinite_steps=3): training stopped; the last finite checkpoint is '
+        'experiments/nan/checkpoints/checkpoint-10; lower trainer.optimizer.lr or set trainer.max_grad_norm')
+    assert 'step 7: loss nan, gradient norm nan on this process: update skipped (1 in a row, 1 in this run)' \
+        in result.stdout
+    assert '| 1 non-finite steps skipped |' in result.stdout  # the log line of step 10
+    before = torch.load(tmp_path / 'weights_before.pt')
+    assert all(torch.equal(a, b) for a, b in zip(before[6], before[7]))  # step 7 changed neither model nor EMA
+    assert not all(torch.equal(a, b) for a, b in zip(before[7], before[8]))
+    checkpoints = tmp_path / 'experiments' / 'nan' / 'checkpoints'
+    assert [step for step, _ in list_checkpoints(checkpoints)] == [10]  # kept; no checkpoint of the streak
+    assert checkpoint_problem(checkpoints / 'checkpoint-10') is None
+    assert all(torch.isfinite(v).all() for part in weights(checkpoints / 'checkpoint-10') for v in part.values())
+
+
+def test_a_damaged_checkpoint_is_reported_and_set_aside(scripts, finished_run, tmp_path):
+    shutil.copytree(finished_run / 'experiments', tmp_path / 'experiments')
+    checkpoints = tmp_path / 'experiments' / 'tiny' / 'checkpoints'
+    ema_file = checkpoints / 'checkpoint-20' / 'ema.safetensors'
+    ema_file.write_bytes(ema_file.read_bytes()[:-4000])
+
+    evaluated = scripts.run('test.py', '-opt', str(scripts.demo), *scripts.tiny, 'name=tiny', cwd=tmp_path)
+    assert evaluated.returncode == 1 and 'Traceback' not in evaluated.stderr, evaluated.stderr
+    assert evaluated.stderr.strip().splitlines() == [
+        f'error: {scripts.demo}: test.checkpoint: experiments/tiny/checkpoints/checkpoint-20/ema.safetensors is damaged '
+        f'(ema.safetensors has {ema_file.stat().st_size} bytes, the manifest says {ema_file.stat().st_size + 4000}): '
+        f'use another checkpoint']
+
+    resumed = scripts.train(tmp_path)
+    warning, = [line for line in resumed.stdout.splitlines() if 'WARNING' in line]
+    assert 'experiments/tiny/checkpoints/checkpoint-20 is damaged (ema.safetensors has ' in warning
+    assert 'resumed from experiments/tiny/checkpoints/checkpoint-10 (step 10)' in resumed.stdout
+    aside, = checkpoints.glob('checkpoint-20.corrupt-*')
+    assert (aside / 'model.safetensors').is_file()  # set aside, not deleted
+    assert [step for step, _ in list_checkpoints(checkpoints)] == [10, 20]
+    for uninterrupted, continued in zip(weights(finished_run / 'experiments/tiny/checkpoints/checkpoint-20'),
+                                        weights(checkpoints / 'checkpoint-20')):
+        assert_same(uninterrupted, continued)

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from far.data.transforms import crop_square, resize_short_side, sample_frame_ids
+from far.utils.faults import RunStopped
 
 logger = logging.getLogger('far')
 
@@ -113,7 +114,7 @@ class ClipSampler:
         return video
 
 
-class CorruptSampleError(RuntimeError):
+class CorruptSampleError(RunStopped):
     """A sample could not be read and the dataset is strict."""
 
 

@@ -143,5 +143,5 @@ def video_dataset(
     if data_list is not None:
         source = JsonListSource(data_list, use_latent, fields)
     else:
-        source = ShardIndex(list_shards(shards), use_latent, read_labels='label' in fields)
+        source = ShardIndex(list_shards(shards), use_latent, read_labels='label' in fields, corrupt=corrupt)
     return ClipDataset(source, sampler, corrupt, num_samples)

@@ -7,7 +7,9 @@ tars named ``shard-%06d.tar``; the files of one sample share a key (webdataset c
 - ``{key}.frames.npy``: uint8 ``[T, H, W, 3]`` (generated datasets, where lossless frames matter), or
 - ``{key}.latent.npy``: float16/float32 raw, unscaled latents ``[T, c, h, w]``;
 - always ``{key}.json``: ``{"num_frames": T, "label": int?, "actions": [int]*T?, "source": str?, ...}``
-  (per-frame ``"revisit"`` and ``"first_visit": [bool]*T`` for MazeMemory; other fields are ignored).
+  (per-frame ``"revisit"`` and ``"first_visit": [bool]*T`` for MazeMemory; other fields are ignored),
+  and ``"crc32": {member: hex}``, the checksums of the sample's other members, in shards written here:
+  both readers check them and treat a mismatch as an unreadable sample (shards without them read as before).
 
 Two readers: ``ShardIndex`` reads samples by position from the tar headers' offsets (fixed order, for
 evaluation and map-style training) and ``ShardStream`` reads shards sequentially (training at scale).
@@ -20,9 +22,10 @@ import random
 import shutil
 import tarfile
 import tempfile
+import zlib
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -31,14 +34,18 @@ import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.tariterators import base_plus_ext
 from webdataset.utils import glob_with_braces
+from webdataset.writer import encode_based_on_extension1, make_handlers
 
 from far.data.clips import UNREADABLE, Clip, ClipSampler, CorruptSamples
+from far.utils.distributed import seed_for
 from far.video import decode_video
 
 SHARD_NAME = 'shard-%06d.tar'
 FRAME_MEMBERS = ('mp4', 'frames.npy', 'latent.npy')
 PER_FRAME_JSON = {'actions': ('action', np.int64), 'revisit': ('revisit', np.bool_),  # json key -> item field
                   'first_visit': ('first_visit', np.bool_)}
+CHECKSUM_KEY = 'crc32'  # json key: {member: crc32 hex} of the sample's other members
+_ENCODERS = make_handlers()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -54,9 +61,31 @@ def write_shards(samples: Iterable[dict], out_dir, samples_per_shard: int) -> in
     # A fixed mtime makes the same samples give byte-identical shards.
     with wds.ShardWriter(str(out_dir / SHARD_NAME), maxcount=samples_per_shard, verbose=0, mtime=0) as sink:
         for sample in samples:
-            sink.write(sample)
+            sink.write(with_checksums(sample))
             count += 1
     return count
+
+
+def crc32(data: bytes) -> str:
+    return f'{zlib.crc32(data):08x}'
+
+
+def with_checksums(sample: dict) -> dict:
+    """``sample`` with its members encoded as webdataset writes them and their checksums in its json."""
+    members = {name: encode_based_on_extension1(value, name, _ENCODERS) for name, value in sample.items()
+               if name != 'json' and not name.startswith('__')}
+    return {**sample, **members, 'json': {**sample['json'], CHECKSUM_KEY: {k: crc32(v) for k, v in members.items()}}}
+
+
+def verify_checksums(sample: Dict[str, bytes], meta: dict):
+    """Raise ValueError when a member of a shard sample differs from the checksum its json records."""
+    for name, expected in meta.get(CHECKSUM_KEY, {}).items():
+        if name not in sample:
+            raise ValueError(f'its {name} is missing')
+        found = crc32(sample[name])
+        if found != expected:
+            raise ValueError(f'its {name} fails its checksum (crc32 {found}, the json says {expected}): the shard is '
+                             f'damaged')
 
 
 def write_generated_split(out_dir, params: dict, samples: Callable[[], Iterable[dict]], samples_per_shard: int):
@@ -105,20 +134,39 @@ def list_shards(spec: str) -> List[str]:
     return [str(p) for p in found]
 
 
+class DamagedShard(ValueError):
+    """A shard whose tar structure breaks off (tarfile then stops without a word); ``samples`` are the
+    samples before the damage."""
+
+    def __init__(self, message: str, samples: list):
+        super().__init__(message)
+        self.samples = samples
+
+
 def scan_shard(path: str) -> List[Tuple[str, Dict[str, Tuple[int, int]]]]:
-    """``(key, {suffix: (data offset, size)})`` for every sample of a tar, in order, from its headers only."""
+    """``(key, {suffix: (data offset, size)})`` for every sample of a tar, in order, from its headers only;
+    :class:`DamagedShard` when a header is damaged or the tar is cut short."""
     samples: Dict[str, Dict[str, Tuple[int, int]]] = {}
     with tarfile.open(path) as tar:
         for member in tar:
             key, suffix = base_plus_ext(member.name) if member.isreg() else (None, None)
             if key is not None:
                 samples.setdefault(key, {})[suffix.lower()] = (member.offset_data, member.size)
+        end = tar.offset
+    with open(path, 'rb') as f:
+        f.seek(end)
+        block = f.read(tarfile.BLOCKSIZE)
+    if block != bytes(tarfile.BLOCKSIZE):  # a complete tar ends with zero blocks
+        problem = 'the tar header there is damaged' if block else 'the file ends there, cut short'
+        raise DamagedShard(f'{path}: {problem}; the {len(samples)} samples before byte {end} are read, the rest '
+                           f'is lost', list(samples.items()))
     return list(samples.items())
 
 
 def decode_sample(sample: Dict[str, bytes], use_latent: bool) -> Clip:
     """One shard sample (suffix -> bytes) as a Clip."""
     meta = json.loads(sample['json'])
+    verify_checksums(sample, meta)
     if use_latent:
         frames = np.load(io.BytesIO(sample['latent.npy']))
     elif 'frames.npy' in sample:
@@ -131,10 +179,22 @@ def decode_sample(sample: Dict[str, bytes], use_latent: bool) -> Clip:
     return Clip(frames, latent=use_latent, label=meta.get('label'), per_frame=per_frame)
 
 
-def index_shards(shards: List[str], use_latent: bool) -> List[Tuple[str, str, Dict[str, Tuple[int, int]]]]:
-    """``(shard, key, members)`` of every sample, in shard order then tar order; fails before any work when
-    the shards are empty or do not hold what ``use_latent`` asks for."""
-    entries = [(path, key, members) for path in shards for key, members in scan_shard(path)]
+def index_shards(shards: List[str], use_latent: bool,
+                 corrupt: CorruptSamples) -> List[Tuple[str, str, Dict[str, Tuple[int, int]]]]:
+    """``(shard, key, members)`` of every sample, in shard order then tar order; a damaged shard is reported
+    to ``corrupt`` and keeps the samples before the damage. Fails before any work when the shards are empty
+    or do not hold what ``use_latent`` asks for."""
+    entries = []
+    for path in shards:
+        try:
+            found = scan_shard(path)
+        except DamagedShard as error:
+            corrupt.report(f'{path} (the rest of it)', error)
+            found = error.samples
+        except tarfile.TarError as error:
+            corrupt.report(f'{path} (all of it)', error)
+            found = []
+        entries += [(path, key, members) for key, members in found]
     if not entries:
         raise ValueError(f'the shards {shards[0]} ... hold no sample')
     shard, _, members = entries[0]
@@ -151,12 +211,17 @@ def index_shards(shards: List[str], use_latent: bool) -> List[Tuple[str, str, Di
 class ShardIndex:
     """Random access to the samples of tar shards (a ``ClipSource``), in shard order then tar order."""
 
-    def __init__(self, shards: List[str], use_latent: bool, read_labels: bool):
+    def __init__(self, shards: List[str], use_latent: bool, read_labels: bool, corrupt: CorruptSamples):
         self.use_latent = use_latent
-        self.entries = index_shards(shards, use_latent)
-        self.labels = None
-        if read_labels:
-            self.labels = [json.loads(self._read(i)['json']).get('label') for i in range(len(self))]
+        self.entries = index_shards(shards, use_latent, corrupt)
+        self.labels = [self._label(i) for i in range(len(self))] if read_labels else None
+
+    def _label(self, index: int) -> Optional[int]:
+        """The label its json holds; None when that cannot be read (loading the sample reports it)."""
+        try:
+            return json.loads(self._read(index)['json']).get('label')
+        except UNREADABLE:
+            return None
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -196,6 +261,17 @@ def distributed_rank(rank: Optional[int] = None, world_size: Optional[int] = Non
     return rank, world_size
 
 
+class StreamPosition(NamedTuple):
+    """Where a stream's pass starts: its epoch, the items each reader (DataLoader worker) had yielded in that
+    epoch, and the reader whose batch comes next."""
+    epoch: int
+    done: Tuple[int, ...] = ()
+    next_reader: int = 0
+
+    def following(self) -> 'StreamPosition':
+        return StreamPosition(self.epoch + 1)
+
+
 class ShardStream(IterableDataset):
     """Training stream over tar shards, read sequentially with webdataset (no extraction, no random access).
 
@@ -206,7 +282,8 @@ class ShardStream(IterableDataset):
     sample. Its shards repeat in a new random order on every pass, through a ``shuffle_buffer``-sample
     shuffle buffer (which mixes neighbouring passes: an epoch is a number of samples, not an exact pass).
     The randomness comes from the DataLoader's per-worker seed (or torch's global RNG without workers) and
-    the rank, so a seeded run is reproducible.
+    the rank, so a seeded run is reproducible; after :meth:`start_epoch` it is a function of (seed, epoch,
+    rank, worker) only, which lets a resumed run continue an epoch where it stopped (:meth:`resume_point`).
     """
 
     def __init__(self, shards: List[str], sampler: ClipSampler, corrupt: CorruptSamples, use_latent: bool,
@@ -217,11 +294,14 @@ class ShardStream(IterableDataset):
         self.shuffle_buffer = shuffle_buffer
         self.rank, self.world_size = distributed_rank(rank, world_size)
         # Global positions (shard order, then tar order) give items an 'index' and split shared shards.
-        self.index_of = {(path, key): i for i, (path, key, _) in enumerate(index_shards(shards, use_latent))}
+        entries = index_shards(shards, use_latent, corrupt)
+        self.index_of = {(path, key): i for i, (path, key, _) in enumerate(entries)}
         epoch = len(self.index_of) if samples_per_epoch is None else samples_per_epoch
         if epoch < 1:
             raise ValueError(f'samples_per_epoch must be >= 1, got {epoch}')
         self.samples_per_rank = math.ceil(epoch / self.world_size)
+        self.seed: Optional[int] = None  # set with the position by start_epoch
+        self.position = StreamPosition(0)
 
     @property
     def num_skipped(self) -> int:
@@ -229,6 +309,39 @@ class ShardStream(IterableDataset):
 
     def __len__(self) -> int:
         return self.samples_per_rank
+
+    def quotas(self, num_workers: int) -> List[int]:
+        """Items each reader (DataLoader worker; none counts as one) yields per epoch."""
+        readers = max(num_workers, 1)
+        return [self.samples_per_rank // readers + (w < self.samples_per_rank % readers) for w in range(readers)]
+
+    def resume_point(self, batches: int, *, batch_size: int, num_workers: int) -> StreamPosition:
+        """The position after ``batches`` batches of a DataLoader with ``drop_last``: each worker batches its
+        own items, and the loader takes a batch from each in turn, passing over workers that are done."""
+        per_worker = [q // batch_size for q in self.quotas(num_workers)]
+        turns = [w for r in range(max(per_worker)) for w, n in enumerate(per_worker) if r < n]
+        if not turns:
+            raise ValueError(f'{self.corrupt.dataset}: each DataLoader worker yields {max(self.quotas(num_workers))} '
+                             f'samples per epoch at most, fewer than one batch of {batch_size}: lower the batch size '
+                             f'or num_workers, or raise samples_per_epoch')
+        epoch, offset = divmod(batches, len(turns))
+        done = tuple(turns[:offset].count(w) * batch_size for w in range(len(per_worker)))
+        return StreamPosition(epoch, done, turns[offset])
+
+    def start_epoch(self, *, seed: int, position: StreamPosition):
+        """Make the next pass start at ``position`` of a run seeded ``seed``: its order and augmentations are a
+        function of (seed, epoch, rank, reader) only; the samples readers had yielded are read, not decoded."""
+        self.seed, self.position = seed, position
+
+    def _reader(self, worker: int, num_workers: int) -> Tuple[int, str, int]:
+        """Which reader this DataLoader worker is, its seed, and the number of samples it leaves out."""
+        if self.seed is None:
+            info = get_worker_info()
+            seed = info.seed if info else int(torch.randint(2**62, ()).item())
+            return worker, f'{seed}/{self.rank}', 0  # loaders often share one seed over ranks: mix the rank in
+        reader = (worker + self.position.next_reader) % num_workers  # the DataLoader asks worker 0 first
+        skip = self.position.done[reader] if self.position.done else 0
+        return reader, str(seed_for(self.seed, self.position.epoch, self.rank, reader)), skip
 
     def assignment(self, worker: int, num_workers: int) -> Tuple[List[str], int, int]:
         """The shards one reader reads, and which of their samples it keeps: ``index % stride == offset``."""
@@ -242,16 +355,16 @@ class ShardStream(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
-        seed = info.seed if info else int(torch.randint(2**62, ()).item())
-        rng = random.Random(f'{seed}/{self.rank}')  # loaders often share one seed over ranks: mix the rank in
-        shards, stride, offset = self.assignment(worker, num_workers)
+        reader, seed, skip = self._reader(worker, num_workers)
+        rng = random.Random(seed)
+        shards, stride, offset = self.assignment(reader, num_workers)
         readable = set(shards)
         mine = [i for (path, _), i in self.index_of.items() if path in readable and i % stride == offset]
         if not mine:
-            raise ValueError(f'rank {self.rank} worker {worker} gets no sample: {len(self.index_of)} samples in '
+            raise ValueError(f'rank {self.rank} worker {reader} gets no sample: {len(self.index_of)} samples in '
                              f'{len(self.shards)} shards over {self.world_size} ranks x {num_workers} workers; '
                              f'use fewer workers or more shards')
-        quota = self.samples_per_rank // num_workers + (worker < self.samples_per_rank % num_workers)
+        quota = self.quotas(num_workers)[reader]
 
         def cycle():  # this reader's shards, forever, in a new order each pass
             while True:
@@ -263,14 +376,16 @@ class ShardStream(IterableDataset):
             wds.select(lambda s: self.index_of[(s['__url__'], s['__key__'])] % stride == offset),
             wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng),
         )
-        yield from islice(self._items(pipeline, rng, len(mine)), quota)
+        samples = islice(enumerate(pipeline), skip, None)
+        yield from islice(self._items(samples, seed, len(mine)), max(quota - skip, 0))
 
-    def _items(self, samples: Iterable[dict], rng: random.Random, num_mine: int) -> Iterator[dict]:
+    def _items(self, samples: Iterable[Tuple[int, dict]], seed: str, num_mine: int) -> Iterator[dict]:
+        """Items of ``(position, sample)`` pairs; a sample's augmentation depends on its position only."""
         failures = 0
-        for sample in samples:
+        for position, sample in samples:
             index = self.index_of[(sample['__url__'], sample['__key__'])]
             try:
-                item = self.sampler(decode_sample(sample, self.use_latent), index, rng)
+                item = self.sampler(decode_sample(sample, self.use_latent), index, random.Random(f'{seed}/{position}'))
             except UNREADABLE as error:
                 self.corrupt.report(f"{sample['__url__']}:{sample['__key__']}", error)
                 failures += 1

@@ -191,13 +191,14 @@ class StaticFrameSampler:
         self._reset(context, conditions)
         num_long = self._prefill(num_context, multi_level_cache)
         steps = [(t, sigmas[i + 1] - sigmas[i]) for i, t in enumerate(timesteps)]
-        x = torch.zeros_like(self.video[:, 0])
         for frame in range(num_context, num_context + num_new):
             num_long = self._prepare(frame, num_long, multi_level_cache)
-            x.zero_()[:batch] = noise[:, frame - num_context]
+            x = torch.zeros_like(self.video[:, 0])
+            x[:batch] = noise[:, frame - num_context]
             slots = self._place(frame - num_long, frame)
             for t, dt in steps:
-                x = self._run('denoise', [frame], slots, x, t, dt)
+                # a captured graph writes its output in place at its next replay: keep a copy
+                x = self._run('denoise', [frame], slots, x, t, dt).clone()
             self.video[:, frame] = x
             if frame + 1 < num_context + num_new and self.model.num_long_term_frames(frame + 2) == num_long:
                 self._commit(frame - num_long, frame)  # the next frame sees it where it is (no slide)

@@ -4,6 +4,7 @@ from far.trainers.autoencoder_trainer import AutoencoderTrainer, ReconstructionV
 from far.trainers.base import CheckpointOptions, LogOptions, LRScheduleOptions, OptimizerOptions, Trainer
 from far.trainers.far_trainer import FARTrainer
 from far.trainers.generative import GenerativeTrainer, ValidationOptions
+from far.trainers.guards import FaultOptions
 
-__all__ = ['AutoencoderTrainer', 'CheckpointOptions', 'FARTrainer', 'GenerativeTrainer', 'LogOptions',
+__all__ = ['AutoencoderTrainer', 'CheckpointOptions', 'FARTrainer', 'FaultOptions', 'GenerativeTrainer', 'LogOptions',
            'LRScheduleOptions', 'OptimizerOptions', 'ReconstructionValidation', 'Trainer', 'ValidationOptions']

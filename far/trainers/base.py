@@ -4,7 +4,6 @@ A trainer subclass says what one step computes (``train_step``) and what validat
 (``validate``). Resuming is exact: the data order and every random draw of a step are functions of
 (seed, rank, step), and a checkpoint holds the model, optimizer, lr schedule, EMA and RNG states.
 """
-import itertools
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -17,7 +16,8 @@ from diffusers.optimization import get_scheduler
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, IterableDataset
 
-from far.utils.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from far.trainers.guards import FaultOptions, NonFiniteGuard
+from far.utils.checkpoints import load_checkpoint, resume_checkpoint, save_checkpoint
 from far.utils.compile import compile_blocks
 from far.utils.distributed import StepBatchSampler, seed_for
 from far.utils.logger import Progress, setup_wandb
@@ -85,7 +85,7 @@ class Trainer(ABC):
                  lr_schedule: LRScheduleOptions = LRScheduleOptions(), max_grad_norm: Optional[float] = 1.0,
                  ema_decay: Optional[float] = 0.9999, gradient_checkpointing: bool = False,
                  checkpoint: CheckpointOptions = CheckpointOptions(), log: LogOptions = LogOptions(),
-                 num_workers: int = 0, compile: bool = False, validation=None):
+                 fault: FaultOptions = FaultOptions(), num_workers: int = 0, compile: bool = False, validation=None):
         if 'train' not in datasets:
             raise ValueError("the trainer needs datasets['train']")
         if total_steps < 1 or batch_size < 1 or num_workers < 0:
@@ -105,6 +105,7 @@ class Trainer(ABC):
         self.max_grad_norm, self.ema_decay = max_grad_norm, ema_decay
         self.gradient_checkpointing, self.compile = gradient_checkpointing, compile
         self.checkpoint, self.log, self.validation = checkpoint, log, validation
+        self.guard = NonFiniteGuard(accelerator, fault.max_nonfinite_steps, self.folder / 'checkpoints')
         self.ema: Optional[AveragedModel] = None
         self.wandb = None
 
@@ -128,15 +129,23 @@ class Trainer(ABC):
         loader_args = dict(num_workers=self.num_workers, pin_memory=acc.device.type == 'cuda',
                            generator=torch.Generator().manual_seed(self.seed))
         if isinstance(dataset, IterableDataset):  # a stream splits itself over ranks, evenly
-            loader = DataLoader(dataset, batch_size=self.batch_size, drop_last=True, **loader_args)
-            logger.info('the training set is a stream: a resumed run continues with a new pass over it')
-            batches = itertools.chain.from_iterable(itertools.repeat(loader))
+            batches = self._stream_batches(dataset, start_step, loader_args)
         else:
             sampler = StepBatchSampler(len(dataset), self.batch_size, acc.num_processes, acc.process_index,
                                        self.seed, start_step)
             batches = iter(DataLoader(dataset, batch_sampler=sampler, **loader_args))
         for batch in batches:
             yield {k: v.to(acc.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def _stream_batches(self, stream, start_step: int, loader_args: dict):
+        """A stream's batches from ``start_step`` on. Epoch e of the stream is a function of (seed, e), so a
+        resumed epoch continues after the samples each of its readers had yielded."""
+        loader = DataLoader(stream, batch_size=self.batch_size, drop_last=True, **loader_args)
+        position = stream.resume_point(start_step, batch_size=self.batch_size, num_workers=self.num_workers)
+        while True:
+            stream.start_epoch(seed=self.seed, position=position)
+            yield from loader
+            position = position.following()
 
     def _setup(self):
         """Optimizer, lr schedule and EMA, prepared by accelerate; resume. Returns (optimizer, schedule, step)."""
@@ -163,7 +172,7 @@ class Trainer(ABC):
                     f'{acc.num_processes} process(es) x batch {self.batch_size}')
 
         step = 0
-        latest = latest_checkpoint(self.folder / 'checkpoints')
+        latest = resume_checkpoint(acc, self.folder / 'checkpoints')
         if latest is not None:
             step = load_checkpoint(acc, latest, self.ema)
             logger.info(f'resumed from {latest} (step {step})')
@@ -186,29 +195,43 @@ class Trainer(ABC):
             set_seed(seed_for(self.seed, acc.process_index, step))
             logs = self.train_step(next(batches), step)
             acc.backward(logs['loss'])
-            if self.max_grad_norm is not None:
-                logs['grad_norm'] = acc.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
-            optimizer.step()
-            schedule.step()
+            logs['grad_norm'] = self._grad_norm()
+            if self.guard.allows(step + 1, logs['loss'], logs['grad_norm']):
+                optimizer.step()
+                schedule.step()
+                if self.ema is not None:
+                    self.ema.update_parameters(acc.unwrap_model(self.model))
             optimizer.zero_grad(set_to_none=True)
-            if self.ema is not None:
-                self.ema.update_parameters(acc.unwrap_model(self.model))
             step += 1
 
             last = step == self.total_steps
             if step % self.log.every == 0 or last:
                 self._log(step, logs, schedule.get_last_lr()[0], progress(step))
-            if step % self.checkpoint.every == 0 or last:
-                save_checkpoint(acc, self.folder / 'checkpoints', step, self.ema, self.checkpoint.keep)
+            # Not while updates are skipped: the weights may be what diverged. The final one always.
+            if (step % self.checkpoint.every == 0 and not self.guard.in_a_row) or last:
+                self._save(step)
             if self.validation is not None and (step % self.validation.every == 0 or last):
                 self.validate(step)
         if self.wandb is not None:
             self.wandb.finish()
 
+    def _grad_norm(self) -> torch.Tensor:
+        """The gradients' total norm, after clipping them to ``max_grad_norm`` when set."""
+        if self.max_grad_norm is not None:
+            return self.accelerator.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+        return torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
+
+    def _save(self, step: int):
+        """Save a checkpoint of finite weights; non-finite ones stop the run instead."""
+        weights = list(self.model.parameters()) + (list(self.ema.parameters()) if self.ema is not None else [])
+        self.guard.check_weights(step, weights)
+        save_checkpoint(self.accelerator, self.folder / 'checkpoints', step, self.ema, self.checkpoint.keep)
+
     def _log(self, step: int, logs: Dict[str, torch.Tensor], lr: float, progress: str):
         names = sorted(logs)
         values = self.accelerator.reduce(torch.stack([logs[k].detach().float() for k in names]), 'mean').tolist()
         shown = ' | '.join(f'{k} {v:.4f}' for k, v in zip(names, values))
-        logger.info(f'step {step}/{self.total_steps} | {shown} | lr {lr:.2e} | {progress}')
+        skipped = f' | {self.guard.skipped} non-finite steps skipped' if self.guard.skipped else ''
+        logger.info(f'step {step}/{self.total_steps} | {shown} | lr {lr:.2e}{skipped} | {progress}')
         if self.wandb is not None:
             self.wandb.log({**{f'train/{k}': v for k, v in zip(names, values)}, 'train/lr': lr}, step=step)

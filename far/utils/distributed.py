@@ -5,23 +5,29 @@ resumed run draws exactly what an uninterrupted one would, and sampled videos do
 number of processes.
 """
 import os
+from datetime import timedelta
 from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs
 
 
 class LaunchError(RuntimeError):
     """The processes that started are not the ones the launcher was asked for."""
 
 
-def make_accelerator(mixed_precision: str = 'no') -> Accelerator:
-    """An Accelerator on GPU when there is one, else on CPU with gloo, checked against the launcher."""
+def make_accelerator(mixed_precision: str = 'no', collective_timeout: Optional[float] = None) -> Accelerator:
+    """An Accelerator on GPU when there is one, else on CPU with gloo, checked against the launcher.
+
+    ``collective_timeout``: seconds a collective waits for the other processes before it fails (a dead or
+    hung process); None keeps torch's default (30 minutes on CPU)."""
+    timeout = [InitProcessGroupKwargs(timeout=timedelta(seconds=collective_timeout))] if collective_timeout else []
     # Without cpu=True, ranks launched on a machine without GPU do not join a process group: each
     # would train its own unsynchronised copy.
     accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision,
+        cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision, kwargs_handlers=timeout,
         # The lr schedule advances once per optimiser step, whatever the number of processes.
         step_scheduler_with_optimizer=False)
     check_launch(accelerator.num_processes)

@@ -10,6 +10,16 @@ from typing import Optional
 FORMAT = '%(asctime)s %(levelname)s: %(message)s'
 
 
+class LogFile(logging.FileHandler):
+    """The log file; when it cannot be written (a full disk), one line on the console says so instead of a
+    traceback for every message, and the console goes on alone."""
+
+    def handleError(self, record: logging.LogRecord):
+        sys.stderr.write(f'warning: cannot write {self.baseFilename} ({sys.exc_info()[1]}); '
+                         f'logging to the console only\n')
+        logging.getLogger('far').removeHandler(self)
+
+
 def setup_logging(log_file: Optional[Path], is_main_process: bool) -> logging.Logger:
     """The 'far' logger: INFO to the console and ``log_file`` (appended) on the main process; the other
     ranks print warnings only, so every message appears once."""
@@ -21,7 +31,7 @@ def setup_logging(log_file: Optional[Path], is_main_process: bool) -> logging.Lo
     logger.propagate = False
     handlers = [logging.StreamHandler(sys.stdout)]
     if is_main_process and log_file is not None:
-        handlers.append(logging.FileHandler(log_file, mode='a'))
+        handlers.append(LogFile(log_file, mode='a'))
     for handler in handlers:
         handler.setFormatter(logging.Formatter(FORMAT, datefmt='%Y-%m-%d %H:%M:%S'))
         logger.addHandler(handler)
