@@ -17,6 +17,7 @@ from diffusers.optimization import get_scheduler
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, IterableDataset
 
+from far.trainers.curves import TrainingCurves
 from far.utils.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from far.utils.distributed import StepBatchSampler, seed_for
 from far.utils.logger import Progress, setup_wandb
@@ -65,8 +66,9 @@ class LogOptions:
 class Trainer(ABC):
     """Runs ``total_steps`` optimisation steps of ``batch_size`` items per process on ``datasets['train']``.
 
-    The experiment folder receives ``checkpoints/`` (every ``checkpoint.every`` steps and at the end)
-    and whatever ``validate`` writes (every ``validation.every`` steps); a run started again resumes from the
+    The experiment folder receives ``checkpoints/`` (every ``checkpoint.every`` steps and at the end),
+    whatever ``validate`` writes (every ``validation.every`` steps), and the logged values with their picture
+    (``metrics.jsonl``, ``training_curves.png``: ``far.trainers.curves``); a run started again resumes from the
     newest checkpoint.
 
     A subclass takes its own options as keyword arguments and hands the rest on (``**options``); the YAML
@@ -103,6 +105,7 @@ class Trainer(ABC):
         self.checkpoint, self.log, self.validation = checkpoint, log, validation
         self.ema: Optional[AveragedModel] = None
         self.wandb = None
+        self.curves = TrainingCurves(self.folder)
 
     @abstractmethod
     def train_step(self, batch: dict, step: int) -> Dict[str, torch.Tensor]:
@@ -203,5 +206,12 @@ class Trainer(ABC):
         values = self.accelerator.reduce(torch.stack([logs[k].detach().float() for k in names]), 'mean').tolist()
         shown = ' | '.join(f'{k} {v:.4f}' for k, v in zip(names, values))
         logger.info(f'step {step}/{self.total_steps} | {shown} | lr {lr:.2e} | {progress}')
+        scalars = {**{f'train/{k}': v for k, v in zip(names, values)}, 'train/lr': lr}
+        self.record(step, scalars, redraw=step == self.total_steps)
         if self.wandb is not None:
-            self.wandb.log({**{f'train/{k}': v for k, v in zip(names, values)}, 'train/lr': lr}, step=step)
+            self.wandb.log(scalars, step=step)
+
+    def record(self, step: int, values: Dict[str, float], *, redraw: bool = False):
+        """Keep ``values`` in metrics.jsonl and refresh training_curves.png (main process; see ``TrainingCurves``)."""
+        if self.accelerator.is_main_process:
+            self.curves.record(step, values, redraw=redraw)
