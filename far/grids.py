@@ -2,11 +2,11 @@
 model, its baselines), frames enlarged (nearest neighbour) to at least ``MIN_TILE`` pixels, thin gutters,
 context frames outlined in red and frame indices on top.
 
-``grid.png`` lays a video's frames left to right, wrapped in lines of ``COLUMNS`` frames, and shows at most
-``MAX_FRAMES`` of them: all when they fit, else the frames up to the last one with the smallest stride at which
-the predicted frames fill at most three quarters of the room, so the last context frames come before them (a
-48-frame clip with 16 predicted frames shows frames 16-47 in two lines; a 300-frame clip with 156 predicted,
-every 7th frame). ``grid.gif`` animates the same rows with one column per video, one picture per frame.
+``grid.png`` lays a video's frames left to right, wrapped in as few lines of at most ``COLUMNS`` frames as
+that takes (of equal length), and shows at most ``MAX_FRAMES`` of them: all when they fit, else the frames up to
+the last one with the smallest stride at which the predicted frames fill at most three quarters of the room, so
+the last context frames come before them (a 48-frame clip with 16 predicted frames shows frames 16-47 in two
+lines; a 300-frame clip with 156 predicted, every 7th frame). ``grid.gif`` animates the same rows with one column per video, one picture per frame.
 Drawn with PIL's default font: the same pixels on every machine with the same Pillow.
 """
 import functools
@@ -127,7 +127,8 @@ def draw_grid(rows: Mapping[str, np.ndarray], *, names: Sequence[str], context_l
     """The still grid of ``rows`` (label -> uint8 videos ``[B, F, H, W, 3]``, the same shape each)."""
     g = _Geometry.of(rows)
     frames, stride = shown_frames(g.num_frames, context_length)
-    lines = [frames[i:i + COLUMNS] for i in range(0, len(frames), COLUMNS)]
+    columns = math.ceil(len(frames) / math.ceil(len(frames) / COLUMNS))  # lines of equal length
+    lines = [frames[i:i + columns] for i in range(0, len(frames), columns)]
     caption = _caption(frames, stride, g.num_frames, context_length)
     video_h = g.text_h + len(lines) * (g.text_h + len(g.labels) * (g.tile_h + GUTTER)) + VIDEO_GAP
     caption_w = _text_size(caption)[0] + 2 * PAD

@@ -53,7 +53,7 @@ def per_frame_figure(results: dict):
 
     per_frame, protocol = results['per_frame'], results['protocol']
     metrics = [m for m in protocol['metrics'] if m in per_frame['metrics']]
-    figure = _figure(1, len(metrics))
+    figure = _figure(1, max(len(metrics), 2))  # room for the legend and the title under one panel too
     axes = figure.subplots(1, len(metrics), squeeze=False)[0]
     marked = set()
     for ax, metric in zip(axes, metrics):
@@ -65,8 +65,8 @@ def per_frame_figure(results: dict):
                       if protocol['context_frames'] else 'generated frame')
         _style(ax)
     handles = axes[0].get_legend_handles_labels()[0] + _category_keys(marked)
-    figure.legend(handles=handles, loc='outside lower center', ncols=len(handles))
-    figure.suptitle(f'{results["name"]}: {protocol["protocol"]} protocol, {protocol["num_videos"]} videos, '
+    figure.legend(handles=handles, loc='outside lower center', ncols=min(len(handles), 2 * max(len(metrics), 2)))
+    figure.suptitle(f'{results["name"]}: {protocol["protocol"]} protocol, {protocol["num_videos"] or "all"} videos, '
                     f'seeds {protocol["seeds"]}')
     return figure
 

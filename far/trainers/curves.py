@@ -53,6 +53,7 @@ class TrainingCurves:
             self._series.setdefault(name, {})[step] = value
         if redraw or time.monotonic() - self._drawn_at >= REDRAW_SECONDS:
             self.draw()
+            self._drawn_at = time.monotonic()
 
     def series(self) -> Dict[str, List[Tuple[int, float]]]:
         """``{name: [(step, value), ...]}`` in step order."""
@@ -62,7 +63,6 @@ class TrainingCurves:
         from far.plots import write_training_curves
 
         write_training_curves(self.series(), self.folder / CURVES_FILE, title=self.folder.name)
-        self._drawn_at = time.monotonic()
 
     @staticmethod
     def _end_cut_line(path: Path):
