@@ -73,8 +73,9 @@ def _outline(draw: ImageDraw.ImageDraw, x: int, y: int, width: int, height: int)
 
 
 def _caption(frames: Sequence[int], stride: int, num_frames: int, context_length: int) -> str:
-    parts = [f'red outline: context frames 0-{context_length - 1}' if context_length else 'no context frames',
-             'on top: frame index']
+    context = {0: 'no context frames', 1: 'red outline: context frame 0'}.get(
+        context_length, f'red outline: context frames 0-{context_length - 1}')
+    parts = [context, 'on top: frame index']
     if stride > 1:
         parts.append(f'one frame in {stride}')
     if frames[0] > 0:

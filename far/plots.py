@@ -1,7 +1,7 @@
 """Line plots of metrics, drawn with matplotlib's headless Agg canvas: the per-frame metrics of an evaluation
 (``results.json``'s ``per_frame``) and the training curves of a run (``metrics.jsonl``).
 
-matplotlib is imported by the functions that draw: ``import far``, the models and the samplers do not load it.
+matplotlib is imported by the functions that draw: importing this module loads nothing heavy.
 Each ``*_figure`` function returns the figure before it is saved, so its titles and legends can be read.
 """
 from pathlib import Path
