@@ -149,7 +149,8 @@ def draw_grid(rows: Mapping[str, np.ndarray], *, names: Sequence[str], context_l
 
 def _animation_base(g: _Geometry, names: Sequence[str], title_w: int) -> Tuple[Image.Image, List[int], List[int]]:
     """The animation's still parts (video names, row labels) and where its tiles go (x per video, y per row)."""
-    xs = [g.label_w + v * (g.tile_w + GUTTER) for v in range(g.num_videos)]
+    column_w = max(g.tile_w, max(_text_size(name)[0] for name in names) + PAD)  # names never overlap
+    xs = [g.label_w + v * (column_w + GUTTER) + (column_w - g.tile_w) // 2 for v in range(g.num_videos)]
     ys = [2 * g.text_h + r * (g.tile_h + GUTTER) for r in range(len(g.labels))]
     base = Image.new('RGB', (max(xs[-1] + g.tile_w + GUTTER, title_w), ys[-1] + g.tile_h + GUTTER), BACKGROUND)
     draw = ImageDraw.Draw(base)

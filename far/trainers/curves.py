@@ -45,6 +45,7 @@ class TrainingCurves:
         """Append ``values`` logged at ``step``; redraw the curves when ``redraw`` or when the drawing is old."""
         path = self.folder / METRICS_FILE
         if self._series is None:
+            self.folder.mkdir(parents=True, exist_ok=True)
             self._series = read_metrics(path)
             self._end_cut_line(path)
         with path.open('a') as file:
