@@ -5,10 +5,12 @@
 
 Loads `test.checkpoint` (the experiment's newest checkpoint by default, EMA weights unless
 `test.use_ema: false`; or a checkpoint folder, a save_pretrained folder, or a raw state dict such as a
-released FAR model), samples the protocol's videos with `test.sampler` and writes the videos and
-results.json (metrics, for prediction the copy-last-frame baseline, and the baselines the protocol makes with
-the same sampler, such as a sliding window) to experiments/<name>/results/<weights>/, or to <weights>-2, -3,
-... when earlier results are there (an evaluation never overwrites another).
+released FAR model), samples the protocol's videos with `test.sampler` and writes to
+experiments/<name>/results/<weights>/ (or to <weights>-2, -3, ... when earlier results are there: an
+evaluation never overwrites another) the videos with a labelled grid of the first `test.num_grid_videos`
+(videos/seed_<seed>/grid.png, grid.gif), results.json (metrics, for prediction the copy-last-frame baseline,
+and the baselines the protocol makes with the same sampler, such as a sliding window; per-frame values under
+`per_frame`) and the per-frame plot per_frame_metrics.png.
 """
 import argparse
 import json
@@ -23,10 +25,13 @@ from far.experiment import building, load_experiment, require
 from far.metrics import environment_info
 from far.options import OptionError, to_dict
 from far.pipelines import build_sampler
+from far.plots import write_per_frame_plot
 from far.registry import PROTOCOLS
 from far.utils.checkpoints import latest_checkpoint, load_weights, resolve_weights
 from far.utils.distributed import LaunchError, make_accelerator
 from far.utils.logger import setup_logging
+
+PER_FRAME_PLOT = 'per_frame_metrics.png'
 
 
 def parse_args(argv=None):
@@ -110,20 +115,22 @@ def test(args):
 
     with accelerator.autocast():
         results = evaluate(sampler, dataset, protocol, accelerator, batch_size=topt.batch_size,
-                           video_dir=out / 'videos')
+                           video_dir=out / 'videos', num_grid_videos=topt.num_grid_videos)
     if accelerator.is_main_process:
         results = {'name': opt.name, 'weights': str(weights), 'dataset': opt.datasets[topt.dataset],
                    'protocol': protocol.describe(), 'sampling': {**sampler.describe(), 'batch_size': topt.batch_size},
                    'num_processes': accelerator.num_processes, 'mixed_precision': opt.mixed_precision, **results,
                    'environment': environment_info()}
         (out / 'results.json').write_text(json.dumps(results, indent=2))
+        if 'per_frame' in results:
+            write_per_frame_plot(results, out / PER_FRAME_PLOT)
         metrics = results['metrics']
         for key in (k for k in metrics if not k.endswith('_std')):
             spread = f' ± {metrics[key + "_std"]:.4f}' if len(protocol.seeds) > 1 else ''
             extra = ''.join(f' ({name.replace("_", " ")}: {results[name][key]:.4f})'
                             for name in results['baselines'] if key in results[name])
             logger.info(f'{key}: {metrics[key]:.4f}{spread}{extra}')
-        logger.info(f'wrote {out / "results.json"}')
+        logger.info(f'wrote {out / "results.json"}' + (f' and {PER_FRAME_PLOT}' if 'per_frame' in results else ''))
     accelerator.end_training()
     return results
 

@@ -3,8 +3,9 @@
     python train.py -opt options/demo/far_moving_shapes.yml [key.path=value ...] [--force-new]
     accelerate launch --multi_gpu --num_processes 2 train.py -opt ...      # several processes (GPU or CPU)
 
-The run lives in experiments/<name>/ (resolved options, train.log, checkpoints/, samples/). Starting it
-again resumes from its newest checkpoint; with other options it stops unless --force-new is given.
+The run lives in experiments/<name>/ (resolved options, train.log, metrics.jsonl and training_curves.png,
+checkpoints/, samples/). Starting it again resumes from its newest checkpoint; with other options it stops
+unless --force-new is given.
 """
 import argparse
 

@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch.utils.data import default_collate
 
+from far.metrics.scores import mean_curves
 from far.options import Block
 from far.pipelines.base import VideoSampler
 from far.registry import PIPELINES
@@ -30,15 +31,18 @@ class SamplingOptions:
     """What sampling for validation (``trainer.validation``) and for test.py (``test``) share.
 
     ``sampler``: a sampler block, e.g. ``{type: FARPipeline, num_inference_steps: 25}``; ``dataset``: the key
-    of ``datasets`` sampled from; ``batch_size``: videos per sampling batch (each with its trajectories).
+    of ``datasets`` sampled from; ``batch_size``: videos per sampling batch (each with its trajectories);
+    ``num_grid_videos``: videos in the sample grid (``grid.png``, ``grid.gif``; see ``far.grids``).
     """
     sampler: Block(PIPELINES)
     dataset: str = 'val'
     batch_size: int = 8
+    num_grid_videos: int = 4
 
     def __post_init__(self):
-        if self.batch_size < 1:
-            raise ValueError(f'batch_size must be >= 1, got {self.batch_size}')
+        if self.batch_size < 1 or self.num_grid_videos < 1:
+            raise ValueError(f'batch_size and num_grid_videos must be >= 1, got {self.batch_size} and '
+                             f'{self.num_grid_videos}')
 
 
 def copy_last_frame(gt: torch.Tensor, context_length: int) -> torch.Tensor:
@@ -97,21 +101,43 @@ def frame_fields(dataset, indices: Sequence[int], names: Sequence[str], num_fram
     return {name: torch.stack([item[name][:num_frames] for item in items]) for name in names}
 
 
-def evaluate(sampler: VideoSampler, dataset, protocol, accelerator, *, batch_size: int,
-             video_dir=None) -> Optional[dict]:
+def row_label(name: str) -> str:
+    """How a grid row and a plot name a result: ``''`` (the evaluated sampler) is the model, the baselines by name."""
+    return name.replace('_', ' ') if name else 'model'
+
+
+def save_samples(sampled: Dict[str, Tuple[torch.Tensor, torch.Tensor]], indices: Sequence[int], folder: str, *,
+                 context_length: int, num_grid_videos: int):
+    """The mp4s of every sampled variant (``folder``, ``folder_<name>``) and one grid of the ground truth, the
+    model and the baselines (first trajectories) in ``folder``."""
+    from far.grids import save_grid  # drawing and writing mp4s need the image and video codecs, scoring does not
+    from far.video import save_videos
+
+    names = [f'video_{i:06d}' for i in indices]
+    gt = sampled[''][1]
+    for name, (samples, _) in sampled.items():
+        if name != COPY_LAST_FRAME:
+            save_videos(samples, gt, names, folder + (f'_{name}' if name else ''), context_length)
+    rows = {'ground truth': gt, **{row_label(name): samples[:, 0] for name, (samples, _) in sampled.items()}}
+    save_grid(rows, folder, names=names, context_length=context_length, num_videos=num_grid_videos)
+
+
+def evaluate(sampler: VideoSampler, dataset, protocol, accelerator, *, batch_size: int, video_dir=None,
+             num_grid_videos: int = SamplingOptions.num_grid_videos) -> Optional[dict]:
     """Run ``protocol`` on ``dataset``: for every seed, sample its videos and score them, with the baselines:
     copying the last context frame (prediction protocols) and the same sampler with other settings
     (``protocol.sampler_baselines()``, e.g. a sliding window). Returns the results on the main process, None
-    elsewhere: ``metrics``, one entry per baseline (named in ``baselines``) and ``per_seed``.
+    elsewhere: ``metrics``, one entry per baseline (named in ``baselines``), ``per_seed``, and ``per_frame``
+    when the protocol scores frames: the predicted ``frames`` and, for ``metrics`` and each baseline, the mean
+    over seeds of every metric's curve over them (``Scores.curves``).
 
     A protocol may also ask for the per-frame dataset fields it scores with (``frame_fields``, given to its
     ``evaluate``).
     """
-    from far.video import save_videos  # writing mp4s needs the video codecs, scoring does not
-
     variants = {'': sampler, **{name: sampler.replace(**settings)
                                 for name, settings in protocol.sampler_baselines().items()}}
     per_seed: List[dict] = []
+    curves: Dict[str, list] = {}
     for seed in protocol.seeds:
         indices = protocol.select(dataset, seed)
         fields = frame_fields(dataset, indices, getattr(protocol, 'frame_fields', ()),
@@ -129,18 +155,23 @@ def evaluate(sampler: VideoSampler, dataset, protocol, accelerator, *, batch_siz
                 sampled[COPY_LAST_FRAME] = (copy_last_frame(gt, protocol.context_length)[:, None], gt)
             entry = {'seed': seed}
             for name, (samples, _) in sampled.items():
-                entry[name or 'metrics'] = protocol.evaluate(samples, gt, **fields)
+                scores = entry[name or 'metrics'] = protocol.evaluate(samples, gt, **fields)
+                curves.setdefault(name or 'metrics', []).append(scores.curves())
             per_seed.append(entry)
             if video_dir is not None:
-                names = [f'video_{i:06d}' for i in indices]
-                for name in variants:
-                    save_videos(sampled[name][0], gt, names, f'{video_dir}/seed_{seed}' + (f'_{name}' if name else ''),
-                                protocol.context_length)
+                save_samples(sampled, indices, f'{video_dir}/seed_{seed}', context_length=protocol.context_length,
+                             num_grid_videos=num_grid_videos)
         accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        return None
+    return summarize(protocol, per_seed, curves) if accelerator.is_main_process else None
+
+
+def summarize(protocol, per_seed: List[dict], curves: Dict[str, list]) -> dict:
+    """The results of ``evaluate`` from each seed's scores and curves (keyed ``metrics`` and by baseline)."""
     keys = [key for key in per_seed[0] if key != 'seed']
     results = {key: protocol.aggregate([entry[key] for entry in per_seed]) for key in keys}
     results['baselines'] = [key for key in keys if key != 'metrics']
     results['per_seed'] = per_seed
+    if curves['metrics'][0]:
+        frames = list(range(protocol.context_length, protocol.context_length + protocol.unroll_length))
+        results['per_frame'] = {'frames': frames, **{key: mean_curves(c) for key, c in curves.items()}}
     return results

@@ -1,4 +1,4 @@
-"""Video files and pictures of videos: uint8 conversion, context borders, H.264 encoding and decoding, and
+"""Video files: uint8 conversion, context borders, H.264 encoding and decoding, GIF writing, and the mp4s of
 the sample folders that training and evaluation write.
 
 Two encoders, one setting: ``write_mp4`` writes files through imageio-ffmpeg's ffmpeg, the encoder FAR's
@@ -124,8 +124,7 @@ def save_videos(samples: torch.Tensor, gt: torch.Tensor, names: Sequence[str], f
 
     ``samples`` [B, n, F, 3, H, W] (n trajectories), ``gt`` [B, F, 3, H, W], in [0, 1]. Writes
     ``<name>.mp4`` per video (sample | ground truth side by side, the n trajectories one after the
-    other), ``grid.png`` (frames left to right; per video its first trajectory above the ground truth)
-    and ``grid.gif`` (all videos at once). Returns the mp4 paths.
+    other); ``far.grids`` draws the pictures of several videos. Returns the mp4 paths.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -135,9 +134,4 @@ def save_videos(samples: torch.Tensor, gt: torch.Tensor, names: Sequence[str], f
     for name, video in zip(names, paired):
         paths.append(folder / f'{name}.mp4')
         write_mp4(video.reshape(-1, *video.shape[-3:]), paths[-1], fps)
-
-    rows = to_uint8(torch.stack([samples[:, 0], gt], dim=1).flatten(0, 1))  # [2B, F, H, W, 3]
-    r, f, h, w, _ = rows.shape
-    Image.fromarray(rows.transpose(0, 2, 1, 3, 4).reshape(r * h, f * w, 3)).save(folder / 'grid.png')
-    write_gif(np.concatenate(paired[:, 0], axis=1), folder / 'grid.gif', fps)
     return paths

@@ -18,6 +18,7 @@ from far.models.discriminator import PatchDiscriminator
 from far.options import apply_overrides, load_yaml, validate_block
 from far.registry import AUTOENCODERS, DATASETS, TRAINERS
 from far.trainers.autoencoder_trainer import AutoencoderWithDiscriminator
+from far.trainers.curves import CURVES_FILE, METRICS_FILE, read_metrics
 from far.utils.distributed import make_accelerator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,6 +143,9 @@ def test_trainer_end_to_end_on_the_demo_config(tmp_path, vgg_files, fresh_accele
     scores = json.loads((samples / 'metrics.json').read_text())
     assert set(scores) == {'psnr', 'ssim'} and all(isinstance(v, float) for v in scores.values())
     assert len(list(samples.glob('video_*.mp4'))) == 3 and (samples / 'grid.png').is_file()
+    logged = read_metrics(folder / METRICS_FILE)  # the validation scores join the training curves
+    assert {k: v for k, v in logged.items() if k.startswith('val/')} == {f'val/{k}': {4: v} for k, v in scores.items()}
+    assert list(logged['train/loss']) == [1, 2, 3, 4] and (folder / CURVES_FILE).is_file()
 
     # A training checkpoint is an AutoencoderDC checkpoint: its EMA autoencoder loads strictly.
     loaded = AUTOENCODERS.build({'type': 'AutoencoderDC', 'config': opt['autoencoder']['config'],

@@ -5,10 +5,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 import far  # noqa: F401  (fills the registries)
 from far.experiment import load_experiment
 from far.metrics.memory import MemoryProtocol
+from far.metrics.scores import mean_curves
 from far.registry import PROTOCOLS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,6 +59,25 @@ def test_first_visits_are_scored_apart_when_the_mask_is_given():
     assert 'psnr_first_visit' not in protocol.evaluate(samples, gt, revisit)
     with pytest.raises(ValueError, match='first_visit must be a BoolTensor'):
         protocol.evaluate(samples, gt, revisit, first_visit.float())
+
+
+def test_per_frame_curves_follow_the_roll_out_and_each_category():
+    revisit = torch.tensor([[0, 0, 1, 1, 0, 0],
+                            [0, 1, 0, 1, 1, 1]], dtype=torch.bool)
+    errors = [[0.1 if not r else 0.01 for r in row] for row in revisit.tolist()]  # PSNR 40 on revisits, else 20
+    samples, gt = synthetic_videos(errors)
+    protocol = MemoryProtocol(context_length=2, unroll_length=4, metrics=['psnr'], bucket_size=3)
+    results = protocol.evaluate(samples, gt, revisit, ~revisit)
+    curves = results.curves()
+    assert set(curves) == {'psnr', 'psnr_revisit', 'psnr_first_visit'}  # no curve per bucket
+    assert curves['psnr'] == pytest.approx([30.0, 40.0, 30.0, 30.0], abs=1e-3)  # the mean over the 2 videos
+    assert curves['psnr_revisit'] == pytest.approx([40.0] * 4, abs=1e-3)
+    assert curves['psnr_first_visit'][1] is None  # frame 3 is a revisit in both videos
+    assert [curves['psnr_first_visit'][i] for i in (0, 2, 3)] == pytest.approx([20.0] * 3, abs=1e-3)
+    assert sum(curves['psnr']) / 4 == pytest.approx(results['psnr'], abs=1e-9)  # the metric is their mean
+    seeds = mean_curves([curves, {**curves, 'psnr': [20.0] * 4, 'psnr_first_visit': [None, 10.0, None, 30.0]}])
+    assert seeds['psnr'] == pytest.approx([25.0, 30.0, 25.0, 25.0], abs=1e-3)
+    assert seeds['psnr_first_visit'] == pytest.approx([20.0, 10.0, 20.0, 25.0], abs=1e-3)
 
 
 def test_context_frames_do_not_count_and_empty_categories_are_left_out():
@@ -206,3 +227,12 @@ def test_the_benchmark_trains_and_scores_revisits_and_first_visits(scripts, tmp_
     assert results['protocol']['sliding_window_baseline'] == 8
     assert results['baselines'] == ['sliding_window', 'copy_last_frame']
     assert (tmp_path / 'datasets/maze_memory_patrol/test').is_dir()
+    per_frame = results['per_frame']
+    assert per_frame['frames'] == list(range(6, 20))
+    for key in ('metrics', 'sliding_window', 'copy_last_frame'):
+        assert per_frame[key]['psnr_first_visit'][:6] != [None] * 6 and per_frame[key]['psnr_revisit'][6:] != [None] * 8
+        assert sum(per_frame[key]['psnr']) / 14 == pytest.approx(results[key]['psnr'], rel=1e-9)
+    out = tmp_path / 'experiments/far_long_maze_memory/results/checkpoint-4-ema'
+    assert (out / 'per_frame_metrics.png').is_file()
+    with Image.open(out / 'videos/seed_0/grid.png') as grid:
+        assert 10 * 96 < grid.size[0] < 16 * 96  # 20 frames of 32 pixels enlarged 3 times, in 2 lines of 10

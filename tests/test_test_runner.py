@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 from accelerate import Accelerator
 
 import far  # noqa: F401  (fills the registries)
@@ -42,7 +43,18 @@ def test_test_py_writes_results_and_videos(scripts, tmp_path, random_weights):
     assert f'psnr: {psnr:.4f} (copy last frame: {baseline:.4f})' in result.stdout
     videos = out / 'videos' / 'seed_0'
     assert sorted(p.name for p in videos.glob('*.mp4')) == [f'video_{i:06d}.mp4' for i in range(5)]
-    assert (videos / 'grid.png').is_file() and (videos / 'grid.gif').is_file()
+    with Image.open(videos / 'grid.png') as grid:  # 4 of the 5 videos, 3 rows of 5 frames of 16 pixels enlarged 6 times
+        assert 5 * 96 < grid.size[0] < 5 * 100 + 150 and 4 * 3 * 96 < grid.size[1] < 4 * (3 * 100 + 80)
+    with Image.open(videos / 'grid.gif') as gif:
+        assert gif.n_frames == 5
+    # per-frame values: the metric is their mean; and their plot
+    per_frame = results['per_frame']
+    assert per_frame['frames'] == [2, 3, 4] and set(per_frame) == {'frames', 'metrics', 'copy_last_frame'}
+    for key in ('metrics', 'copy_last_frame'):
+        assert set(per_frame[key]) == {'mse', 'psnr', 'ssim'}
+        assert sum(per_frame[key]['psnr']) / 3 == pytest.approx(results[key]['psnr'], rel=1e-9)
+    with Image.open(out / 'per_frame_metrics.png') as plot:
+        assert plot.size[0] > plot.size[1] > 200
     assert (out / 'test.log').is_file() and (out / 'options.yml').is_file()
 
 

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
+from far.trainers.curves import CURVES_FILE, METRICS_FILE, read_metrics
 from far.utils.checkpoints import checkpoint_problem, latest_checkpoint, list_checkpoints, load_weights, resolve_weights
 
 def weights(checkpoint: Path):
@@ -45,6 +47,11 @@ def test_twenty_step_run_writes_the_experiment_folder(finished_run):
         assert {p.name for p in samples.iterdir()} == {'video_0000.mp4', 'video_0001.mp4', 'grid.png', 'grid.gif'}
     saved = (folder / 'options.yml').read_text()
     assert 'total_steps: 20' in saved and 'num_layers: 1' in saved
+    logged = read_metrics(folder / METRICS_FILE)
+    assert set(logged) == {'train/loss', 'train/grad_norm', 'train/lr'} and list(logged['train/loss']) == [5, 10, 15, 20]
+    assert logged['train/lr'][20] == 0.0  # the cosine schedule's end
+    with Image.open(folder / CURVES_FILE) as curves:
+        assert curves.size[0] > 2 * curves.size[1]  # three panels side by side
     assert json.loads((folder / 'checkpoints' / 'checkpoint-20' / 'trainer_state.json').read_text()) == {'step': 20}
     model, ema = weights(folder / 'checkpoints' / 'checkpoint-20')
     assert any(not torch.equal(model[k], ema[k]) for k in model)  # the EMA is its own average
@@ -66,6 +73,10 @@ def test_killed_run_resumes_to_the_same_weights(scripts, finished_run, tmp_path)
 
     resumed = scripts.train(tmp_path)
     assert 'checkpoint-10 (step 10)' in resumed.stdout and 'training from step 10 to 20' in resumed.stdout
+    # the metrics logged before the kill are read back: the same record as the uninterrupted run's
+    logged, uninterrupted = (read_metrics(cwd / 'experiments/tiny' / METRICS_FILE) for cwd in (tmp_path, finished_run))
+    assert list(logged['train/loss']) == [5, 10, 15, 20]
+    assert logged['train/loss'] == pytest.approx(uninterrupted['train/loss'], rel=1e-5)
     for uninterrupted, continued in zip(weights(finished_run / 'experiments/tiny/checkpoints/checkpoint-20'),
                                         weights(checkpoints / 'checkpoint-20')):
         assert_same(uninterrupted, continued)

@@ -30,9 +30,9 @@ from typing import Dict, Literal, Optional, Sequence, Union
 import torch
 
 from ..registry import METRICS, PROTOCOLS
-from .base import FrameMetric
 from .pixel import PSNR
 from .protocols import Protocol
+from .scores import Scores
 
 FrameMetricName = Literal['mse', 'psnr', 'ssim', 'lpips']
 MAX_PSNR = 20 * math.log10(255)
@@ -64,6 +64,7 @@ class MemoryProtocol(Protocol):
 
     name = 'memory'
     frame_fields = ('revisit', 'first_visit')  # per-frame dataset fields that `evaluate` takes
+    curve_categories = ('revisit', 'first_visit')  # followed frame by frame as well (`Scores.curves`)
     metric_types = {'psnr': 'CappedPSNR'}
 
     def __init__(self, *, context_length: int = 32, unroll_length: int = 16, num_trajectories: int = 1,
@@ -110,7 +111,7 @@ class MemoryProtocol(Protocol):
     @torch.no_grad()
     def evaluate(self, samples: torch.Tensor, gt: torch.Tensor, revisit: torch.Tensor,
                  first_visit: Optional[torch.Tensor] = None,
-                 device: Optional[Union[str, torch.device]] = None) -> Dict[str, float]:
+                 device: Optional[Union[str, torch.device]] = None) -> Scores:
         """Scores of one seed: ``samples [B,n,F,3,H,W]``, ``gt [B,F,3,H,W]`` in [0,1], ``revisit`` and optionally
         ``first_visit`` BoolTensors ``[B,F]`` -> ``{metric: value, metric_revisit: value, ...}``."""
         for name, mask in (('revisit', revisit), ('first_visit', first_visit)):
@@ -119,21 +120,12 @@ class MemoryProtocol(Protocol):
                                  f'got {mask.dtype} {list(mask.shape)}')
         results = super().evaluate(samples, gt, device)
         masks = self.frame_masks(revisit.cpu(), None if first_visit is None else first_visit.cpu())
-        predicted = slice(self.context_length, None)
-        for name, metric in self._frame_metrics.items():
-            scores = self._best_trajectory(metric, samples[:, :, predicted], gt[:, predicted], device)
+        for name, scores in results.frames.items():
             for category, mask in masks.items():
                 if mask.any():
                     results[f'{name}_{category}'] = scores[mask].mean().item()
+        results.categories = {name: masks[name] for name in self.curve_categories if name in masks}
         return results
-
-    @staticmethod
-    def _best_trajectory(metric: FrameMetric, samples: torch.Tensor, gt: torch.Tensor, device) -> torch.Tensor:
-        """Per-frame scores ``[B, F]`` of each video's best trajectory (by its mean over frames)."""
-        scores = metric(samples, gt.unsqueeze(1), device).double()  # [B, n, F]
-        per_trajectory = scores.mean(dim=-1)
-        best = per_trajectory.argmax(dim=1) if metric.higher_is_better else per_trajectory.argmin(dim=1)
-        return scores[torch.arange(len(scores)), best]
 
     def describe(self) -> dict:
         info = super().describe()

@@ -48,6 +48,7 @@ from .base import FrameMetric
 from .environment import environment_info
 from .fvd import frechet_distance
 from .round_trip import paired_mp4_round_trip
+from .scores import Scores
 from .weights import WEIGHT_FILES, sha256_of
 
 MetricName = Literal['mse', 'psnr', 'ssim', 'lpips', 'fvd']
@@ -132,8 +133,9 @@ class Protocol:
 
     @torch.no_grad()
     def evaluate(self, samples: torch.Tensor, gt: torch.Tensor,
-                 device: Optional[Union[str, torch.device]] = None) -> Dict[str, float]:
-        """Scores of one seed: ``samples [B,n,F,3,H,W]``, ``gt [B,F,3,H,W]`` in [0,1] -> ``{metric: value}``.
+                 device: Optional[Union[str, torch.device]] = None) -> Scores:
+        """Scores of one seed: ``samples [B,n,F,3,H,W]``, ``gt [B,F,3,H,W]`` in [0,1] -> ``{metric: value}``, with
+        the per-frame scores of the frame metrics (``Scores.frames``).
 
         Computed on ``device`` (default: the samples'); deterministic for a given device.
         """
@@ -153,29 +155,34 @@ class Protocol:
         decoded_samples, decoded_gt = paired_mp4_round_trip(samples, gt, border)
         results = self._score(decoded_samples, decoded_gt, device, quirks=True)
         if 'lpips' in self.metrics:
-            results['lpips_normalized'] = self._best_of(self._frame_metrics['lpips'], decoded_samples, decoded_gt,
-                                                        device, worst=False)
+            normalized = self._chosen_frames(self._frame_metrics['lpips'], decoded_samples, decoded_gt, device, False)
+            results['lpips_normalized'] = normalized.mean(dim=1).mean().item()
         quirk_free = self._score(samples, gt, device, quirks=False)
         results.update({f'{name}_quirk_free': value for name, value in quirk_free.items()})
         return results
 
-    def _score(self, samples: torch.Tensor, gt: torch.Tensor, device, quirks: bool) -> Dict[str, float]:
-        results = {}
+    def _score(self, samples: torch.Tensor, gt: torch.Tensor, device, quirks: bool) -> Scores:
+        results = Scores()
         for name in self.metrics:
             if name == 'fvd':
                 results[name] = self._mean_fvd(samples, gt, device)
             else:
                 metric = self._lpips_unnormalized if quirks and name == 'lpips' else self._frame_metrics[name]
-                results[name] = self._best_of(metric, samples, gt, device, worst=quirks and name == 'mse')
+                frames = self._chosen_frames(metric, samples, gt, device, worst=quirks and name == 'mse')
+                results[name], results.frames[name] = frames.mean(dim=1).mean().item(), frames
         return results
 
-    def _best_of(self, metric: FrameMetric, samples: torch.Tensor, gt: torch.Tensor, device, worst: bool) -> float:
+    def _chosen_frames(self, metric: FrameMetric, samples: torch.Tensor, gt: torch.Tensor, device,
+                       worst: bool) -> torch.Tensor:
+        """Scores ``[B, F]`` over the predicted frames of each video's best (or ``worst``) trajectory, ranked by
+        its mean over frames."""
         gt = gt if gt.dim() == samples.dim() else gt.unsqueeze(1)  # one ground truth for all trajectories
         predicted = slice(self.context_length, None)
-        per_trajectory = metric(samples[:, :, predicted], gt[:, :, predicted], device).double().mean(dim=-1)  # [B,n]
+        scores = metric(samples[:, :, predicted], gt[:, :, predicted], device).double()  # [B, n, F]
+        per_trajectory = scores.mean(dim=-1)
         take_max = metric.higher_is_better != worst
-        chosen = per_trajectory.amax(dim=1) if take_max else per_trajectory.amin(dim=1)
-        return chosen.mean().item()
+        chosen = per_trajectory.argmax(dim=1) if take_max else per_trajectory.argmin(dim=1)
+        return scores[torch.arange(len(scores)), chosen]
 
     def _mean_fvd(self, samples: torch.Tensor, gt: torch.Tensor, device) -> float:
         fake = self._fvd.features(samples, device)  # [B, n, D]

@@ -16,6 +16,7 @@ from far.models.discriminator import PatchDiscriminator
 from far.registry import METRICS, TRAINERS
 from far.trainers.base import OptimizerOptions, Trainer
 from far.utils.distributed import split_batches
+from far.grids import save_grid
 from far.video import save_videos
 
 logger = logging.getLogger('far')
@@ -24,8 +25,9 @@ logger = logging.getLogger('far')
 @dataclass(frozen=True)
 class ReconstructionValidation:
     """Every ``every`` steps, reconstruct the first ``num_videos`` videos of ``datasets[dataset]`` with the
-    sampling (EMA) weights, score them with ``metrics`` (``fvd``, the rFVD, needs clips of 9+ frames) and
-    save the first ``num_saved`` next to their originals under ``samples/step-<step>/``."""
+    sampling (EMA) weights, score them with ``metrics`` (``fvd``, the rFVD, needs clips of 9+ frames; the
+    scores go to the training curves) and save the first ``num_saved`` next to their originals, with their grid,
+    under ``samples/step-<step>/``."""
     every: int = 10_000
     dataset: str = 'val'
     num_videos: int = 32
@@ -150,9 +152,12 @@ class AutoencoderTrainer(Trainer):
                 scores[name] = float(torch.as_tensor(metric(recon, video, device=acc.device)).mean())
             folder = self.folder / 'samples' / f'step-{step:07d}'
             count = min(opt.num_saved, len(video))
-            paths = save_videos(recon[:count, None], video[:count], [f'video_{i:04d}' for i in range(count)], folder,
-                                context_length=0)
+            names = [f'video_{i:04d}' for i in range(count)]
+            paths = save_videos(recon[:count, None], video[:count], names, folder, context_length=0)
+            save_grid({'original': video, 'reconstruction': recon}, folder, names=names, context_length=0,
+                      num_videos=count)
             (folder / 'metrics.json').write_text(json.dumps(scores, indent=1))
+            self.record(step, {f'val/{k}': v for k, v in scores.items()}, redraw=True)
             logger.info(f'validation at step {step}: ' + ', '.join(f'{k} {v:.4f}' for k, v in scores.items()))
             if self.wandb is not None:
                 import wandb

@@ -16,6 +16,7 @@ from diffusers.optimization import get_scheduler
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, IterableDataset
 
+from far.trainers.curves import TrainingCurves
 from far.trainers.guards import FaultOptions, NonFiniteGuard
 from far.utils.checkpoints import load_checkpoint, resume_checkpoint, save_checkpoint
 from far.utils.compile import compile_blocks
@@ -66,8 +67,9 @@ class LogOptions:
 class Trainer(ABC):
     """Runs ``total_steps`` optimisation steps of ``batch_size`` items per process on ``datasets['train']``.
 
-    The experiment folder receives ``checkpoints/`` (every ``checkpoint.every`` steps and at the end)
-    and whatever ``validate`` writes (every ``validation.every`` steps); a run started again resumes from the
+    The experiment folder receives ``checkpoints/`` (every ``checkpoint.every`` steps and at the end),
+    whatever ``validate`` writes (every ``validation.every`` steps), and the logged values with their picture
+    (``metrics.jsonl``, ``training_curves.png``: ``far.trainers.curves``); a run started again resumes from the
     newest checkpoint.
 
     ``compile``: regional compilation (``torch.compile`` of each transformer block, once for all of them); it pays
@@ -108,6 +110,7 @@ class Trainer(ABC):
         self.guard = NonFiniteGuard(accelerator, fault.max_nonfinite_steps, self.folder / 'checkpoints')
         self.ema: Optional[AveragedModel] = None
         self.wandb = None
+        self.curves = TrainingCurves(self.folder)
 
     @abstractmethod
     def train_step(self, batch: dict, step: int) -> Dict[str, torch.Tensor]:
@@ -233,5 +236,12 @@ class Trainer(ABC):
         shown = ' | '.join(f'{k} {v:.4f}' for k, v in zip(names, values))
         skipped = f' | {self.guard.skipped} non-finite steps skipped' if self.guard.skipped else ''
         logger.info(f'step {step}/{self.total_steps} | {shown} | lr {lr:.2e}{skipped} | {progress}')
+        scalars = {**{f'train/{k}': v for k, v in zip(names, values)}, 'train/lr': lr}
+        self.record(step, scalars, redraw=step == self.total_steps)
         if self.wandb is not None:
-            self.wandb.log({**{f'train/{k}': v for k, v in zip(names, values)}, 'train/lr': lr}, step=step)
+            self.wandb.log(scalars, step=step)
+
+    def record(self, step: int, values: Dict[str, float], *, redraw: bool = False):
+        """Keep ``values`` in metrics.jsonl and refresh training_curves.png (main process; see ``TrainingCurves``)."""
+        if self.accelerator.is_main_process:
+            self.curves.record(step, values, redraw=redraw)

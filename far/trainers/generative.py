@@ -2,14 +2,16 @@
 
 Every ``validation.every`` steps the sampler of ``validation.sampler`` (any registered sampler) predicts the
 first ``num_videos`` videos of ``datasets[validation.dataset]`` from their first ``context_length`` frames with
-the sampling (EMA) weights; the videos go to ``samples/step-<step>/`` (and to wandb when it is on).
+the sampling (EMA) weights; the videos go to ``samples/step-<step>/``, with a grid of the first
+``num_grid_videos`` (and to wandb when it is on).
 """
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-from far.evaluation import SamplingOptions, sample_videos
+from far.evaluation import SamplingOptions, row_label, sample_videos
+from far.grids import save_grid
 from far.pipelines import VideoSampler, build_sampler
 from far.trainers.base import Trainer
 from far.video import save_videos
@@ -58,7 +60,10 @@ class GenerativeTrainer(Trainer):
         acc.unwrap_model(self.model).train()
         if acc.is_main_process:
             folder = self.folder / 'samples' / f'step-{step:07d}'
-            paths = save_videos(samples, gt, [f'video_{i:04d}' for i in range(len(gt))], folder, opt.context_length)
+            names = [f'video_{i:04d}' for i in range(len(gt))]
+            paths = save_videos(samples, gt, names, folder, opt.context_length)
+            save_grid({'ground truth': gt, row_label(''): samples[:, 0]}, folder, names=names,
+                      context_length=opt.context_length, num_videos=opt.num_grid_videos)
             if self.wandb is not None:
                 import wandb
                 self.wandb.log({'val/grid': wandb.Image(str(folder / 'grid.png')),
