@@ -203,16 +203,15 @@ class FARPipeline(DiffusionPipeline, VideoSampler):
         model = self.transformer
         dtype = torch.get_autocast_dtype(model.device.type) if torch.is_autocast_enabled(model.device.type) \
             else model.dtype
-        key = (opt.guidance_scale, opt.execution, model.slope_scale, dtype)
-        same = [e for e in self._engines if e.key == key]
+        backend = 'inductor' if opt.execution == 'compiled' else None
+        same = [e for e in self._engines if (e.guidance_scale, e.backend, e.dtype) == (opt.guidance_scale, backend, dtype)]
         fitting = next((e for e in same if e.fits(batch, num_frames, height, width)), None)
         if fitting is not None:
             return fitting
         engine = StaticFrameSampler(
             model, batch_size=max([batch] + [e.batch_size for e in same]),
             num_frames=max([num_frames] + [e.num_frames for e in same]), height=height, width=width,
-            guidance_scale=opt.guidance_scale, backend='inductor' if opt.execution == 'compiled' else None)
-        engine.key = key
+            guidance_scale=opt.guidance_scale, backend=backend)
         self._engines = [e for e in self._engines if e not in same] + [engine]
         return engine
 

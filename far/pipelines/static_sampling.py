@@ -46,7 +46,7 @@ class StaticFrameSampler:
 
     def __init__(self, model, *, batch_size: int, num_frames: int, height: int, width: int, guidance_scale: float,
                  backend: Optional[str] = None):
-        self.model, self.guidance_scale = model, guidance_scale
+        self.model, self.guidance_scale, self.backend = model, guidance_scale, backend
         self.batch_size, self.num_frames, self.height, self.width = batch_size, num_frames, height, width
         self.guided = guidance_scale > 1
         rows = 2 * batch_size if self.guided else batch_size
@@ -84,6 +84,11 @@ class StaticFrameSampler:
         device = self.model.device
         return _Pass(run, torch.zeros(num_frames, dtype=torch.long, device=device),
                      torch.zeros(num_tokens, dtype=torch.long, device=device))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype keys and values are kept in (the compute dtype when the engine was built)."""
+        return self.cache.keys.dtype
 
     def fits(self, batch_size: int, num_frames: int, height: int, width: int) -> bool:
         return (batch_size <= self.batch_size and num_frames <= self.num_frames
