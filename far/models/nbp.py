@@ -35,7 +35,7 @@ Parameter names are those of the reference GPT; the released Lightning checkpoin
 """
 import argparse
 from pathlib import Path
-from typing import Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -224,23 +224,20 @@ class NBPTransformer(ModelMixin, ConfigMixin):
                              f"{gpt_config['vocab_size']}")
         return model
 
-    def load_reference_state_dict(self, state_dict: Mapping[str, torch.Tensor]):
-        """Strictly load reference weights: a Lightning ``state_dict`` (GPT under ``transformer.``, the
-        tokenizer's ``first_stage_model.*`` ignored), optionally ``module.``-prefixed, or plain GPT names."""
+    @staticmethod
+    def reference_weights(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """The GPT weights of a reference state dict: a Lightning ``state_dict`` (GPT under ``transformer.``, the
+        tokenizer's ``first_stage_model.*`` left out), optionally ``module.``-prefixed, or plain GPT names."""
         state = dict(state_dict)
         consume_prefix_in_state_dict_if_present(state, 'module.')
         if any(key.startswith(CHECKPOINT_PREFIX) for key in state):
             state = {key[len(CHECKPOINT_PREFIX):]: value for key, value in state.items()
                      if key.startswith(CHECKPOINT_PREFIX)}
-        try:
-            self.load_state_dict(state, strict=True)
-        except RuntimeError as error:
-            summary = ' '.join(str(error).split())
-            raise ValueError(f'the weights do not fit {type(self).__name__}({dict(self.config)}): build it with '
-                             f'the checkpoint\'s sizes and layout. {summary[:500]}') from None
+        return state
 
-    def load_reference_checkpoint(self, path: str):
-        """Load a released Lightning ``.ckpt`` (e.g. ``ucf_base_nbp16_hybrid.ckpt``) strictly."""
+    @classmethod
+    def read_reference_checkpoint(cls, path: str) -> Dict[str, torch.Tensor]:
+        """The GPT weights of a released Lightning ``.ckpt`` (e.g. ``ucf_base_nbp16_hybrid.ckpt``)."""
         file = Path(path)
         if not file.is_file():
             raise FileNotFoundError(f"NBP checkpoint '{path}' does not exist: download it from the NBP release "
@@ -252,7 +249,20 @@ class NBPTransformer(ModelMixin, ConfigMixin):
             raise ValueError(f'{file} holds more than tensors and argparse arguments ({type(error).__name__}); if you '
                              "trust it, torch.load it with weights_only=False and pass its ['state_dict'] to "
                              'load_reference_state_dict') from None
-        self.load_reference_state_dict(checkpoint.get('state_dict', checkpoint))
+        return cls.reference_weights(checkpoint.get('state_dict', checkpoint))
+
+    def load_reference_state_dict(self, state_dict: Mapping[str, torch.Tensor]):
+        """Strictly load reference weights (see :meth:`reference_weights`)."""
+        try:
+            self.load_state_dict(self.reference_weights(state_dict), strict=True)
+        except RuntimeError as error:
+            summary = ' '.join(str(error).split())
+            raise ValueError(f'the weights do not fit {type(self).__name__}({dict(self.config)}): build it with '
+                             f'the checkpoint\'s sizes and layout. {summary[:500]}') from None
+
+    def load_reference_checkpoint(self, path: str):
+        """Load a released Lightning ``.ckpt`` (e.g. ``ucf_base_nbp16_hybrid.ckpt``) strictly."""
+        self.load_reference_state_dict(self.read_reference_checkpoint(path))
 
     # ----- sequence layout -----
 

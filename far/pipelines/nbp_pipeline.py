@@ -256,7 +256,7 @@ class NBPPipeline(DiffusionPipeline, VideoSampler):
         tokens_per_frame = tokenizer.latent_size ** 2
         prefix = None
         if context is not None:
-            prefix = tokenizer.encode(context.transpose(1, 2).to(self.device))[1]
+            prefix = tokenizer.encode_tokens(context.to(self.device))
         indices = self.generate_indices(num_tokens=tokenizer.latent_frames(num_frames) * tokens_per_frame,
                                         prefix=prefix, **sampling)
         video = tokenizer.decode_indices(indices)                                # [B, 3, T, H, W]
