@@ -64,7 +64,7 @@ class Condition:
                 or not all(isinstance(n, int) and n >= 1 for n in numbers)):
             raise ValueError(f"condition_cfg must be {FORMS} with counts >= 1 (this model takes "
                              f"{', '.join(['null', *kinds])}), got {cfg}")
-        condition = cls(kind, cfg[count], cfg.get('num_tokens', 1), cfg.get('class_text_ids'))
+        condition = cls(kind, cfg[count], **{key: cfg[key] for key in ('num_tokens', 'class_text_ids') if key in cfg})
         if condition.class_text_ids is not None:
             condition._check_table()
         return condition

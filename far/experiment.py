@@ -3,8 +3,9 @@
 Every group is validated before any work (see ``far.options``): an unknown key, a wrong type or a
 missing required key stops the run with one message naming the file, the key path and what is allowed.
 Then the settings that must agree across blocks are checked (``check_consistency``): condition classes
-against the datasets, clip lengths against the frames sampled, windows, guidance, noise schedules and
-which sampler fits which model.
+against the datasets, clip lengths against the frames sampled, windows, guidance, noise schedules, which
+sampler and trainer fit which model and autoencoder, frame counts against an autoencoder's temporal
+compression, and a token model's vocabulary and frame size against its tokenizer.
 """
 import contextlib
 import dataclasses

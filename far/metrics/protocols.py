@@ -219,6 +219,11 @@ class Protocol:
     def selection_rule(self) -> str:
         return f'dataset indices range(0, len, {self.every}), the first {self.num_videos or "all"}'
 
+    def _fvd_frames_rule(self) -> str:
+        frames = 'all frames' if self.fvd_frames is None else f'the first {self.fvd_frames} frames'
+        size = self.fvd_resolution
+        return f'{frames}; ' + ('' if size is None else f'resized to {size}x{size} (bilinear), then ')
+
     def describe(self) -> dict:
         """What results.json records about the protocol, its networks and the software versions."""
         weights = {}
@@ -237,9 +242,9 @@ class Protocol:
             'total_frames': self.context_length + self.unroll_length,
             'metrics': self.metrics,
             'scoring': {'pixel': 'predicted frames; mean over frames; best trajectory per video; mean over videos',
-                        'fvd': (f'all frames; I3D Kinetics-400 (TF-Hub) logits of [-1,1] videos resized to '
-                                f'224x224 (trilinear); mean of per-trajectory FVDs; at least '
-                                f'{self.fvd_min_frames} frames')},
+                        'fvd': f'{self._fvd_frames_rule()}I3D Kinetics-400 (TF-Hub) logits of [-1,1] videos '
+                               f'resized to 224x224 (trilinear); mean of per-trajectory FVDs; at least '
+                               f'{self.fvd_min_frames} frames'},
             'reference_quirks': quirks,
             'quirks': {
                 'mp4_round_trip': f'side-by-side H.264 yuv420p CRF {CRF}, uint8 truncation' if quirks else None,

@@ -70,7 +70,7 @@ class AutoencoderTrainer(Trainer):
         **options,
     ):
         model = trainable(autoencoder, loss.discriminator())
-        if accelerator.num_processes > 1:
+        if accelerator.num_processes > 1 and loss.disc_weight > 0:
             # Each phase leaves some parameters without gradient (the discriminator before disc_start,
             # the encoder after it), which DDP must be told about.
             accelerator.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
