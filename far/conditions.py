@@ -73,8 +73,8 @@ class Condition:
         ids = read_class_text_ids(self.class_text_ids)
         if ids.shape[1] != self.num_tokens or ids.min() < 0 or ids.max() >= self.num_classes:
             raise ValueError(f'condition_cfg.class_text_ids {self.class_text_ids} holds ids [{ids.shape[0]}, '
-                             f'{ids.shape[1]}] in [{ids.min()}, {ids.max()}]; the condition takes {self.num_tokens} ids '
-                             f'in [0, {self.num_classes}) per video')
+                             f'{ids.shape[1]}] in [{ids.min()}, {ids.max()}]; the condition takes {self.num_tokens} '
+                             f'ids in [0, {self.num_classes}) per video')
 
     def to_config(self) -> dict:
         config = {'type': self.kind, COUNT_KEYS[self.kind]: self.num_classes}

@@ -177,8 +177,8 @@ def _check_trainer(opt: ExperimentOptions, fail):
     for key, registry, block in (('model', MODELS, opt.model), ('autoencoder', AUTOENCODERS, opt.autoencoder)):
         accepted = getattr(trainer_class, f'{key}_class', object)
         if block is not None and not issubclass(_entry_class(registry, block['type']), accepted):
-            fail(f'{key}.type', f"is {block['type']}, but trainer {opt.trainer['type']} trains with a {_names(accepted)} "
-                                f'{key}; change the {key} block or the trainer')
+            fail(f'{key}.type', f"is {block['type']}, but trainer {opt.trainer['type']} trains with a "
+                                f'{_names(accepted)} {key}; change the {key} block or the trainer')
 
 
 def _model_condition(opt: ExperimentOptions, fail) -> Optional[Condition]:
@@ -302,8 +302,8 @@ def _check_vocabulary(opt: ExperimentOptions, fail):
     vocabulary = setting(MODELS, opt.model, 'video_vocab_size')
     levels = setting(AUTOENCODERS, opt.autoencoder, 'fsq_levels')
     if vocabulary is not None and levels is not None and math.prod(levels) != vocabulary:
-        fail('model.video_vocab_size', f'is {vocabulary}, but the codebook of autoencoder.fsq_levels {list(levels)} has '
-                                       f'{math.prod(levels)} codes; set model.video_vocab_size: {math.prod(levels)}')
+        fail('model.video_vocab_size', f'is {vocabulary}, but the codebook of autoencoder.fsq_levels {list(levels)} '
+                                       f'has {math.prod(levels)} codes; set model.video_vocab_size: {math.prod(levels)}')
     size = setting(AUTOENCODERS, opt.autoencoder, 'image_size')
     for key, block in opt.datasets.items() if size is not None else ():
         resolution = setting(DATASETS, block, 'resolution')

@@ -1,9 +1,9 @@
 """From a decoded clip to a dataset item, the same way for every dataset and every on-disk layout.
 
 An item is a dict: ``'video'`` float ``[T, 3, H, W]`` in [0, 1], ``'latent'`` float ``[T, c, h, w]``
-(raw, unscaled autoencoder latents) or ``'tokens'`` int64 ``[T', h, w]`` (a video tokenizer's ids), ``'index'`` (position in the dataset) and, depending on the
-dataset, ``'label'`` (int), ``'action'`` (LongTensor ``[T]``, the action taken at each frame) and other
-per-frame fields (``'revisit'``, ``'first_visit'``: BoolTensor ``[T]``).
+(raw, unscaled autoencoder latents) or ``'tokens'`` int64 ``[T', h, w]`` (a video tokenizer's ids), ``'index'``
+(position in the dataset) and, depending on the dataset, ``'label'`` (int), ``'action'`` (LongTensor ``[T]``,
+the action taken at each frame) and other per-frame fields (``'revisit'``, ``'first_visit'``: BoolTensor ``[T]``).
 
 A sample that cannot be read (corrupt file, truncated video, too few frames, missing metadata) is
 skipped with a counted warning on the ``far`` logger, or stops the run when the dataset is ``strict``.
@@ -111,7 +111,8 @@ class ClipSampler:
 
     def _tokens_item(self, clip: Clip, index: int) -> dict:
         if clip.encoded_frames != self.num_frames:
-            raise ValueError(f'the tokens encode a clip of {clip.encoded_frames} frames, num_frames is {self.num_frames}')
+            raise ValueError(f'the tokens encode a clip of {clip.encoded_frames} frames, num_frames is '
+                             f'{self.num_frames}')
         item = {'tokens': torch.from_numpy(clip.frames.astype(np.int64)), 'index': index}
         if 'label' in self.fields:
             item['label'] = int(clip.label)

@@ -225,7 +225,8 @@ class ShardStream(IterableDataset):
         self.shuffle_buffer = shuffle_buffer
         self.rank, self.world_size = distributed_rank(rank, world_size)
         # Global positions (shard order, then tar order) give items an 'index' and split shared shards.
-        self.index_of = {(path, key): i for i, (path, key, _) in enumerate(index_shards(shards, use_latent, use_tokens))}
+        entries = index_shards(shards, use_latent, use_tokens)
+        self.index_of = {(path, key): i for i, (path, key, _) in enumerate(entries)}
         epoch = len(self.index_of) if samples_per_epoch is None else samples_per_epoch
         if epoch < 1:
             raise ValueError(f'samples_per_epoch must be >= 1, got {epoch}')
