@@ -3,16 +3,18 @@
 Every group is validated before any work (see ``far.options``): an unknown key, a wrong type or a
 missing required key stops the run with one message naming the file, the key path and what is allowed.
 Then the settings that must agree across blocks are checked (``check_consistency``): condition classes
-against the datasets, clip lengths against the frames sampled, windows, guidance, noise schedules and
-which sampler fits which model.
+against the datasets, clip lengths against the frames sampled, windows, guidance, noise schedules, which
+sampler and trainer fit which model and autoencoder, frame counts against an autoencoder's temporal
+compression, and a token model's vocabulary and frame size against its tokenizer.
 """
 import contextlib
 import dataclasses
 import inspect
+import math
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Literal, Optional, Sequence, Tuple
 
-from far.conditions import Condition
+from far.conditions import KINDS, Condition
 from far.evaluation import SamplingOptions
 from far.options import Block, OptionError, apply_overrides, load_yaml, validate
 from far.registry import AUTOENCODERS, DATASETS, MODELS, PIPELINES, PROTOCOLS, TRAINERS, Registry
@@ -145,7 +147,7 @@ def check_consistency(opt: ExperimentOptions, file: str):
     def fail(path: str, problem: str):
         raise OptionError(file, path, problem)
 
-    condition = Condition.parse(setting(MODELS, opt.model, 'condition_cfg')) if opt.model else None
+    condition = _model_condition(opt, fail)
     trained = ['train'] if opt.trainer is not None else []
     for key in trained + [s.dataset for s in _samplings(opt)]:
         _check_dataset_conditions(opt, key, condition, fail)
@@ -158,6 +160,35 @@ def check_consistency(opt: ExperimentOptions, file: str):
                                            f"window; set both to the same number of frames")
     for sampling in _samplings(opt):
         _check_sampling(opt, sampling, condition, fail)
+    _check_trainer(opt, fail)
+    _check_encoded_clips(opt, fail)
+    _check_vocabulary(opt, fail)
+
+
+def _names(classes) -> str:
+    return ' or '.join(c.__name__ for c in (classes if isinstance(classes, tuple) else (classes,)))
+
+
+def _check_trainer(opt: ExperimentOptions, fail):
+    """A trainer trains the model and autoencoder classes it names (``model_class``, ``autoencoder_class``)."""
+    if opt.trainer is None:
+        return
+    trainer_class = TRAINERS.get(opt.trainer['type'])
+    for key, registry, block in (('model', MODELS, opt.model), ('autoencoder', AUTOENCODERS, opt.autoencoder)):
+        accepted = getattr(trainer_class, f'{key}_class', object)
+        if block is not None and not issubclass(_entry_class(registry, block['type']), accepted):
+            fail(f'{key}.type', f"is {block['type']}, but trainer {opt.trainer['type']} trains with a "
+                                f'{_names(accepted)} {key}; change the {key} block or the trainer')
+
+
+def _model_condition(opt: ExperimentOptions, fail) -> Optional[Condition]:
+    if opt.model is None:
+        return None
+    kinds = getattr(_entry_class(MODELS, opt.model['type']), 'condition_kinds', KINDS)
+    try:
+        return Condition.parse(setting(MODELS, opt.model, 'condition_cfg'), kinds)
+    except (ValueError, OSError) as error:
+        fail('model.condition_cfg', str(error))
 
 
 def _check_dataset_conditions(opt: ExperimentOptions, key: str, condition: Optional[Condition], fail):
@@ -168,13 +199,14 @@ def _check_dataset_conditions(opt: ExperimentOptions, key: str, condition: Optio
     if condition is None or provided is None:
         return
     name = f"datasets.{key} ({block['type']})"
-    if condition.kind not in provided:
+    field = condition.field
+    if field not in provided:
         fail('model.condition_cfg', f"is {condition.to_config()}, but the items of {name} carry no "
-                                    f"'{condition.kind}' (they carry {sorted(provided) or 'no condition'}); "
+                                    f"'{field}' (they carry {sorted(provided) or 'no condition'}); "
                                     f"use condition_cfg: null or a dataset that provides it")
-    if provided[condition.kind] != condition.num_classes:
-        fail('model.condition_cfg', f'has {condition.num_classes} {condition.kind} classes, but {name} has '
-                                    f'{provided[condition.kind]}; set the model to {provided[condition.kind]}')
+    if condition.field_classes != provided[field]:
+        fail('model.condition_cfg', f'has {condition.field_classes} {field} classes, but {name} has '
+                                    f'{provided[field]}; set the model to {provided[field]}')
 
 
 def _check_sampling(opt: ExperimentOptions, sampling: _Sampling, condition: Optional[Condition], fail):
@@ -186,10 +218,15 @@ def _check_sampling(opt: ExperimentOptions, sampling: _Sampling, condition: Opti
         if not issubclass(model_class, accepted):
             fail(f'{where}.type', f"{sampling.sampler['type']} samples {accepted.__name__} models, but model.type is "
                                   f"{opt.model['type']}; choose the sampler of that model family")
+    autoencoder_class = _entry_class(AUTOENCODERS, opt.autoencoder['type'])
+    accepted = getattr(sampler_class, 'autoencoder_class', object)
+    if not issubclass(autoencoder_class, accepted):
+        fail(f'{where}.type', f"{sampling.sampler['type']} decodes through a {_names(accepted)}, but autoencoder.type "
+                              f"is {opt.autoencoder['type']}; use a {_names(accepted)} autoencoder block")
     guidance = setting(PIPELINES, sampling.sampler, 'guidance_scale')
     if condition is None and guidance not in (None, 1, 1.0):
         fail(f'{where}.guidance_scale', f'is {guidance}, but model.condition_cfg is null (an unconditional model): '
-                                        f'guidance needs a label- or action-conditioned model; set it to 1')
+                                        f'guidance needs a conditional model; set it to 1')
     schedule = setting(PIPELINES, sampling.sampler, 'scheduler')
     objective = (opt.trainer or {}).get('objective')
     trained = getattr(getattr(objective, 'scheduler', None), 'num_train_timesteps', None)
@@ -225,3 +262,51 @@ def _check_protocol_baselines(opt: ExperimentOptions, sampler_class, frames: int
         fail('test.protocol.sliding_window_baseline',
              f'is {window} frames, but the protocol samples only {frames} (context_length + unroll_length): such '
              f'a window sees everything and is no baseline; make it smaller')
+
+
+def _check_encoded_clips(opt: ExperimentOptions, fail):
+    """An autoencoder that compresses time by r (``temporal_compression``, e.g. the NBP tokenizer: 4) encodes
+    clips of 1 + r m frames: the training clips, the clips it reconstructs in validation, and the context and
+    whole videos of every sampling."""
+    rate = getattr(_entry_class(AUTOENCODERS, opt.autoencoder['type']), 'temporal_compression', 1)
+    if rate == 1:
+        return
+    fix = f'1 + {rate} m frames (1, {1 + rate}, {1 + 2 * rate}, {1 + 3 * rate}, {1 + 4 * rate}, ...)'
+
+    def check(path: str, frames: int, what: str):
+        if frames < 1 or (frames - 1) % rate:
+            fail(path, f'{what} {frames} frames, but autoencoder {opt.autoencoder["type"]} compresses time by {rate} '
+                       f'and encodes {fix}; change the frame count')
+
+    encoded = ['train'] if opt.trainer is not None else []
+    encoded += [value.dataset for value in (opt.trainer or {}).values()
+                if dataclasses.is_dataclass(value) and not isinstance(value, SamplingOptions)
+                and isinstance(getattr(value, 'dataset', None), str)]
+    for key in dict.fromkeys(encoded):
+        block = opt.datasets.get(key)
+        length_key = getattr(DATASETS.get(block['type']), 'clip_length_arg', 'num_frames') if block else None
+        length = setting(DATASETS, block, length_key) if block else None
+        if isinstance(length, int):
+            check(f'datasets.{key}.{length_key}', length, 'is')
+    for sampling in _samplings(opt):
+        path = 'test.protocol' if sampling.path == 'test' else sampling.path
+        if sampling.context_length:
+            check(f'{path}.context_length', sampling.context_length, 'gives a context of')
+        check(f'{path}.unroll_length', sampling.context_length + sampling.unroll_length,
+              'makes (with context_length) videos of')
+
+
+def _check_vocabulary(opt: ExperimentOptions, fail):
+    """A token model's video vocabulary is the tokenizer's codebook (the product of its FSQ levels), and its frames
+    are the size the tokenizer was built for."""
+    vocabulary = setting(MODELS, opt.model, 'video_vocab_size')
+    levels = setting(AUTOENCODERS, opt.autoencoder, 'fsq_levels')
+    if vocabulary is not None and levels is not None and math.prod(levels) != vocabulary:
+        fail('model.video_vocab_size', f'is {vocabulary}, but the codebook of autoencoder.fsq_levels {list(levels)} '
+                                       f'has {math.prod(levels)} codes; set model.video_vocab_size: {math.prod(levels)}')
+    size = setting(AUTOENCODERS, opt.autoencoder, 'image_size')
+    for key, block in opt.datasets.items() if size is not None else ():
+        resolution = setting(DATASETS, block, 'resolution')
+        if resolution is not None and resolution != size:
+            fail(f'datasets.{key}.resolution', f'is {resolution}, but autoencoder.image_size is {size}: the tokenizer '
+                                               f'reads {size}x{size} frames; set both to the same size')

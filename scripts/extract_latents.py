@@ -1,4 +1,5 @@
-"""Encode a dataset into latent shards, so that training reads latents instead of decoding and encoding video.
+"""Encode a dataset into latent (or token) shards, so that training reads latents or tokens instead of decoding and
+encoding video.
 
     python scripts/extract_latents.py -opt CONFIG.yml [key=value ...]
     accelerate launch --multi_gpu --num_processes 8 scripts/extract_latents.py -opt CONFIG.yml
@@ -27,6 +28,11 @@ autoencoder and dataset blocks used.
 
 Train from them with the dataset keys ``shards: <output_dir>`` and ``use_latent: true``, and the same
 autoencoder block: the trainer scales the raw latents with its ``scale_latents``.
+
+A video tokenizer (``autoencoder: {type: NBPTokenizer, ...}``) writes ``{key}.tokens.npy`` instead: the token ids
+``[T', h, w]`` of the item's whole clip (uint16 for codebooks up to 65536 codes, else int32), read back with
+``use_tokens: true`` and the same ``num_frames``. The clip is the dataset's (``split: val``: frames from 0, centre
+crop), so training on token shards sees one fixed clip per video, without random starts, crops or flips.
 """
 import argparse
 import json
@@ -36,6 +42,7 @@ from pathlib import Path
 from typing import Iterator, List, Literal, Optional, Sequence
 
 import numpy as np
+import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, Subset
 
@@ -102,11 +109,19 @@ def write_shard(path: Path, indices: Sequence[int], items: Iterator[dict], autoe
             if item.get('index', index) != index:  # the dataset replaced an unreadable sample (and warned)
                 logger.warning(f'sample {index} is unreadable: left out of {path.name}')
                 continue
-            raw = autoencoder.encode_raw(item['video'][None].to(device))[0]
-            sink.write(with_checksums({'__key__': f'{index:08d}', 'latent.npy': raw.cpu().numpy().astype(dtype),
+            sink.write(with_checksums({'__key__': f'{index:08d}',
+                                       **encoded(autoencoder, item['video'][None].to(device), dtype),
                                        'json': sample_meta(item, index, dataset)}))
             written += 1
     return written
+
+
+def encoded(autoencoder, video: torch.Tensor, dtype) -> dict:
+    """The shard member of one video ``[1, T, 3, H, W]``: raw latents, or a tokenizer's ids."""
+    if hasattr(autoencoder, 'encode_tokens'):
+        ids = autoencoder.encode_tokens(video)[0].cpu().numpy()
+        return {'tokens.npy': ids.astype(np.uint16 if autoencoder.codebook_size <= 2 ** 16 else np.int32)}
+    return {'latent.npy': autoencoder.encode_raw(video)[0].cpu().numpy().astype(dtype)}
 
 
 def write_index(out: Path, options: ExtractOptions, autoencoder, num_shards: int, num_items: int) -> dict:
@@ -116,10 +131,12 @@ def write_index(out: Path, options: ExtractOptions, autoencoder, num_shards: int
         'num_samples': sum(s['num_samples'] for s in shards),
         'num_unreadable': num_items - sum(s['num_samples'] for s in shards),
         'shards': shards,
+        'content': 'tokens' if hasattr(autoencoder, 'encode_tokens') else 'latent',
         'latent_dtype': options.latent_dtype,
         'latent_channels': autoencoder.latent_channels,
         'spatial_compression': autoencoder.spatial_compression,
-        'scaling_factor': autoencoder.scaling_factor,
+        'scaling_factor': getattr(autoencoder, 'scaling_factor', None),
+        'codebook_size': getattr(autoencoder, 'codebook_size', None),
         'autoencoder': to_dict(options.autoencoder),
         'dataset': to_dict(options.dataset),
     }
@@ -147,7 +164,7 @@ def extract(options: ExtractOptions) -> Optional[dict]:
             path.unlink()
     accelerator.wait_for_everyone()
 
-    autoencoder = AUTOENCODERS.build(options.autoencoder).to(accelerator.device)
+    autoencoder = AUTOENCODERS.build(options.autoencoder).to(accelerator.device).eval()
     shards = split_batches(range(len(dataset)), options.samples_per_shard, accelerator.num_processes,
                            accelerator.process_index)
     num_shards = math.ceil(len(dataset) / options.samples_per_shard)

@@ -17,7 +17,7 @@ from far.metrics.lpips import LPIPS
 from far.models.discriminator import PatchDiscriminator
 from far.options import apply_overrides, load_yaml, validate_block
 from far.registry import AUTOENCODERS, DATASETS, TRAINERS
-from far.trainers.autoencoder_trainer import AutoencoderWithDiscriminator
+from far.trainers.autoencoder_networks import DCAEWithDiscriminator
 from far.trainers.curves import CURVES_FILE, METRICS_FILE, read_metrics
 from far.utils.distributed import make_accelerator
 
@@ -70,13 +70,16 @@ def test_loss_phases_and_where_their_gradients_go(tiny_dcae_config, vgg_files):
                            vgg_weights=vgg_files[0], lpips_weights=vgg_files[1])
     assert not loss.adversarial(9) and loss.adversarial(10)
     assert not AutoencoderLoss(disc_weight=0.0, disc_start=0).adversarial(5)
-    model = AutoencoderWithDiscriminator(diffusers.AutoencoderDC.from_config(tiny_dcae_config), loss.discriminator())
+    model = DCAEWithDiscriminator(diffusers.AutoencoderDC.from_config(tiny_dcae_config), loss.discriminator())
     perceptual = loss.perceptual_network()
     assert isinstance(perceptual, LPIPS) and perceptual.net == 'vgg'
-    frames = torch.rand(4, 3, 32, 32) * 2 - 1
+    video = torch.rand(2, 2, 3, 32, 32) * 2 - 1
+    frames = video.flatten(0, 1)
     encoder, discriminator = model.autoencoder.encoder, model.discriminator
 
-    recon, logits = model(frames, adversarial=False)
+    recon, logits = model(video, adversarial=False)
+    assert recon.shape == video.shape
+    recon = recon.flatten(0, 1)
     logs = loss(frames, recon, perceptual, model.last_layer(), logits)
     expected = F.l1_loss(recon, frames) + 0.5 * perceptual(frames, recon).mean()
     assert logits is None and set(logs) == {'loss', 'rec_loss', 'perceptual_loss'}
@@ -86,7 +89,8 @@ def test_loss_phases_and_where_their_gradients_go(tiny_dcae_config, vgg_files):
     assert all(p.grad is None for p in discriminator.parameters())  # not trained before disc_start
     model.zero_grad(set_to_none=True)
 
-    recon, logits = model(frames, adversarial=True)
+    recon, logits = model(video, adversarial=True)
+    recon = recon.flatten(0, 1)
     logs = loss(frames, recon, perceptual, model.last_layer(), logits)
     assert set(logs) == {'loss', 'rec_loss', 'perceptual_loss', 'g_loss', 'd_loss', 'd_weight'}
     total = logs['rec_loss'] + logs['perceptual_loss'] + logs['g_loss'] + logs['d_loss']

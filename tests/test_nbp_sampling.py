@@ -1,11 +1,10 @@
 """NBP sampler: the reference filter, KV-cached greedy and seeded sampling against the reference runs,
-batches, classifier-free guidance, next-token decoding (k = 1) and decoding to pixels."""
+batches, classifier-free guidance, next-token decoding (k = 1), decoding to pixels and the sampler protocol."""
 import pytest
 import torch
 
 from far.models import NBPTokenizer, NBPTransformer
-from far.pipelines import NBPPipeline, top_k_top_p_filtering
-from far.registry import PIPELINES
+from far.pipelines import NBPPipeline, NBPSampling, VideoSampler, build_sampler, top_k_top_p_filtering
 
 VARIANTS = ['hybrid_text', 'hybrid_label', 'semi_ar_uncond']
 
@@ -144,9 +143,10 @@ def test_generate_decodes_videos(fixture):
     tokenizer.load_state_dict(fixture['tokenizer']['state_dict'])
     config = dict(video_vocab_size=64000, max_positions=96)
     conditional = tiny_pipeline(**config)
-    pipe = PIPELINES.build({'type': 'NBPPipeline', 'transformer': conditional.transformer, 'tokenizer': tokenizer})
+    pipe = build_sampler({'type': 'NBPPipeline', 'top_k': 100}, model=conditional.transformer, autoencoder=tokenizer)
     pipe.set_progress_bar_config(disable=True)
-    video = pipe.generate(num_frames=9, cond_ids=torch.tensor([0, 4]), top_k=100,
+    assert isinstance(pipe, VideoSampler) and pipe.tokenizer is tokenizer and pipe.options == NBPSampling(top_k=100)
+    video = pipe.generate(num_frames=9, cond_ids=torch.tensor([0, 4]),
                           generator=[torch.Generator().manual_seed(s) for s in (0, 1)])
     assert video.shape == (2, 9, 3, 32, 32) and video.min() >= 0 and video.max() <= 1
 
@@ -158,3 +158,71 @@ def test_generate_decodes_videos(fixture):
     expected = tokenizer.decode(tokenizer.encode(context.transpose(1, 2))[0]).clamp(0, 1).transpose(1, 2)
     assert video.shape == (2, 9, 3, 32, 32)
     torch.testing.assert_close(video[:, :5], expected, rtol=1e-4, atol=1e-4)  # causal decoder: context frames kept
+
+
+# ----- the sampler protocol (test.py, validation) -----
+
+@pytest.fixture(scope='module')
+def tokenizer(fixture):
+    model = NBPTokenizer.from_reference_config(fixture['tokenizer']['config'])
+    model.load_state_dict(fixture['tokenizer']['state_dict'])
+    return model.eval()
+
+
+def sampler(tokenizer, **model_overrides) -> NBPPipeline:
+    pipe = build_sampler({'type': 'NBPPipeline', 'top_k': 50, 'top_p': 0.9},
+                         model=tiny_pipeline(video_vocab_size=64000, max_positions=96, **model_overrides).transformer,
+                         autoencoder=tokenizer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_options_are_one_keyword_only_dataclass():
+    assert NBPSampling() == NBPSampling(top_k=None, top_p=None, temperature=1.0, guidance_scale=1.0)
+    with pytest.raises(TypeError):
+        NBPSampling(10)
+    for bad in (dict(temperature=0.0), dict(top_k=0), dict(top_p=1.5)):
+        with pytest.raises(ValueError):
+            NBPSampling(**bad)
+    pipe = tiny_pipeline()
+    greedy = pipe.replace(top_k=1)
+    assert greedy.options.top_k == 1 and pipe.options.top_k is None and greedy.transformer is pipe.transformer
+    with pytest.raises(TypeError, match='has no setting'):
+        pipe.replace(num_inference_steps=3)
+    with pytest.raises(ValueError, match='unconditional'):
+        NBPPipeline(transformer=tiny_pipeline(condition_cfg=None).transformer, options=NBPSampling(guidance_scale=2.0))
+
+
+def test_predict_text_conditioned_videos_per_video_generators(tokenizer):
+    table = 'options/model_cfg/nbp/ucf101_class_text_ids.json'
+    pipe = sampler(tokenizer, condition_cfg={'type': 'text', 'vocab_size': 32000, 'num_tokens': 8,
+                                             'class_text_ids': table}, condition_dropout=0.1)
+    condition = pipe.condition
+    assert condition is pipe.transformer.condition and condition.field == 'label' and condition.field_classes == 101
+    conditions = condition.from_batch({'label': torch.tensor([3, 47])})
+    assert conditions['text'].shape == (2, 8) and conditions["text"][0, :4].tolist() == [1, 24354, 29349, 1847]
+    seeds = [torch.Generator().manual_seed(s) for s in (5, 6)]
+    videos = pipe.predict(context=None, num_frames=5, conditions=conditions, generators=seeds, height=32, width=32)
+    assert videos.shape == (2, 5, 3, 32, 32) and 0 <= videos.min() and videos.max() <= 1
+    second = pipe.predict(context=None, num_frames=5, conditions={'text': conditions['text'][1:]},
+                          generators=[torch.Generator().manual_seed(6)], height=32, width=32)
+    torch.testing.assert_close(second, videos[1:], rtol=0, atol=1e-4)  # a video does not depend on its batch
+    guided = pipe.replace(guidance_scale=2.0).predict(context=None, num_frames=5, conditions=conditions,
+                                                      generators=[torch.Generator().manual_seed(s) for s in (5, 6)],
+                                                      height=32, width=32)
+    assert guided.shape == videos.shape and not torch.equal(guided, videos)
+    with pytest.raises(ValueError, match=r"text-conditioned .* LongTensor\[2, 8\]"):
+        pipe.predict(context=None, num_frames=5, conditions={'text': torch.zeros(2, 3, dtype=torch.long)},
+                     generators=seeds, height=32, width=32)
+
+
+def test_predict_continues_context_frames(tokenizer, fixture):
+    pipe = sampler(tokenizer, condition_cfg=None, hybrid=False)
+    context = fixture['tokenizer']['video_uint8'][:, :, :5].float().transpose(1, 2) / 255   # [2, 5, 3, 32, 32]
+    seeds = [torch.Generator().manual_seed(s) for s in (0, 1)]
+    videos = pipe.predict(context=context, num_frames=4, conditions=None, generators=seeds, height=32, width=32)
+    assert videos.shape == (2, 9, 3, 32, 32)
+    with pytest.raises(ValueError, match='image_size'):
+        pipe.predict(context=context, num_frames=4, conditions=None, generators=seeds, height=64, width=64)
+    with pytest.raises(ValueError, match='1 \\+ 4 k frames'):
+        pipe.predict(context=context, num_frames=3, conditions=None, generators=seeds, height=32, width=32)

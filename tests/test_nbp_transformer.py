@@ -148,7 +148,7 @@ def test_condition_dropout_uses_the_null_condition():
 
 
 def test_save_and_load_pretrained(tmp_path):
-    model = tiny(condition_cfg=UCF101_TEXT_CONDITION | {'vocab_size': 30}, condition_dropout=0.1)
+    model = tiny(condition_cfg={'type': 'text', 'vocab_size': 30, 'num_tokens': 8}, condition_dropout=0.1)
     model.save_pretrained(tmp_path)
     loaded = NBPTransformer.from_pretrained(tmp_path).eval()
     assert loaded.config.condition_cfg == model.config.condition_cfg

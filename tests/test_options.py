@@ -14,6 +14,10 @@ from far.utils.experiment_dir import option_differences, resumable
 
 DEMO = Path(__file__).resolve().parents[1] / 'options' / 'demo' / 'far_moving_shapes.yml'
 MEMORY = DEMO.parents[1] / 'long_context' / 'far_long_maze_memory.yml'
+NBP = DEMO.parent / 'nbp_moving_shapes.yml'
+NBP_TOKENIZER = DEMO.parent / 'nbp_tokenizer_moving_shapes.yml'
+UCF_TEXT = ('model.condition_cfg={type: text, vocab_size: 32000, num_tokens: 8, '
+            'class_text_ids: options/model_cfg/nbp/ucf101_class_text_ids.json}')
 
 
 def demo_yaml(tmp_path, old: str = '', new: str = '') -> str:
@@ -59,7 +63,7 @@ def test_command_line_overrides():
     # unknown key in a dataclass group: file, key path, suggestion, allowed keys
     ('lr: 1.0e-3', 'lrr: 1.0e-3',
      r"run\.yml: trainer\.optimizer\.lrr: unknown key for OptimizerOptions \(did you mean 'lr'\?\); "
-     r"allowed keys: betas, eps, lr, weight_decay"),
+     r"allowed keys: betas, decayed_modules, eps, lr, weight_decay"),
     # unknown key in a registry block
     ('num_layers: 4', 'num_layer: 4',
      r"run\.yml: model\.num_layer: unknown key for model 'FAR' \(did you mean 'num_layers'\?\); allowed keys: "),
@@ -154,6 +158,32 @@ def test_option_differences_name_the_changed_keys():
     (MEMORY, ['test.protocol.sliding_window_baseline=48'],
      r'test\.protocol\.sliding_window_baseline: is 48 frames, but the protocol samples only 48'),
     (MEMORY, ['test.protocol.unroll_length=17'], r'datasets\.test\.episode_length: is 48, but test\.protocol needs clips of 49'),
+    # a tokenizer that compresses time by 4 encodes 1 + 4 m frames: training clips, context, whole videos
+    (NBP, ['datasets.train.num_frames=8'], r'datasets\.train\.num_frames: is 8 frames, but autoencoder NBPTokenizer '
+                                           r'compresses time by 4 and encodes 1 \+ 4 m frames'),
+    (NBP_TOKENIZER, ['datasets.val.num_frames=10'], r'datasets\.val\.num_frames: is 10 frames'),
+    (NBP, ['test.protocol.context_length=4'], r'test\.protocol\.context_length: gives a context of 4 frames'),
+    (NBP, ['trainer.validation.unroll_length=3'],
+     r'trainer\.validation\.unroll_length: makes \(with context_length\) videos of 8 frames'),
+    (NBP, ['model.video_vocab_size=64000'],
+     r'model\.video_vocab_size: is 64000, but the codebook of autoencoder\.fsq_levels \[8, 5, 5, 5\] has 1000 codes'),
+    (NBP, ['datasets.test.resolution=16'], r'datasets\.test\.resolution: is 16, but autoencoder\.image_size is 32'),
+    (NBP, ['test.sampler={type: FARPipeline}'], r'test\.sampler\.type: FARPipeline samples FAR models, but model\.type '
+                                                r'is NBPTransformer'),
+    (DEMO, ['test.sampler={type: NBPPipeline}'], r'test\.sampler\.type: NBPPipeline samples NBPTransformer models'),
+    (NBP, ['autoencoder={type: IdentityAutoencoder}', 'trainer.validation=null', 'test=null'],
+     r'autoencoder\.type: is IdentityAutoencoder, but trainer NBPTrainer trains with a NBPTokenizer autoencoder'),
+    (DEMO, ['autoencoder.type=NBPTokenizer'], r'autoencoder\.pixel_unshuffle: unknown key'),
+    (NBP, ['model.type=FAR', 'model={type: FAR}', 'test=null', 'trainer.validation=null'],
+     r'model\.type: is FAR, but trainer NBPTrainer trains with a NBPTransformer model'),
+    # text conditions read dataset labels through their class table; FAR takes no text
+    (NBP, [UCF_TEXT, 'model.hybrid=true'], r'model\.condition_cfg: has 101 label classes, but datasets\.train '
+                                            r'\(MovingShapes\) has 9'),
+    (NBP, ['model.condition_cfg={type: text, vocab_size: 30, num_tokens: 8}'],
+     r"model\.condition_cfg: .* the items of datasets\.train \(MovingShapes\) carry no 'text'"),
+    (DEMO, [UCF_TEXT], r'model\.condition_cfg: condition_cfg must be .* \(this model takes null, label, action\)'),
+    (NBP, ['model.condition_cfg={type: text, vocab_size: 30, num_tokens: 8, class_text_ids: absent.json}'],
+     r"model\.condition_cfg: condition_cfg\.class_text_ids 'absent\.json' does not exist"),
 ])
 def test_settings_that_must_agree_across_blocks_are_checked_when_the_file_loads(file, overrides, expected):
     assert re.search(expected, error(str(file), overrides))

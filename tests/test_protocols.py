@@ -93,6 +93,27 @@ def test_fvd_is_the_mean_of_per_trajectory_fvds(weights):
     assert value > 1
 
 
+def test_fvd_can_score_the_first_frames_at_a_lower_resolution(weights):
+    """NBP's gFVD: the first 16 of 17 frames, and for K600 both sets resized to 64x64 before I3D."""
+    g = torch.Generator().manual_seed(2)
+    gt, other = torch.rand(2, 2, 12, 3, 16, 16, generator=g)
+    protocol = mcvd(weights, context_length=2, unroll_length=10, num_trajectories=1, metrics=['fvd'],
+                    fvd_min_frames=9, fvd_frames=10, fvd_resolution=8)
+    value = protocol.evaluate(other[:, None], gt)['fvd']
+
+    def scored(videos):
+        frames = videos[:, :10].flatten(0, 1)
+        return torch.nn.functional.interpolate(frames, size=(8, 8), mode='bilinear').unflatten(0, (2, 10))
+
+    features = protocol._fvd.features(torch.cat([scored(gt), scored(other)]))
+    assert value == pytest.approx(frechet_distance(features[2:], features[:2]), rel=1e-6)
+    assert protocol.describe()['scoring']['fvd'].startswith('the first 10 frames; resized to 8x8 (bilinear)')
+    with pytest.raises(ValueError, match=r'fvd_frames must be in \[1, 12\]'):
+        mcvd(weights, context_length=2, unroll_length=10, metrics=['fvd'], fvd_frames=13)
+    with pytest.raises(ValueError, match='the protocol scores 8; drop fvd'):
+        mcvd(weights, context_length=2, unroll_length=10, metrics=['fvd'], fvd_frames=8)
+
+
 class LabelledVideos:
     """The part of a dataset the Latte draw reads: its length and one class id per video."""
 

@@ -1,9 +1,9 @@
 """From a decoded clip to a dataset item, the same way for every dataset and every on-disk layout.
 
-An item is a dict: ``'video'`` float ``[T, 3, H, W]`` in [0, 1] or ``'latent'`` float ``[T, c, h, w]``
-(raw, unscaled autoencoder latents), ``'index'`` (position in the dataset) and, depending on the
-dataset, ``'label'`` (int), ``'action'`` (LongTensor ``[T]``, the action taken at each frame) and other
-per-frame fields (``'revisit'``, ``'first_visit'``: BoolTensor ``[T]``).
+An item is a dict: ``'video'`` float ``[T, 3, H, W]`` in [0, 1], ``'latent'`` float ``[T, c, h, w]``
+(raw, unscaled autoencoder latents) or ``'tokens'`` int64 ``[T', h, w]`` (a video tokenizer's ids), ``'index'``
+(position in the dataset) and, depending on the dataset, ``'label'`` (int), ``'action'`` (LongTensor ``[T]``,
+the action taken at each frame) and other per-frame fields (``'revisit'``, ``'first_visit'``: BoolTensor ``[T]``).
 
 A sample that cannot be read (corrupt file, truncated video, too few frames, missing metadata) is
 skipped with a counted warning on the ``far`` logger, or stops the run when the dataset is ``strict``.
@@ -35,8 +35,10 @@ PER_FRAME_FIELDS = ('action', 'revisit', 'first_visit')
 @dataclass
 class Clip:
     """A whole decoded video (or latent sequence) with its annotations, before frame selection."""
-    frames: np.ndarray  # uint8 [T, H, W, 3] pixels, or float [T, c, h, w] raw latents when `latent`
+    frames: np.ndarray  # uint8 [T, H, W, 3] pixels, float [T, c, h, w] raw latents (`latent`) or ids (`tokens`)
     latent: bool = False
+    tokens: bool = False
+    encoded_frames: Optional[int] = None  # tokens: the frames of the clip they encode
     label: Optional[int] = None
     per_frame: Dict[str, np.ndarray] = field(default_factory=dict)  # 'action': int64 [T], 'revisit': bool [T], ...
 
@@ -50,7 +52,8 @@ class ClipSampler:
     ``num_frames`` is padded with black frames (``pad_short``, as UCF-101 and BAIR are) or unreadable.
     ``resolution`` resizes the shorter side and crops a square (pixels only; latents are used as stored).
     ``fields`` lists the annotations the items carry ('label', 'action', 'revisit'); a clip missing one
-    is unreadable.
+    is unreadable. Token clips are taken whole, unaugmented: a causal tokenizer's tokens of a clip cannot be cut
+    into the tokens of a shorter one.
     """
     num_frames: int
     frame_interval: int = 1
@@ -78,6 +81,8 @@ class ClipSampler:
                 raise ValueError(f"the sample has no '{name}' annotation")
             if len(clip.per_frame[name]) != total:
                 raise ValueError(f"'{name}' has {len(clip.per_frame[name])} entries for {total} frames")
+        if clip.tokens:
+            return self._tokens_item(clip, index)
 
         if total < self.num_frames:
             if not self.pad_short:
@@ -103,6 +108,15 @@ class ClipSampler:
         for name in per_frame:
             values = torch.from_numpy(np.ascontiguousarray(clip.per_frame[name][ids]))
             item[name] = torch.cat([values, values.new_zeros(pad)]) if pad else values
+        return item
+
+    def _tokens_item(self, clip: Clip, index: int) -> dict:
+        if clip.encoded_frames != self.num_frames:
+            raise ValueError(f'the tokens encode a clip of {clip.encoded_frames} frames, num_frames is '
+                             f'{self.num_frames}')
+        item = {'tokens': torch.from_numpy(clip.frames.astype(np.int64)), 'index': index}
+        if 'label' in self.fields:
+            item['label'] = int(clip.label)
         return item
 
     def _augment(self, video: torch.Tensor, rng: random.Random) -> torch.Tensor:

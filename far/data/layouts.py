@@ -95,6 +95,7 @@ def video_dataset(
     data_list: Optional[str] = None,
     shards: Optional[str] = None,
     use_latent: bool = False,
+    use_tokens: bool = False,
     frame_interval: int = 1,
     resolution: Optional[int] = None,
     flip: bool = False,
@@ -115,7 +116,9 @@ def video_dataset(
     ``split: train`` samples clips at random starts (``num_frames`` frames, every ``frame_interval``-th)
     with random crops and, with ``flip``, flips; other splits start at frame 0 and crop the centre.
     ``resolution`` resizes the shorter side and crops a square. ``use_latent`` reads raw latents instead
-    of pixels (items carry ``'latent'``). ``num_samples`` keeps the first N samples.
+    of pixels (items carry ``'latent'``); ``use_tokens`` reads the token shards of ``scripts/extract_latents.py``
+    (items carry ``'tokens'``, the whole clip of ``num_frames`` frames as extracted). ``num_samples`` keeps the
+    first N samples.
 
     ``streaming: true`` (training on shards) reads the shards sequentially with webdataset instead of by
     index: ``shuffle_buffer`` samples are shuffled, every rank gets ``ceil(samples_per_epoch / world_size)``
@@ -128,6 +131,8 @@ def video_dataset(
     """
     if (data_list is None) == (shards is None):
         raise ValueError(f'{dataset}: set exactly one of data_list (a JSON list of files) or shards (tar shards)')
+    if use_tokens and (shards is None or use_latent):
+        raise ValueError(f'{dataset}: use_tokens reads token shards: set shards (not data_list) and use_latent: false')
     sampler = ClipSampler(num_frames, frame_interval, split == 'train', pad_short, resolution, flip, fields)
     corrupt = CorruptSamples(dataset, strict)
     if streaming:
@@ -137,11 +142,12 @@ def video_dataset(
         if num_samples is not None:
             raise ValueError(f'{dataset}: num_samples applies to indexed data; a stream takes samples_per_epoch')
         return ShardStream(list_shards(shards), sampler, corrupt, use_latent, shuffle_buffer, samples_per_epoch,
-                           rank, world_size)
+                           rank, world_size, use_tokens)
     if samples_per_epoch is not None or rank is not None or world_size is not None:
         raise ValueError(f'{dataset}: samples_per_epoch, rank and world_size apply to streaming: true only')
     if data_list is not None:
         source = JsonListSource(data_list, use_latent, fields)
     else:
-        source = ShardIndex(list_shards(shards), use_latent, read_labels='label' in fields, corrupt=corrupt)
+        source = ShardIndex(list_shards(shards), use_latent, read_labels='label' in fields, corrupt=corrupt,
+                            use_tokens=use_tokens)
     return ClipDataset(source, sampler, corrupt, num_samples)

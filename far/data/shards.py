@@ -5,7 +5,8 @@ tars named ``shard-%06d.tar``; the files of one sample share a key (webdataset c
 
 - ``{key}.mp4``: H.264 video (pixel datasets), or
 - ``{key}.frames.npy``: uint8 ``[T, H, W, 3]`` (generated datasets, where lossless frames matter), or
-- ``{key}.latent.npy``: float16/float32 raw, unscaled latents ``[T, c, h, w]``;
+- ``{key}.latent.npy``: float16/float32 raw, unscaled latents ``[T, c, h, w]``, or
+- ``{key}.tokens.npy``: integer token ids ``[T', h, w]`` of a video tokenizer (the whole clip of T frames);
 - always ``{key}.json``: ``{"num_frames": T, "label": int?, "actions": [int]*T?, "source": str?, ...}``
   (per-frame ``"revisit"`` and ``"first_visit": [bool]*T`` for MazeMemory; other fields are ignored),
   and ``"crc32": {member: hex}``, the checksums of the sample's other members, in shards written here:
@@ -41,7 +42,7 @@ from far.utils.distributed import seed_for
 from far.video import decode_video
 
 SHARD_NAME = 'shard-%06d.tar'
-FRAME_MEMBERS = ('mp4', 'frames.npy', 'latent.npy')
+FRAME_MEMBERS = ('mp4', 'frames.npy', 'latent.npy', 'tokens.npy')
 PER_FRAME_JSON = {'actions': ('action', np.int64), 'revisit': ('revisit', np.bool_),  # json key -> item field
                   'first_visit': ('first_visit', np.bool_)}
 CHECKSUM_KEY = 'crc32'  # json key: {member: crc32 hex} of the sample's other members
@@ -163,10 +164,13 @@ def scan_shard(path: str) -> List[Tuple[str, Dict[str, Tuple[int, int]]]]:
     return list(samples.items())
 
 
-def decode_sample(sample: Dict[str, bytes], use_latent: bool) -> Clip:
+def decode_sample(sample: Dict[str, bytes], use_latent: bool, use_tokens: bool = False) -> Clip:
     """One shard sample (suffix -> bytes) as a Clip."""
     meta = json.loads(sample['json'])
     verify_checksums(sample, meta)
+    if use_tokens:
+        return Clip(np.load(io.BytesIO(sample['tokens.npy'])), tokens=True, label=meta.get('label'),
+                    encoded_frames=meta.get('num_frames'))
     if use_latent:
         frames = np.load(io.BytesIO(sample['latent.npy']))
     elif 'frames.npy' in sample:
@@ -180,10 +184,10 @@ def decode_sample(sample: Dict[str, bytes], use_latent: bool) -> Clip:
 
 
 def index_shards(shards: List[str], use_latent: bool,
-                 corrupt: CorruptSamples) -> List[Tuple[str, str, Dict[str, Tuple[int, int]]]]:
+                 corrupt: CorruptSamples, use_tokens: bool = False) -> List[Tuple[str, str, Dict[str, Tuple[int, int]]]]:
     """``(shard, key, members)`` of every sample, in shard order then tar order; a damaged shard is reported
     to ``corrupt`` and keeps the samples before the damage. Fails before any work when the shards are empty
-    or do not hold what ``use_latent`` asks for."""
+    or do not hold what ``use_latent`` / ``use_tokens`` ask for."""
     entries = []
     for path in shards:
         try:
@@ -202,18 +206,21 @@ def index_shards(shards: List[str], use_latent: bool,
     if 'json' not in members or not held:
         raise ValueError(f'{shard}: the first sample has members {sorted(members)}; a shard sample needs a .json '
                          f'and one of {", ".join(FRAME_MEMBERS)}')
-    if use_latent != ('latent.npy' in held):
-        raise ValueError(f'{shard} holds {held[0]} samples but use_latent is {str(use_latent).lower()}; '
-                         f'set use_latent: {str(not use_latent).lower()} or point shards at the other data')
+    wanted = 'tokens.npy' if use_tokens else 'latent.npy' if use_latent else None
+    if held[0] != wanted and (wanted is not None or held[0] in ('latent.npy', 'tokens.npy')):
+        fix = {'latent.npy': 'use_latent: true', 'tokens.npy': 'use_tokens: true'}.get(held[0], 'neither')
+        raise ValueError(f'{shard} holds {held[0]} samples but use_latent is {str(use_latent).lower()} and use_tokens '
+                         f'is {str(use_tokens).lower()}; set {fix} or point shards at the other data')
     return entries
 
 
 class ShardIndex:
     """Random access to the samples of tar shards (a ``ClipSource``), in shard order then tar order."""
 
-    def __init__(self, shards: List[str], use_latent: bool, read_labels: bool, corrupt: CorruptSamples):
-        self.use_latent = use_latent
-        self.entries = index_shards(shards, use_latent, corrupt)
+    def __init__(self, shards: List[str], use_latent: bool, read_labels: bool, corrupt: CorruptSamples,
+                 use_tokens: bool = False):
+        self.use_latent, self.use_tokens = use_latent, use_tokens
+        self.entries = index_shards(shards, use_latent, corrupt, use_tokens)
         self.labels = [self._label(i) for i in range(len(self))] if read_labels else None
 
     def _label(self, index: int) -> Optional[int]:
@@ -236,7 +243,7 @@ class ShardIndex:
         return sample
 
     def load(self, index: int) -> Clip:
-        return decode_sample(self._read(index), self.use_latent)
+        return decode_sample(self._read(index), self.use_latent, self.use_tokens)
 
     def name(self, index: int) -> str:
         path, key, _ = self.entries[index]
@@ -288,13 +295,14 @@ class ShardStream(IterableDataset):
 
     def __init__(self, shards: List[str], sampler: ClipSampler, corrupt: CorruptSamples, use_latent: bool,
                  shuffle_buffer: int = 256, samples_per_epoch: Optional[int] = None,
-                 rank: Optional[int] = None, world_size: Optional[int] = None):
+                 rank: Optional[int] = None, world_size: Optional[int] = None, use_tokens: bool = False):
         super().__init__()
         self.shards, self.sampler, self.corrupt, self.use_latent = shards, sampler, corrupt, use_latent
+        self.use_tokens = use_tokens
         self.shuffle_buffer = shuffle_buffer
         self.rank, self.world_size = distributed_rank(rank, world_size)
         # Global positions (shard order, then tar order) give items an 'index' and split shared shards.
-        entries = index_shards(shards, use_latent, corrupt)
+        entries = index_shards(shards, use_latent, corrupt, use_tokens)
         self.index_of = {(path, key): i for i, (path, key, _) in enumerate(entries)}
         epoch = len(self.index_of) if samples_per_epoch is None else samples_per_epoch
         if epoch < 1:
@@ -385,7 +393,8 @@ class ShardStream(IterableDataset):
         for position, sample in samples:
             index = self.index_of[(sample['__url__'], sample['__key__'])]
             try:
-                item = self.sampler(decode_sample(sample, self.use_latent), index, random.Random(f'{seed}/{position}'))
+                item = self.sampler(decode_sample(sample, self.use_latent, self.use_tokens), index,
+                                    random.Random(f'{seed}/{position}'))
             except UNREADABLE as error:
                 self.corrupt.report(f"{sample['__url__']}:{sample['__key__']}", error)
                 failures += 1

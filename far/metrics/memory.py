@@ -83,7 +83,8 @@ class MemoryProtocol(Protocol):
         super().__init__(context_length=context_length, unroll_length=unroll_length,
                          num_trajectories=num_trajectories, num_videos=num_videos, seeds=seeds, metrics=metrics,
                          every=every, reference_quirks=False, annotate_context=False, weights=weights,
-                         fvd_min_frames=10, fvd_batch_size=32, frame_batch_size=frame_batch_size)
+                         fvd_min_frames=10, fvd_frames=None, fvd_resolution=None, fvd_batch_size=32,
+                         frame_batch_size=frame_batch_size)
         self.sliding_window_baseline, self.bucket_size = sliding_window_baseline, bucket_size
 
     def sampler_baselines(self) -> Dict[str, dict]:

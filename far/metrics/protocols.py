@@ -18,7 +18,9 @@ Scoring (B videos, n trajectories):
   mean over frames -> best trajectory per video (lowest MSE/LPIPS, highest PSNR/SSIM) -> mean
   over videos.
 * ``fvd``: all frames, context included; FVD between the B samples of trajectory k and the B
-  ground truths, averaged over k (at least ``fvd_min_frames`` frames).
+  ground truths, averaged over k (at least ``fvd_min_frames`` frames). ``fvd_frames: N`` scores the first
+  N frames only (NBP's gFVD: the first 16 of 17) and ``fvd_resolution: R`` resizes the frames to R x R
+  (bilinear) before I3D's own resizing (NBP's K600 numbers: 64).
 
 ``reference_quirks: true`` reproduces how FAR computed its published numbers, to compare with
 them like for like:
@@ -40,6 +42,7 @@ from typing import Dict, List, Literal, Optional, Sequence, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..registry import METRICS, PROTOCOLS, variant
 from ..video import CRF
@@ -66,7 +69,8 @@ class Protocol:
     def __init__(self, *, context_length: int, unroll_length: int, num_trajectories: int,
                  num_videos: Optional[int], seeds: Sequence[int], metrics: Sequence[str], every: int,
                  reference_quirks: bool, annotate_context: bool, weights: Optional[Dict[str, str]],
-                 fvd_min_frames: int, fvd_batch_size: int, frame_batch_size: int):
+                 fvd_min_frames: int, fvd_frames: Optional[int], fvd_resolution: Optional[int], fvd_batch_size: int,
+                 frame_batch_size: int):
         where = f'{self.name} protocol'
         if context_length < 0 or unroll_length < 1:
             raise ValueError(f'{where}: need context_length >= 0 and unroll_length >= 1, '
@@ -83,9 +87,15 @@ class Protocol:
         unknown = sorted(set(weights or {}) - set(WEIGHT_FILES))
         if unknown:
             raise ValueError(f'{where}: unknown weights {unknown}; known: {list(WEIGHT_FILES)}')
-        if 'fvd' in metrics and context_length + unroll_length < fvd_min_frames:
-            raise ValueError(f'{where}: FVD needs at least fvd_min_frames={fvd_min_frames} frames, the protocol has '
-                             f'{context_length + unroll_length}; drop fvd from metrics')
+        scored = context_length + unroll_length if fvd_frames is None else fvd_frames
+        if fvd_frames is not None and not 0 < fvd_frames <= context_length + unroll_length:
+            raise ValueError(f'{where}: fvd_frames must be in [1, {context_length + unroll_length}] (the frames of a '
+                             f'video) or null for all, got {fvd_frames}')
+        if fvd_resolution is not None and fvd_resolution < 1:
+            raise ValueError(f'{where}: fvd_resolution must be >= 1 or null, got {fvd_resolution}')
+        if 'fvd' in metrics and scored < fvd_min_frames:
+            raise ValueError(f'{where}: FVD needs at least fvd_min_frames={fvd_min_frames} frames, the protocol scores '
+                             f'{scored}; drop fvd from metrics')
         if 'fvd' in metrics and num_videos is not None and num_videos < 2:
             raise ValueError(f'{where}: FVD compares sets of at least 2 videos, num_videos is {num_videos}')
 
@@ -93,7 +103,7 @@ class Protocol:
         self.num_trajectories, self.num_videos, self.every = num_trajectories, num_videos, every
         self.seeds, self.metrics = [int(s) for s in seeds], list(metrics)
         self.reference_quirks, self.annotate_context = reference_quirks, annotate_context
-        self.fvd_min_frames = fvd_min_frames
+        self.fvd_min_frames, self.fvd_frames, self.fvd_resolution = fvd_min_frames, fvd_frames, fvd_resolution
 
         # Networks are loaded now, so a missing weight file stops the run before any sampling.
         weights = weights or {}
@@ -184,10 +194,20 @@ class Protocol:
         chosen = per_trajectory.argmax(dim=1) if take_max else per_trajectory.argmin(dim=1)
         return scores[torch.arange(len(scores)), chosen]
 
+    def _fvd_input(self, videos: torch.Tensor) -> torch.Tensor:
+        """The frames FVD scores: the first ``fvd_frames``, at ``fvd_resolution``."""
+        videos = videos[..., :self.fvd_frames, :, :, :]
+        if self.fvd_resolution is None:
+            return videos
+        frames = videos.reshape(-1, *videos.shape[-3:]).float()
+        resized = F.interpolate(frames, size=(self.fvd_resolution, self.fvd_resolution), mode='bilinear',
+                                align_corners=False)
+        return resized.reshape(*videos.shape[:-2], self.fvd_resolution, self.fvd_resolution)
+
     def _mean_fvd(self, samples: torch.Tensor, gt: torch.Tensor, device) -> float:
-        fake = self._fvd.features(samples, device)  # [B, n, D]
+        fake = self._fvd.features(self._fvd_input(samples), device)  # [B, n, D]
         # The ground truth's features are computed once unless each trajectory has its own copy.
-        real = self._fvd.features(gt, device)
+        real = self._fvd.features(self._fvd_input(gt), device)
         real = real if real.dim() == fake.dim() else real.unsqueeze(1).expand_as(fake)
         return float(np.mean([frechet_distance(fake[:, k], real[:, k]) for k in range(fake.shape[1])]))
 
@@ -205,6 +225,11 @@ class Protocol:
 
     def selection_rule(self) -> str:
         return f'dataset indices range(0, len, {self.every}), the first {self.num_videos or "all"}'
+
+    def _fvd_frames_rule(self) -> str:
+        frames = 'all frames' if self.fvd_frames is None else f'the first {self.fvd_frames} frames'
+        size = self.fvd_resolution
+        return f'{frames}; ' + ('' if size is None else f'resized to {size}x{size} (bilinear), then ')
 
     def describe(self) -> dict:
         """What results.json records about the protocol, its networks and the software versions."""
@@ -224,9 +249,9 @@ class Protocol:
             'total_frames': self.context_length + self.unroll_length,
             'metrics': self.metrics,
             'scoring': {'pixel': 'predicted frames; mean over frames; best trajectory per video; mean over videos',
-                        'fvd': (f'all frames; I3D Kinetics-400 (TF-Hub) logits of [-1,1] videos resized to '
-                                f'224x224 (trilinear); mean of per-trajectory FVDs; at least '
-                                f'{self.fvd_min_frames} frames')},
+                        'fvd': f'{self._fvd_frames_rule()}I3D Kinetics-400 (TF-Hub) logits of [-1,1] videos '
+                               f'resized to 224x224 (trilinear); mean of per-trajectory FVDs; at least '
+                               f'{self.fvd_min_frames} frames'},
             'reference_quirks': quirks,
             'quirks': {
                 'mp4_round_trip': f'side-by-side H.264 yuv420p CRF {CRF}, uint8 truncation' if quirks else None,
@@ -253,12 +278,13 @@ class LatteProtocol(Protocol):
 
     def __init__(self, *, num_videos: int = 2048, unroll_length: int = 16, seeds: Sequence[int] = (0, 2, 4, 6),
                  metrics: Sequence[MetricName] = ('fvd', ), reference_quirks: bool = False,
-                 weights: Optional[Dict[str, str]] = None, fvd_min_frames: int = 10, fvd_batch_size: int = 32,
-                 frame_batch_size: int = 256):
+                 weights: Optional[Dict[str, str]] = None, fvd_min_frames: int = 10, fvd_frames: Optional[int] = None,
+                 fvd_resolution: Optional[int] = None, fvd_batch_size: int = 32, frame_batch_size: int = 256):
         super().__init__(context_length=0, unroll_length=unroll_length, num_trajectories=1, num_videos=num_videos,
                          seeds=seeds, metrics=metrics, every=1, reference_quirks=reference_quirks,
                          annotate_context=False, weights=weights, fvd_min_frames=fvd_min_frames,
-                         fvd_batch_size=fvd_batch_size, frame_batch_size=frame_batch_size)
+                         fvd_frames=fvd_frames, fvd_resolution=fvd_resolution, fvd_batch_size=fvd_batch_size,
+                         frame_batch_size=frame_batch_size)
 
     def select(self, dataset, seed: int) -> List[int]:
         labels = getattr(dataset, 'labels', None)
@@ -298,11 +324,13 @@ class MCVDProtocol(Protocol):
                  num_videos: Optional[int] = 256, every: int = 1, seeds: Sequence[int] = (0, ),
                  metrics: Sequence[MetricName] = ALL_METRICS, reference_quirks: bool = False,
                  annotate_context: bool = False, weights: Optional[Dict[str, str]] = None,
-                 fvd_min_frames: int = 10, fvd_batch_size: int = 32, frame_batch_size: int = 256):
+                 fvd_min_frames: int = 10, fvd_frames: Optional[int] = None, fvd_resolution: Optional[int] = None,
+                 fvd_batch_size: int = 32, frame_batch_size: int = 256):
         super().__init__(context_length=context_length, unroll_length=unroll_length,
                          num_trajectories=num_trajectories, num_videos=num_videos, seeds=seeds, metrics=metrics,
                          every=every, reference_quirks=reference_quirks, annotate_context=annotate_context,
-                         weights=weights, fvd_min_frames=fvd_min_frames, fvd_batch_size=fvd_batch_size,
+                         weights=weights, fvd_min_frames=fvd_min_frames, fvd_frames=fvd_frames,
+                         fvd_resolution=fvd_resolution, fvd_batch_size=fvd_batch_size,
                          frame_batch_size=frame_batch_size)
 
 
@@ -320,11 +348,13 @@ class TECOProtocol(Protocol):
                  num_videos: Optional[int] = 256, every: int = 1, seeds: Sequence[int] = (0, 1, 2, 3),
                  metrics: Sequence[MetricName] = ('mse', 'psnr', 'ssim', 'lpips'), reference_quirks: bool = False,
                  annotate_context: bool = True, weights: Optional[Dict[str, str]] = None,
-                 fvd_min_frames: int = 10, fvd_batch_size: int = 32, frame_batch_size: int = 256):
+                 fvd_min_frames: int = 10, fvd_frames: Optional[int] = None, fvd_resolution: Optional[int] = None,
+                 fvd_batch_size: int = 32, frame_batch_size: int = 256):
         super().__init__(context_length=context_length, unroll_length=unroll_length,
                          num_trajectories=num_trajectories, num_videos=num_videos, seeds=seeds, metrics=metrics,
                          every=every, reference_quirks=reference_quirks, annotate_context=annotate_context,
-                         weights=weights, fvd_min_frames=fvd_min_frames, fvd_batch_size=fvd_batch_size,
+                         weights=weights, fvd_min_frames=fvd_min_frames, fvd_frames=fvd_frames,
+                         fvd_resolution=fvd_resolution, fvd_batch_size=fvd_batch_size,
                          frame_batch_size=frame_batch_size)
 
 

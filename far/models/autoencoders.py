@@ -27,24 +27,15 @@ from accelerate import init_empty_weights
 
 from ..registry import AUTOENCODERS
 from ..utils.checkpoints import read_state_dict, resolve_weights
+from ..utils.files import find_file
 
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 DType = Literal['float32', 'bfloat16', 'float16']
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DOWNLOAD_HINT = "python scripts/download.py --what models --include 'dcae/*'"
 # Checkpoints of far.trainers.autoencoder_trainer hold the autoencoder under this prefix, next to its
 # discriminator.
 TRAINING_PREFIX = 'autoencoder.'
-
-
-def find_file(path: Union[str, Path]) -> Optional[Path]:
-    """``path`` as given (relative to the working directory), else relative to the repository root, so the
-    shipped ``options/...`` files are found from anywhere; ``None`` when neither exists."""
-    for candidate in (Path(path), REPO_ROOT / path):
-        if candidate.exists():
-            return candidate
-    return None
 
 
 def read_dcae_config(config: Union[str, dict]) -> dict:

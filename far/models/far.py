@@ -71,6 +71,7 @@ class FAR(ModelMixin, ConfigMixin):
     _supports_gradient_checkpointing = True
     _no_split_modules = ['FARBlock']
     has_long_term_stream = False  # FAR-Long adds the long-term stream
+    condition_kinds = ('label', 'action')
 
     @register_to_config
     def __init__(
@@ -95,7 +96,7 @@ class FAR(ModelMixin, ConfigMixin):
             raise ValueError(f'{name}: axes_dims_rope {list(axes_dims_rope)} must sum to attention_head_dim '
                              f'({attention_head_dim})')
         try:
-            self.condition = Condition.parse(condition_cfg)
+            self.condition = Condition.parse(condition_cfg, self.condition_kinds)
         except ValueError as error:
             raise ValueError(f'{name}: {error}') from None
         dim = num_attention_heads * attention_head_dim

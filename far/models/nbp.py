@@ -35,7 +35,7 @@ Parameter names are those of the reference GPT; the released Lightning checkpoin
 """
 import argparse
 from pathlib import Path
-from typing import Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -44,11 +44,12 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
+from ..conditions import Condition
 from ..registry import MODELS, variant
 
-CONDITION_FORMS = ("None, {'type': 'text', 'vocab_size': V, 'num_tokens': P} or "
-                   "{'type': 'label', 'num_classes': N}")
-UCF101_TEXT_CONDITION = {'type': 'text', 'vocab_size': 32000, 'num_tokens': 8}  # LLaMA ids of the class name
+# LLaMA ids of the class name, looked up from the dataset label (far.conditions)
+UCF101_TEXT_CONDITION = {'type': 'text', 'vocab_size': 32000, 'num_tokens': 8,
+                         'class_text_ids': 'options/model_cfg/nbp/ucf101_class_text_ids.json'}
 CHECKPOINT_PREFIX = 'transformer.'  # the GPT inside the reference Lightning module
 BOV_ID = 0
 
@@ -116,18 +117,6 @@ class Block(nn.Module):
 
 # ----- model -----
 
-def condition_sizes(condition_cfg: Optional[Mapping]) -> Tuple[int, int]:
-    """(number of condition tokens, condition vocabulary size) of a ``condition_cfg``."""
-    if condition_cfg is None:
-        return 0, 0
-    kind = condition_cfg.get('type')
-    if kind == 'text' and {'vocab_size', 'num_tokens'} <= set(condition_cfg):
-        return condition_cfg['num_tokens'], condition_cfg['vocab_size']
-    if kind == 'label' and 'num_classes' in condition_cfg:
-        return 1, condition_cfg['num_classes']
-    raise ValueError(f'NBPTransformer: condition_cfg must be {CONDITION_FORMS}, got {condition_cfg}')
-
-
 @MODELS.register()
 class NBPTransformer(ModelMixin, ConfigMixin):
     """Semi-autoregressive (next-block) video transformer; see the module docstring for the layouts.
@@ -140,7 +129,9 @@ class NBPTransformer(ModelMixin, ConfigMixin):
         hybrid: the UCF-101 layout (BOV, first block token by token, middle-BOS), also without a condition
             (which the reference forbids); ``False``: the K600 layout (first block given).
         condition_cfg: ``None`` (unconditional), ``{'type': 'text', 'vocab_size': V, 'num_tokens': P}``
-            (P text ids, e.g. ``UCF101_TEXT_CONDITION``) or ``{'type': 'label', 'num_classes': N}`` (one id).
+            (P text ids, e.g. ``UCF101_TEXT_CONDITION``, which looks the ids of a dataset label up in its
+            ``class_text_ids`` table) or ``{'type': 'label', 'num_classes': N}`` (one id); see
+            ``far.conditions``. Parsed once into ``model.condition``.
         dropout: embedding and residual dropout (the reference trained with 0.1; attention has none).
         condition_dropout: training probability of replacing a sample's condition by the null condition
             (``uncond_embedding``), drawn per sample, so that classifier-free guidance can be used; 0 disables
@@ -148,6 +139,7 @@ class NBPTransformer(ModelMixin, ConfigMixin):
     """
 
     _no_split_modules = ['Block']
+    condition_kinds = ('label', 'text')
 
     @register_to_config
     def __init__(
@@ -174,7 +166,12 @@ class NBPTransformer(ModelMixin, ConfigMixin):
         if condition_dropout and condition_cfg is None:
             raise ValueError(f'{name}: condition_dropout needs a condition (condition_cfg is None)')
         k = token_number_per_step
-        self.condition_length, condition_vocab = condition_sizes(condition_cfg)
+        try:
+            self.condition = Condition.parse(condition_cfg, self.condition_kinds)
+        except ValueError as error:
+            raise ValueError(f'{name}: {error}') from None
+        self.condition_length = 0 if self.condition is None else self.condition.num_tokens
+        condition_vocab = 0 if self.condition is None else self.condition.num_classes
         # ----- vocabulary: [special ids] [condition ids] [video ids] -----
         num_special = k if hybrid else int(condition_cfg is not None)
         self.condition_offset = k if hybrid else 0
@@ -227,23 +224,20 @@ class NBPTransformer(ModelMixin, ConfigMixin):
                              f"{gpt_config['vocab_size']}")
         return model
 
-    def load_reference_state_dict(self, state_dict: Mapping[str, torch.Tensor]):
-        """Strictly load reference weights: a Lightning ``state_dict`` (GPT under ``transformer.``, the
-        tokenizer's ``first_stage_model.*`` ignored), optionally ``module.``-prefixed, or plain GPT names."""
+    @staticmethod
+    def reference_weights(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """The GPT weights of a reference state dict: a Lightning ``state_dict`` (GPT under ``transformer.``, the
+        tokenizer's ``first_stage_model.*`` left out), optionally ``module.``-prefixed, or plain GPT names."""
         state = dict(state_dict)
         consume_prefix_in_state_dict_if_present(state, 'module.')
         if any(key.startswith(CHECKPOINT_PREFIX) for key in state):
             state = {key[len(CHECKPOINT_PREFIX):]: value for key, value in state.items()
                      if key.startswith(CHECKPOINT_PREFIX)}
-        try:
-            self.load_state_dict(state, strict=True)
-        except RuntimeError as error:
-            summary = ' '.join(str(error).split())
-            raise ValueError(f'the weights do not fit {type(self).__name__}({dict(self.config)}): build it with '
-                             f'the checkpoint\'s sizes and layout. {summary[:500]}') from None
+        return state
 
-    def load_reference_checkpoint(self, path: str):
-        """Load a released Lightning ``.ckpt`` (e.g. ``ucf_base_nbp16_hybrid.ckpt``) strictly."""
+    @classmethod
+    def read_reference_checkpoint(cls, path: str) -> Dict[str, torch.Tensor]:
+        """The GPT weights of a released Lightning ``.ckpt`` (e.g. ``ucf_base_nbp16_hybrid.ckpt``)."""
         file = Path(path)
         if not file.is_file():
             raise FileNotFoundError(f"NBP checkpoint '{path}' does not exist: download it from the NBP release "
@@ -255,7 +249,20 @@ class NBPTransformer(ModelMixin, ConfigMixin):
             raise ValueError(f'{file} holds more than tensors and argparse arguments ({type(error).__name__}); if you '
                              "trust it, torch.load it with weights_only=False and pass its ['state_dict'] to "
                              'load_reference_state_dict') from None
-        self.load_reference_state_dict(checkpoint.get('state_dict', checkpoint))
+        return cls.reference_weights(checkpoint.get('state_dict', checkpoint))
+
+    def load_reference_state_dict(self, state_dict: Mapping[str, torch.Tensor]):
+        """Strictly load reference weights (see :meth:`reference_weights`)."""
+        try:
+            self.load_state_dict(self.reference_weights(state_dict), strict=True)
+        except RuntimeError as error:
+            summary = ' '.join(str(error).split())
+            raise ValueError(f'the weights do not fit {type(self).__name__}({dict(self.config)}): build it with '
+                             f'the checkpoint\'s sizes and layout. {summary[:500]}') from None
+
+    def load_reference_checkpoint(self, path: str):
+        """Load a released Lightning ``.ckpt`` (e.g. ``ucf_base_nbp16_hybrid.ckpt``) strictly."""
+        self.load_reference_state_dict(self.read_reference_checkpoint(path))
 
     # ----- sequence layout -----
 
@@ -372,18 +379,22 @@ class NBPTransformer(ModelMixin, ConfigMixin):
 
     # ----- training -----
 
-    def logits(self, z_indices: torch.Tensor, cond_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def logits(self, z_indices: torch.Tensor, cond_ids: Optional[torch.Tensor] = None, *,
+               network: Optional[nn.Module] = None) -> torch.Tensor:
         """Logits of every training prediction, ``[B, N, V]`` (hybrid) or ``[B, N - k, V]``, aligned with
-        :meth:`targets`. ``z_indices``: video codes ``[B, T, h, w]`` or ``[B, N]``."""
+        :meth:`targets`. ``z_indices``: video codes ``[B, T, h, w]`` or ``[B, N]``. ``network`` runs the forward
+        pass: this model (default) or a wrapper of it, such as DistributedDataParallel's, whose forward must run
+        for gradients to be synchronised."""
         input_ids = self.input_ids(z_indices, cond_ids)
         null = None
         if self.training and self.config.condition_dropout > 0:
             null = torch.rand(input_ids.shape[0], device=input_ids.device) < self.config.condition_dropout
-        return self(input_ids, null_condition=null)[:, self.condition_length:]
+        return (network or self)(input_ids, null_condition=null)[:, self.condition_length:]
 
-    def loss(self, z_indices: torch.Tensor, cond_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Mean cross-entropy of the next-block predictions (full vocabulary)."""
-        logits = self.logits(z_indices, cond_ids)
+    def loss(self, z_indices: torch.Tensor, cond_ids: Optional[torch.Tensor] = None, *,
+             network: Optional[nn.Module] = None) -> torch.Tensor:
+        """Mean cross-entropy of the next-block predictions (full vocabulary); ``network`` as in :meth:`logits`."""
+        logits = self.logits(z_indices, cond_ids, network=network)
         return F.cross_entropy(logits.flatten(0, 1).float(), self.targets(z_indices).flatten())
 
 

@@ -20,7 +20,6 @@ Layout, as in the released ``magvit2_*.pt`` (parameter names are theirs, so they
 Tokens are flattened in (frame, row, column) order. The decoded video is not clamped.
 """
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -31,6 +30,9 @@ from einops import rearrange
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from ..registry import AUTOENCODERS
+from ..utils.checkpoints import latest_checkpoint, read_state_dict, resolve_weights
+from ..utils.files import find_file
+from .autoencoders import TRAINING_PREFIX
 from .fsq import FSQ
 
 DOWNLOAD_HINT = ('download magvit2_ucf.pt (huggingface.co/ShuhuaiRen/NBP-tokenizer-ucf) or magvit2_k600.pt '
@@ -114,15 +116,21 @@ def upsample(channels: int, block: Tuple[int, int, int]) -> List[nn.Module]:
 
 
 def read_checkpoint(checkpoint: str) -> Dict[str, torch.Tensor]:
-    """The state dict of a released ``magvit2_*.pt`` (``model_state_dict``) or of a plain state dict file,
+    """The state dict of a released ``magvit2_*.pt`` (``model_state_dict``), of a plain state dict file, or of a
+    tokenizer trained here (an experiment checkpoint, or its ``checkpoints`` folder: the newest one, EMA weights),
     without the ``module.`` prefix of a DistributedDataParallel save."""
-    path = Path(checkpoint)
-    if not path.is_file():
+    path = find_file(checkpoint)
+    if path is None:
         raise FileNotFoundError(f"NBP tokenizer checkpoint '{checkpoint}' (autoencoder key `checkpoint`) does not "
-                                f'exist: {DOWNLOAD_HINT}')
-    package = torch.load(path, map_location='cpu', weights_only=True)
+                                f'exist: {DOWNLOAD_HINT}, or train one (options/demo/nbp_tokenizer_moving_shapes.yml)')
+    if path.is_dir():
+        path = resolve_weights(latest_checkpoint(path) or path)
+    package = read_state_dict(path) if path.suffix == '.safetensors' else torch.load(path, map_location='cpu',
+                                                                                      weights_only=True)
     state = dict(package.get('model_state_dict', package))
     consume_prefix_in_state_dict_if_present(state, 'module.')
+    if any(key.startswith(TRAINING_PREFIX) for key in state):  # the autoencoder trainer's checkpoint
+        state = {key[len(TRAINING_PREFIX):]: value for key, value in state.items() if key.startswith(TRAINING_PREFIX)}
     return state
 
 
@@ -137,6 +145,8 @@ class NBPTokenizer(nn.Module):
         channels: widths of the three resolutions, finest first (128, 256, 512 released). The decoder's
             depth-to-space convolutions output ``8 * channels[2]``, ``8 * channels[1]`` and ``4 * channels[1]``.
         num_groups: GroupNorm groups.
+        residual_units: residual units of the encoder's four stages, finest first (the decoder mirrors them); the
+            released tokenizers have (4, 4, 4, 8), smaller counts make a shallow tokenizer that trains fast.
         fsq_levels: FSQ levels; their number is the latent width (no projections).
         checkpoint: a released ``magvit2_*.pt`` (or a plain state dict), loaded strictly; a ``module.``
             prefix is stripped. ``None`` leaves the weights random.
@@ -147,13 +157,16 @@ class NBPTokenizer(nn.Module):
     temporal_compression = 4
 
     def __init__(self, *, image_size: int = 128, channels: Sequence[int] = (128, 256, 512), num_groups: int = 32,
-                 fsq_levels: Sequence[int] = (8, 8, 8, 5, 5, 5), checkpoint: Optional[str] = None):
+                 residual_units: Sequence[int] = (4, 4, 4, 8), fsq_levels: Sequence[int] = (8, 8, 8, 5, 5, 5),
+                 checkpoint: Optional[str] = None):
         super().__init__()
         if len(channels) != 3 or image_size % self.spatial_compression:
             raise ValueError(f'NBPTokenizer: channels must list 3 widths and image_size be a multiple of '
                              f'{self.spatial_compression}, got channels={list(channels)}, image_size={image_size}')
+        if len(residual_units) != 4 or min(residual_units) < 1:
+            raise ValueError(f'NBPTokenizer: residual_units must list 4 counts >= 1, got {list(residual_units)}')
         c1, c2, c3 = channels
-        self.image_size, self.channels = image_size, (c1, c2, c3)
+        self.image_size, self.channels, self.residual_units = image_size, (c1, c2, c3), tuple(residual_units)
         self.quantizer = FSQ(fsq_levels)
         state = None if checkpoint is None else read_checkpoint(checkpoint)  # fails before the layers are built
         with init_empty_weights() if state is not None else nullcontext():  # skip the random init of loaded weights
@@ -162,27 +175,28 @@ class NBPTokenizer(nn.Module):
             self._load(state, checkpoint, assign=True)
 
     def _build_layers(self, c1: int, c2: int, c3: int, g: int, latent: int):
+        n1, n2, n3, n4 = self.residual_units
         self.encoder_layers = nn.ModuleList([
             CausalConv3d(self.in_channels, c1),
-            *residual_units(c1, c1, 4, g),
+            *residual_units(c1, c1, n1, g),
             CausalConv3d(c1, c1, stride=(1, 2, 2)),  # space / 2
-            *residual_units(c1, c2, 4, g),
+            *residual_units(c1, c2, n2, g),
             CausalConv3d(c2, c2, stride=2),  # space and time / 2
-            *residual_units(c2, c2, 4, g),
+            *residual_units(c2, c2, n3, g),
             CausalConv3d(c2, c2, stride=2),  # space and time / 2
-            *residual_units(c2, c3, 8, g),
+            *residual_units(c2, c3, n4, g),
             GroupNorm3D(g, c3), Swish(c3),
             nn.Conv3d(c3, latent, 1),
         ])
         self.decoder_layers = nn.ModuleList([
             CausalConv3d(latent, c3),
-            *residual_units(c3, c3, 8, g),
+            *residual_units(c3, c3, n4, g),
             *upsample(c3, (2, 2, 2)),
-            *residual_units(c3, c2, 4, g),
+            *residual_units(c3, c2, n3, g),
             *upsample(c2, (2, 2, 2)),
-            *residual_units(c2, c2, 4, g),
+            *residual_units(c2, c2, n2, g),
             *upsample(c2, (1, 2, 2)),
-            *residual_units(c2, c1, 4, g),
+            *residual_units(c2, c1, n1, g),
             GroupNorm3D(g, c1), Swish(c1),
             CausalConv3d(c1, self.in_channels),
         ])
@@ -207,7 +221,8 @@ class NBPTokenizer(nn.Module):
             self.load_state_dict(state, strict=True, assign=assign)
         except RuntimeError as error:
             summary = ' '.join(str(error).split())
-            raise ValueError(f'{checkpoint} does not fit NBPTokenizer(channels={self.channels}, fsq_levels='
+            raise ValueError(f'{checkpoint} does not fit NBPTokenizer(channels={self.channels}, residual_units='
+                             f'{self.residual_units}, fsq_levels='
                              f'{self.quantizer.levels}) (autoencoder keys `checkpoint`, `channels`, `fsq_levels`): '
                              f'{summary[:500]}') from None
 
@@ -255,6 +270,12 @@ class NBPTokenizer(nn.Module):
     def encode(self, video: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``[B, 3, T, H, W]`` in [0, 1] -> (codes ``[B, D, T', h, w]``, indices int32 ``[B, T', h, w]``)."""
         return self.quantizer(self.encode_latents(video))
+
+    @torch.no_grad()
+    def encode_tokens(self, video: torch.Tensor) -> torch.Tensor:
+        """Videos as the framework holds them, ``[B, T, 3, H, W]`` in [0, 1] -> token ids ``[B, T', h, w]`` (int64;
+        ids carry no gradient)."""
+        return self.encode(video.transpose(1, 2))[1].long()
 
     def decode(self, quantized: torch.Tensor) -> torch.Tensor:
         """Codes ``[B, D, T', h, w]`` -> video ``[B, 3, 4 (T' - 1) + 1, 8 h, 8 w]`` (not clamped)."""

@@ -11,17 +11,24 @@ As in the reference sampler, every drawn id is fed back as drawn, even when it i
 head scores the whole vocabulary); video codes are ``clamp(id - video_offset, 0, codebook - 1)``.
 
 Unlike the reference: batches of any size (one generator per video reproduces the reference's
-one-video-per-call draws), classifier-free guidance (a second, null-condition half of the batch), and
-``top_p`` also applies without ``top_k``.
+one-video-per-call draws), classifier-free guidance that works (a second, null-condition half of the batch:
+the reference's guidance path cannot run, and its null embedding was never trained, so guidance needs a model
+trained here with ``condition_dropout > 0``), and ``top_p`` also applies without ``top_k``.
+
+As a :class:`~far.pipelines.base.VideoSampler` (``test.sampler: {type: NBPPipeline, top_k: 16000, top_p: 0.9}``)
+it samples the experiment's NBP model through its ``NBPTokenizer``; the settings are :class:`NBPSampling`.
 """
+from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 
+from ..conditions import Condition, Conditions
 from ..models.nbp import NBPTransformer
 from ..models.nbp_tokenizer import NBPTokenizer
 from ..registry import PIPELINES
+from .base import VideoSampler
 
 Generators = Optional[Union[torch.Generator, Sequence[Optional[torch.Generator]]]]
 StepCallback = Callable[[int, torch.Tensor, int, torch.Tensor], None]
@@ -47,23 +54,72 @@ def top_k_top_p_filtering(logits: torch.Tensor, top_k: Optional[int] = None,
     return logits
 
 
+@dataclass(frozen=True, kw_only=True)
+class NBPSampling:
+    """How :class:`NBPPipeline` samples: the keys of a ``sampler: {type: NBPPipeline, ...}`` YAML block.
+
+    Args:
+        top_k: keep the k most likely ids (``None``: all; 1: greedy decoding). The paper evaluates with 16000.
+        top_p: then keep the smallest set of ids whose probability exceeds ``top_p`` (``None``: all). The
+            paper evaluates with 0.9.
+        temperature: logits are divided by it first (> 0).
+        guidance_scale: > 1 classifier-free guidance ``uncond + s * (cond - uncond)``, 1 none; needs a model
+            trained with ``condition_dropout > 0``.
+    """
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+    temperature: float = 1.0
+    guidance_scale: float = 1.0
+
+    def __post_init__(self):
+        if self.temperature <= 0:
+            raise ValueError(f'temperature must be > 0 (use top_k: 1 for greedy decoding), got {self.temperature}')
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f'top_k must be >= 1 or null (all ids), got {self.top_k}')
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f'top_p must be in (0, 1] or null (all ids), got {self.top_p}')
+
+    @property
+    def guided(self) -> bool:
+        return self.guidance_scale > 1
+
+
 @PIPELINES.register()
-class NBPPipeline(DiffusionPipeline):
+class NBPPipeline(DiffusionPipeline, VideoSampler):
     """Sampler for ``NBPTransformer``.
 
     Args:
         transformer: an ``NBPTransformer``.
-        tokenizer: an ``NBPTokenizer`` to encode context frames and decode videos (``generate``), or ``None``
-            to sample tokens only (``generate_indices``).
+        tokenizer: an ``NBPTokenizer`` to encode context frames and decode videos (``generate``, ``predict``), or
+            ``None`` to sample tokens only (``generate_indices``).
+        options: :class:`NBPSampling`; every generate call may change some of them (``top_k=1``).
 
     The per-step progress bar is switched off with ``pipe.set_progress_bar_config(disable=True)``.
     """
 
     model_cpu_offload_seq = 'transformer->tokenizer'
+    runtime_args = ('transformer', 'tokenizer')
+    model_class = NBPTransformer
+    autoencoder_class = NBPTokenizer
+    options_class = NBPSampling
 
-    def __init__(self, *, transformer: NBPTransformer, tokenizer: Optional[NBPTokenizer] = None):
+    def __init__(self, *, transformer: NBPTransformer, tokenizer: Optional[NBPTokenizer] = None,
+                 options: NBPSampling = NBPSampling()):
         super().__init__()
+        if options.guided and transformer.condition is None:
+            raise ValueError(f'guidance_scale is {options.guidance_scale}, but the transformer is unconditional: '
+                             'guidance needs a conditional transformer; set it to 1')
         self.register_modules(transformer=transformer, tokenizer=tokenizer)
+        self.options = options
+
+    @property
+    def condition(self) -> Optional[Condition]:
+        return self.transformer.condition
+
+    def replace(self, **options) -> 'NBPPipeline':
+        pipe = NBPPipeline(transformer=self.transformer, tokenizer=self.tokenizer, options=self.options_with(**options))
+        pipe.set_progress_bar_config(**getattr(self, '_progress_bar_config', {}))
+        return pipe
 
     # ----- helpers -----
 
@@ -74,8 +130,7 @@ class NBPPipeline(DiffusionPipeline):
         return one_by_one + (num_tokens - max(prefix_length, model.num_token_by_token)) // model.block_size
 
     def _check_inputs(self, num_tokens: int, cond_ids: Optional[torch.Tensor], prefix: Optional[torch.Tensor],
-                      batch_size: Optional[int], temperature: float,
-                      guidance_scale: float) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+                      batch_size: Optional[int], guided: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Validate the sampling arguments; return the prefix as ``[B, n]`` codes and the condition ids."""
         model, device = self.transformer, self.transformer.device
         batch = next((x.shape[0] for x in (cond_ids, prefix) if x is not None), batch_size)
@@ -83,9 +138,7 @@ class NBPPipeline(DiffusionPipeline):
             raise ValueError('give cond_ids, a prefix or batch_size: the batch size is unknown')
         prefix = (torch.zeros(batch, 0, dtype=torch.long) if prefix is None else prefix.flatten(1).long()).to(device)
         self._check_lengths(num_tokens, prefix.shape[1])
-        if temperature <= 0:
-            raise ValueError(f'temperature must be > 0 (use top_k=1 for greedy decoding), got {temperature}')
-        if guidance_scale > 1 and model.condition_length == 0:
+        if guided and model.condition is None:
             raise ValueError('guidance_scale > 1 needs a conditional transformer (this one has condition_cfg=None)')
         return prefix, None if cond_ids is None else cond_ids.to(device)
 
@@ -135,12 +188,9 @@ class NBPPipeline(DiffusionPipeline):
         cond_ids: Optional[torch.Tensor] = None,
         prefix: Optional[torch.Tensor] = None,
         batch_size: Optional[int] = None,
-        top_k: Optional[int] = None,
-        top_p: Optional[float] = None,
-        temperature: float = 1.0,
-        guidance_scale: float = 1.0,
         generator: Generators = None,
         callback: Optional[StepCallback] = None,
+        **options,
     ) -> torch.Tensor:
         """Video codes ``[B, num_tokens]`` in (frame, row, column) order, the prefix included.
 
@@ -150,18 +200,17 @@ class NBPPipeline(DiffusionPipeline):
             prefix: given video codes ``[B, n]`` or ``[B, t, h, w]``: whole blocks, or for the hybrid layout
                 also fewer tokens than a block.
             batch_size: only needed when neither ``cond_ids`` nor ``prefix`` gives it.
-            top_k, top_p: filtering (see :func:`top_k_top_p_filtering`); ``top_k=1`` is greedy decoding.
-            temperature: logits are divided by it first.
-            guidance_scale: > 1 mixes the logits as ``uncond + s * (cond - uncond)``, where the unconditional
-                branch uses the null condition (``uncond_embedding``).
             generator: a generator, or one per video.
             callback: ``callback(step, input_ids, past_length, logits)`` after every forward pass, with the fed
                 ids, their first position and their logits ``[B', L, V]`` (B' = 2B under guidance,
                 conditional half first).
+            options: :class:`NBPSampling` settings for this call (``top_k=1``: greedy decoding); under guidance
+                the unconditional branch uses the null condition (``uncond_embedding``).
         """
+        opt = self.options_with(**options)
         model, device = self.transformer, self.transformer.device
-        prefix, cond = self._check_inputs(num_tokens, cond_ids, prefix, batch_size, temperature, guidance_scale)
-        batch, k, guided = prefix.shape[0], model.block_size, guidance_scale > 1
+        prefix, cond = self._check_inputs(num_tokens, cond_ids, prefix, batch_size, opt.guided)
+        batch, k, guided = prefix.shape[0], model.block_size, opt.guided
         generators = self._generator_list(generator, batch)
 
         # ----- prompt: condition, BOV (hybrid), prefix; under guidance a second, null-condition half -----
@@ -178,11 +227,11 @@ class NBPPipeline(DiffusionPipeline):
             logits = model(fed, kv_cache=cache, null_condition=null)             # [B', L, V]
             if callback is not None:
                 callback(step, pending, past_length, logits)
-            scores = logits[:, -width:].float() / temperature                   # [B', width, V]
+            scores = logits[:, -width:].float() / opt.temperature               # [B', width, V]
             if guided:
                 cond_scores, uncond_scores = scores.chunk(2)
-                scores = uncond_scores + guidance_scale * (cond_scores - uncond_scores)
-            pending = self._draw(scores, top_k, top_p, generators)               # [B, width]
+                scores = uncond_scores + opt.guidance_scale * (cond_scores - uncond_scores)
+            pending = self._draw(scores, opt.top_k, opt.top_p, generators)       # [B, width]
             drawn.append(pending)
             count += width
             if count == model.num_token_by_token:  # the first block is complete: open next-block prediction
@@ -194,24 +243,42 @@ class NBPPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def generate(self, *, num_frames: int = 17, context: Optional[torch.Tensor] = None, **sampling) -> torch.Tensor:
-        """Videos ``[B, T, 3, H, W]`` in [0, 1] (frames second, clamped), decoded by the tokenizer.
+        """Videos ``[B, num_frames, 3, H, W]`` in [0, 1] (frames second, clamped), decoded by the tokenizer.
 
         Args:
-            num_frames: frames of the video, ``1 + 4 m`` (17: 5 latent frames).
+            num_frames: frames of the whole video, context included, ``1 + 4 m`` (17: 5 latent frames).
             context: given first frames ``[B, Tc, 3, H, W]`` in [0, 1], ``1 + 4 m`` of them (K600: 5); they
                 are tokenized into the prefix and come back as reconstructions.
-            sampling: the arguments of :meth:`generate_indices` (``cond_ids``, ``top_k``, ``top_p``,
-                ``guidance_scale``, ``generator``, ...), except ``num_tokens`` and ``prefix``.
+            sampling: the arguments of :meth:`generate_indices` (``cond_ids``, ``generator``, ``batch_size``,
+                :class:`NBPSampling` settings, ...), except ``num_tokens`` and ``prefix``.
         """
-        tokenizer = self.tokenizer
-        if tokenizer is None:
-            raise ValueError('NBPPipeline.generate decodes videos: build the pipeline with a tokenizer (or use '
-                             'generate_indices)')
+        tokenizer = self._tokenizer('generate')
         tokens_per_frame = tokenizer.latent_size ** 2
         prefix = None
         if context is not None:
-            prefix = tokenizer.encode(context.transpose(1, 2).to(self.device))[1]
+            prefix = tokenizer.encode_tokens(context.to(self.device))
         indices = self.generate_indices(num_tokens=tokenizer.latent_frames(num_frames) * tokens_per_frame,
                                         prefix=prefix, **sampling)
         video = tokenizer.decode_indices(indices)                                # [B, 3, T, H, W]
         return video.float().clamp(0, 1).transpose(1, 2)
+
+    def predict(self, *, context: Optional[torch.Tensor], num_frames: int, conditions: Conditions,
+                generators: Sequence[torch.Generator], height: int, width: int) -> torch.Tensor:
+        size = self._tokenizer('predict').image_size
+        if (height, width) != (size, size):
+            raise ValueError(f'the tokenizer reads {size}x{size} frames (its image_size), the videos are '
+                             f'{height}x{width}: set the dataset resolution or the tokenizer image_size to match')
+        total = num_frames + (0 if context is None else context.shape[1])
+        cond_ids = None
+        if self.condition is not None:
+            cond_ids = self.condition.check(conditions, len(generators), total, 'the transformer')
+        elif conditions is not None:
+            raise ValueError('the transformer is unconditional: pass conditions=None')
+        return self.generate(num_frames=total, context=context, cond_ids=cond_ids, generator=list(generators),
+                             batch_size=len(generators))
+
+    def _tokenizer(self, method: str) -> NBPTokenizer:
+        if self.tokenizer is None:
+            raise ValueError(f'NBPPipeline.{method} decodes videos: build the pipeline with a tokenizer (or use '
+                             'generate_indices)')
+        return self.tokenizer

@@ -1,19 +1,20 @@
-"""Training FAR's DC-AE: reconstruction, perceptual and adversarial losses, validated by reconstruction metrics."""
+"""Training an autoencoder (FAR's DC-AE, NBP's video tokenizer): reconstruction, perceptual and adversarial losses,
+validated by reconstruction metrics."""
 import json
 import logging
 from dataclasses import dataclass
 from typing import Dict, Literal, Optional, Tuple
 
-import diffusers
 import torch
 import torch.nn as nn
 from accelerate.utils import DistributedDataParallelKwargs, gather_object
 from torch.utils.data import default_collate
 
-from far.losses.autoencoder_loss import AutoencoderLoss, DiscriminatorLogits
+from far.losses.autoencoder_loss import AutoencoderLoss
 from far.models.autoencoders import DCAutoencoder
-from far.models.discriminator import PatchDiscriminator
+from far.models.nbp_tokenizer import NBPTokenizer
 from far.registry import METRICS, TRAINERS
+from far.trainers.autoencoder_networks import trainable
 from far.trainers.base import OptimizerOptions, Trainer
 from far.utils.distributed import split_batches
 from far.grids import save_grid
@@ -40,68 +41,37 @@ class ReconstructionValidation:
             raise ValueError(f'validation: every, num_videos, batch_size and num_saved must be >= 1, got {self}')
 
 
-class AutoencoderWithDiscriminator(nn.Module):
-    """What the optimiser trains, behind one forward as DDP needs: the autoencoder and its discriminator.
-
-    Its state dict holds the autoencoder under ``autoencoder.`` (``TRAINING_PREFIX``, which ``AutoencoderDC``
-    strips when it loads a training checkpoint).
-    """
-
-    def __init__(self, autoencoder: diffusers.AutoencoderDC, discriminator: Optional[PatchDiscriminator]):
-        super().__init__()
-        self.autoencoder = autoencoder
-        self.discriminator = discriminator
-
-    def last_layer(self) -> torch.Tensor:
-        """The decoder's last weight, where the adaptive weight balances the losses."""
-        conv_out = self.autoencoder.decoder.conv_out
-        return getattr(conv_out, 'conv', conv_out).weight  # a pixel-shuffle block around a conv in FAR's configs
-
-    def forward(self, frames: torch.Tensor, adversarial: bool) -> Tuple[torch.Tensor, Optional[DiscriminatorLogits]]:
-        """Frames ``[N, 3, H, W]`` in [-1, 1] -> reconstructions and, when ``adversarial``, the logits."""
-        if not adversarial:
-            return self.autoencoder(frames).sample, None
-        with torch.no_grad():  # the adversarial phase trains the decoder only (FAR's DC-AE recipe)
-            latents = self.autoencoder.encode(frames).latent
-        recon = self.autoencoder.decode(latents).sample
-        self.discriminator.requires_grad_(False)  # the autoencoder's term must not train the discriminator
-        judged = self.discriminator(recon)
-        self.discriminator.requires_grad_(True)
-        logits = DiscriminatorLogits(judged, self.discriminator(recon.detach()), self.discriminator(frames))
-        return recon, logits
-
-
 @TRAINERS.register()
 class AutoencoderTrainer(Trainer):
-    """Trains the ``DCAutoencoder`` of the YAML ``autoencoder`` block (from scratch, or from its ``checkpoint``)
-    on the ``'video'`` frames of ``datasets['train']`` with :class:`AutoencoderLoss`.
+    """Trains the ``DCAutoencoder`` or ``NBPTokenizer`` of the YAML ``autoencoder`` block (from scratch, or from its
+    ``checkpoint``) on the ``'video'`` clips of ``datasets['train']`` with :class:`AutoencoderLoss`, which scores
+    every frame as an image (the tokenizer encodes whole clips of 1 + 4 m frames; its FSQ needs no codebook loss).
 
     One AdamW updates the autoencoder and the discriminator together: FAR's recipe uses the same optimiser
     settings for both and takes both losses from the same forward. One difference: ``max_grad_norm`` clips
     the gradients of both networks together, where FAR clips the autoencoder's alone (the same until
-    ``disc_start``). ``batch_size`` counts clips; every frame is an image.
+    ``disc_start``). ``batch_size`` counts clips.
 
     A checkpoint loads back as ``autoencoder: {type: DCAutoencoder, config: ..., checkpoint:
-    experiments/<name>/checkpoints/checkpoint-<step>}`` (its EMA weights).
+    experiments/<name>/checkpoints/checkpoint-<step>}`` (its EMA weights), and an NBP tokenizer's also as
+    ``checkpoint: experiments/<name>/checkpoints`` (the newest).
     """
 
     runtime_args = ('accelerator', 'autoencoder', 'datasets', 'folder', 'seed', 'config')
+    autoencoder_class = (DCAutoencoder, NBPTokenizer)
 
     def __init__(
         self,
         *,
         accelerator,
-        autoencoder: DCAutoencoder,
+        autoencoder: nn.Module,
         optimizer: OptimizerOptions = OptimizerOptions(betas=(0.5, 0.9)),
         loss: AutoencoderLoss = AutoencoderLoss(),
         validation: Optional[ReconstructionValidation] = None,
         **options,
     ):
-        if not isinstance(autoencoder, DCAutoencoder):
-            raise ValueError(f'AutoencoderTrainer trains a DCAutoencoder; the autoencoder block builds '
-                             f'{type(autoencoder).__name__}')
-        model = AutoencoderWithDiscriminator(autoencoder.model.requires_grad_(True), loss.discriminator())
-        if accelerator.num_processes > 1:
+        model = trainable(autoencoder, loss.discriminator())
+        if accelerator.num_processes > 1 and loss.disc_weight > 0:
             # Each phase leaves some parameters without gradient (the discriminator before disc_start,
             # the encoder after it), which DDP must be told about.
             accelerator.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
@@ -117,26 +87,26 @@ class AutoencoderTrainer(Trainer):
     def train_step(self, batch: dict, step: int) -> Dict[str, torch.Tensor]:
         if 'video' not in batch:
             raise ValueError('the autoencoder trains on pixels: the training items carry no video (use_latent: false)')
-        frames = batch['video'].flatten(0, 1) * 2 - 1
-        recon, logits = self.model(frames, self.loss.adversarial(step))
+        video = batch['video'] * 2 - 1
+        recon, logits = self.model(video, self.loss.adversarial(step))
         last_layer = self.accelerator.unwrap_model(self.model).last_layer()
         with self.accelerator.autocast():
-            return self.loss(frames, recon, self.perceptual, last_layer, logits)
+            return self.loss(video.flatten(0, 1), recon.flatten(0, 1), self.perceptual, last_layer, logits)
 
     @torch.no_grad()
     def reconstruct(self, dataset, indices) -> Tuple[torch.Tensor, torch.Tensor]:
         """Reconstructions and originals ``[B, T, 3, H, W]`` in [0, 1] of ``dataset[indices]``, on every rank,
         each rank reconstructing its share with the sampling weights."""
         opt, acc = self.validation, self.accelerator
-        network = self.sampling_model.autoencoder
+        network = self.sampling_model
         network.eval()
         results = []
         for number, batch_indices in split_batches(list(indices), opt.batch_size, acc.num_processes,
                                                    acc.process_index):
             video = default_collate([dataset[i] for i in batch_indices])['video']
             with acc.autocast():
-                recon = network(video.flatten(0, 1).to(acc.device) * 2 - 1).sample
-            results.append((number, ((recon.float() + 1) / 2).clamp(0, 1).unflatten(0, video.shape[:2]).cpu(), video))
+                recon = network.reconstruct(video.to(acc.device) * 2 - 1)
+            results.append((number, ((recon.float() + 1) / 2).clamp(0, 1).cpu(), video))
         acc.unwrap_model(self.model).train()
         results = sorted(gather_object(results), key=lambda r: r[0])
         return torch.cat([r[1] for r in results]), torch.cat([r[2] for r in results])

@@ -8,7 +8,7 @@ import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Literal, Optional, Tuple
+from typing import Dict, List, Literal, Optional, Tuple
 
 import torch
 from accelerate.utils import set_seed
@@ -28,11 +28,24 @@ logger = logging.getLogger('far')
 
 @dataclass(frozen=True)
 class OptimizerOptions:
-    """AdamW."""
+    """AdamW. ``decayed_modules``: class names of the modules whose ``weight`` is decayed (minGPT's recipe:
+    ``[Linear]``; biases, norms, embeddings and free parameters are not); null decays every parameter."""
     lr: float = 1e-4
     weight_decay: float = 0.0
     betas: Tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    decayed_modules: Optional[Tuple[str, ...]] = None
+
+    def parameter_groups(self, model: torch.nn.Module) -> List[dict]:
+        """The trained parameters of ``model`` as AdamW groups: decayed, and not decayed (weight decay 0)."""
+        if self.decayed_modules is None:
+            return [{'params': [p for p in model.parameters() if p.requires_grad]}]
+        decayed = {id(module.weight) for module in model.modules()
+                   if type(module).__name__ in self.decayed_modules and isinstance(getattr(module, 'weight', None),
+                                                                                torch.nn.Parameter)}
+        trained = [p for p in model.parameters() if p.requires_grad]
+        return [{'params': [p for p in trained if id(p) in decayed]},
+                {'params': [p for p in trained if id(p) not in decayed], 'weight_decay': 0.0}]
 
 
 @dataclass(frozen=True)
@@ -161,8 +174,8 @@ class Trainer(ABC):
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
         # one fused kernel for the whole update on CUDA
-        optimizer = torch.optim.AdamW(params, lr=opt.lr, betas=tuple(opt.betas), weight_decay=opt.weight_decay,
-                                      eps=opt.eps, fused=acc.device.type == 'cuda')
+        optimizer = torch.optim.AdamW(opt.parameter_groups(model), lr=opt.lr, betas=tuple(opt.betas),
+                                      weight_decay=opt.weight_decay, eps=opt.eps, fused=acc.device.type == 'cuda')
         schedule = get_scheduler('constant_with_warmup' if self.lr_schedule.name == 'constant' else 'cosine',
                                  optimizer, num_warmup_steps=self.lr_schedule.warmup_steps,
                                  num_training_steps=self.total_steps)

@@ -1,0 +1,38 @@
+"""Turn a released NBP Lightning checkpoint into a plain state dict that test.py (``test.checkpoint``) loads.
+
+    python scripts/convert_nbp_checkpoint.py experiments/pretrained_models/NBP/ucf_base_nbp16_hybrid.ckpt
+
+writes ``ucf_base_nbp16_hybrid.safetensors`` next to it: the transformer's weights under their own names (the
+checkpoint keeps them under ``transformer.``, next to the frozen tokenizer's ``first_stage_model.*``, which the
+experiment's ``autoencoder`` block loads from ``magvit2_*.pt`` instead). The checkpoint is read with
+``weights_only=True``: tensors and argparse arguments only.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from far.models.nbp import NBPTransformer
+
+
+def convert(checkpoint: str, output: str = None) -> Path:
+    target = Path(output) if output else Path(checkpoint).with_suffix('.safetensors')
+    state = NBPTransformer.read_reference_checkpoint(checkpoint)
+    save_file({name: tensor.contiguous() for name, tensor in state.items()}, str(target))
+    return target
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('checkpoint', help='a released .ckpt (ucf_base_nbp16_hybrid.ckpt, k600_base_nbp16.ckpt, ...)')
+    parser.add_argument('--output', help='the .safetensors file to write (default: next to the checkpoint)')
+    args = parser.parse_args(argv)
+    try:
+        print(f'wrote {convert(args.checkpoint, args.output)}')
+    except (FileNotFoundError, ValueError) as error:
+        sys.exit(f'error: {error}')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,148 @@
+"""The NBP paper's experiments under options/ (train/nbp, test/nbp, train/nbp_tokenizer): model sizes and layouts,
+tokens and sampling steps (UCF-101: 1280 tokens in 95 steps; K600: 768 predicted tokens in 48 steps), the training
+recipe of the NBP scripts and the evaluation settings (gFVD on the first 16 of 17 frames, top-k 16000, top-p 0.9).
+
+No data and no weights: models and tokenizers are built on the meta device.
+"""
+from functools import lru_cache
+from pathlib import Path
+from typing import NamedTuple, Optional
+
+import pytest
+import torch
+
+import far  # noqa: F401  (fills the registries)
+from far.experiment import load_experiment
+from far.pipelines import NBPPipeline, NBPSampling
+from far.registry import AUTOENCODERS, PROTOCOLS
+
+OPTIONS = Path(__file__).resolve().parents[1] / 'options'
+NBP_FILES = sorted([*(OPTIONS / 'train' / 'nbp').glob('*.yml'), *(OPTIONS / 'test' / 'nbp').glob('*.yml')])
+TOKENIZER_FILES = sorted((OPTIONS / 'train' / 'nbp_tokenizer').glob('*.yml'))
+CLASS_TABLE = 'options/model_cfg/nbp/ucf101_class_text_ids.json'
+RELEASED = 'experiments/pretrained_models/NBP'
+
+
+def key(path: Path) -> str:
+    return str(path.relative_to(OPTIONS).with_suffix(''))
+
+
+@lru_cache(maxsize=None)
+def load(name: str):
+    return load_experiment(str(OPTIONS / f'{name}.yml'))
+
+
+class Recipe(NamedTuple):
+    lr: float
+    warmup: int
+    steps: int
+    batch_per_process: int      # x the processes of the file's command = the paper's batch
+    precision: str
+
+
+class Row(NamedTuple):
+    data: str                   # the dataset entry
+    total_params: int           # NBP-base with this vocabulary (the reference counts)
+    condition: Optional[dict]
+    hybrid: bool
+    context: int                # given frames
+    steps: int                  # sampling steps for the 17-frame video
+    tokenizer: str              # released tokenizer
+    recipe: Optional[Recipe]    # None: a test-only file
+    protocol: str
+    num_videos: Optional[int]
+    fvd_resolution: Optional[int]
+    checkpoint: str
+
+
+UCF_TEXT = {'type': 'text', 'vocab_size': 32000, 'num_tokens': 8, 'class_text_ids': CLASS_TABLE}
+UCF = dict(data='UCF101', total_params=982_785_024, condition=UCF_TEXT, hybrid=True, context=0, steps=95,
+           tokenizer=f'{RELEASED}/magvit2_ucf.pt', protocol='LatteProtocol', num_videos=10_000, fvd_resolution=None)
+K600 = dict(data='K600', total_params=884_431_872, condition=None, hybrid=False, context=5, steps=48,
+            tokenizer=f'{RELEASED}/magvit2_k600.pt', protocol='MCVDProtocol', num_videos=None, fvd_resolution=64)
+PAPER = {
+    'train/nbp/NBP_base_ucf101_cond_res128_100K_bs256': Row(**UCF, recipe=Recipe(6e-4, 5_000, 100_000, 4, 'bf16'),
+                                                          checkpoint='latest'),
+    'test/nbp/NBP_base_ucf101_cond_res128_sample10K': Row(**UCF, recipe=None,
+                                                          checkpoint=f'{RELEASED}/ucf_base_nbp16_hybrid.safetensors'),
+    'train/nbp/NBP_base_k600_res128_bs64': Row(**K600, recipe=Recipe(1e-3, 10_000, 4_000_000, 2, 'no'),
+                                               checkpoint='latest'),
+    'test/nbp/NBP_base_k600_res128_5to12': Row(**K600, recipe=None,
+                                               checkpoint=f'{RELEASED}/k600_base_nbp16.safetensors'),
+}
+
+
+def test_the_table_covers_every_nbp_config():
+    assert sorted(PAPER) == [key(p) for p in NBP_FILES]
+    for name in PAPER:
+        assert load(name).name == Path(name).name
+
+
+@pytest.mark.parametrize('name', PAPER)
+def test_model_tokens_and_steps_are_the_papers(name):
+    row, opt = PAPER[name], load(name)
+    assert opt.model['type'] == 'NBP_base' and opt.model['token_number_per_step'] == 16
+    assert opt.model['hybrid'] is row.hybrid and opt.model.get('condition_cfg') == row.condition
+    with torch.device('meta'):
+        model = opt.build_model()
+        tokenizer = AUTOENCODERS.build({**opt.autoencoder, 'checkpoint': None})
+    assert opt.autoencoder['checkpoint'] == row.tokenizer
+    total = sum(p.numel() for p in model.parameters())
+    non_embedding = total - model.tok_emb.weight.numel() - model.head.weight.numel()
+    assert total == row.total_params and non_embedding == 687_823_872
+    assert model.config.video_vocab_size == tokenizer.codebook_size == 64000
+    assert sum(p.numel() for p in tokenizer.parameters()) == 370_372_105  # the released tokenizer's layout
+
+    tokens = tokenizer.latent_frames(17) * tokenizer.latent_size ** 2
+    given = tokenizer.latent_frames(row.context) * tokenizer.latent_size ** 2 if row.context else 0
+    assert (tokens, given) == (1280, 512 if row.context else 0)
+    assert NBPPipeline(transformer=model).num_steps(tokens, given) == row.steps
+
+
+@pytest.mark.parametrize('name', [n for n, row in PAPER.items() if row.recipe is not None])
+def test_training_follows_the_nbp_scripts(name):
+    row, opt = PAPER[name], load(name)
+    recipe, trainer = row.recipe, opt.trainer
+    assert trainer['type'] == 'NBPTrainer' and opt.mixed_precision == recipe.precision
+    optimizer = trainer['optimizer']
+    assert (optimizer.lr, tuple(optimizer.betas), optimizer.weight_decay) == (recipe.lr, (0.9, 0.95), 0.01)
+    assert tuple(optimizer.decayed_modules) == ('Linear',)
+    assert (trainer['lr_schedule'].name, trainer['lr_schedule'].warmup_steps) == ('cosine', recipe.warmup)
+    assert (trainer['total_steps'], trainer['batch_size'], trainer['max_grad_norm']) == (recipe.steps,
+                                                                                         recipe.batch_per_process, 1.0)
+    assert trainer['ema_decay'] is None and opt.model['dropout'] == 0.1
+    train = opt.datasets['train']
+    assert (train['type'], train['num_frames'], train['resolution'], train.get('flip', False)) == (row.data, 17, 128,
+                                                                                                  False)
+    validation = trainer['validation']
+    assert (validation.context_length, validation.context_length + validation.unroll_length) == (row.context, 17)
+
+
+@pytest.mark.parametrize('name', PAPER)
+def test_evaluation_follows_the_paper(name):
+    row, opt = PAPER[name], load(name)
+    test = opt.test
+    assert test.checkpoint == row.checkpoint
+    sampler = NBPSampling(**{k: v for k, v in test.sampler.items() if k != 'type'})
+    assert test.sampler['type'] == 'NBPPipeline' and sampler == NBPSampling(top_k=16000, top_p=0.9)
+    protocol = PROTOCOLS.build({**test.protocol, 'metrics': ['psnr']})  # the same settings without loading I3D
+    assert test.protocol['type'] == row.protocol and test.protocol['metrics'] == ['fvd']
+    assert (protocol.context_length, protocol.context_length + protocol.unroll_length) == (row.context, 17)
+    assert (protocol.num_videos, protocol.num_trajectories, protocol.seeds) == (row.num_videos, 1, [0])
+    assert (protocol.fvd_frames, protocol.fvd_resolution) == (16, row.fvd_resolution)  # gFVD: 16 of 17 frames
+    data = opt.datasets[test.dataset]
+    assert (data['type'], data['split'], data['num_frames'], data['resolution']) == (row.data, 'val', 17, 128)
+
+
+@pytest.mark.parametrize('path', TOKENIZER_FILES, ids=key)
+def test_tokenizer_configs_train_the_released_layout(path):
+    opt = load(key(path))
+    assert opt.autoencoder == {'type': 'NBPTokenizer', 'image_size': 128} and opt.model is None
+    trainer = opt.trainer
+    assert trainer['type'] == 'AutoencoderTrainer' and trainer['loss'].reconstruction == 'l2'
+    assert (trainer['loss'].perceptual_weight, trainer['loss'].disc_weight) == (0.1, 0.1)
+    for block in opt.datasets.values():
+        assert (block['num_frames'], block['resolution']) == (17, 128)
+    with torch.device('meta'):
+        tokenizer = opt.build_autoencoder()
+    assert tokenizer.codebook_size == 64000 and sum(p.numel() for p in tokenizer.parameters()) == 370_372_105

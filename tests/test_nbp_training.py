@@ -1,0 +1,169 @@
+"""NBP as the framework trains and evaluates it: the optimizer's parameter groups, train.py and test.py on the demo
+files (blocks of k = 4 tokens, and token by token with k = 1: the same model, one switch), the tokenizer trained by
+the autoencoder trainer, and token shards written by the extraction script and read back."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+from safetensors.torch import load_file
+
+import far  # noqa: F401  (fills the registries)
+from far.data import CorruptSampleError
+from far.experiment import load_experiment
+from far.models import NBPTokenizer, NBPTransformer
+from far.options import apply_overrides, load_yaml, validate_block
+from far.pipelines import build_sampler
+from far.registry import AUTOENCODERS, DATASETS, TRAINERS
+from far.trainers import OptimizerOptions
+from far.utils.distributed import make_accelerator
+
+REPO = Path(__file__).resolve().parents[1]
+NBP_DEMO = REPO / 'options' / 'demo' / 'nbp_moving_shapes.yml'
+TOKENIZER_DEMO = REPO / 'options' / 'demo' / 'nbp_tokenizer_moving_shapes.yml'
+TINY_TOKENIZER = dict(image_size=32, channels=(4, 8, 8), num_groups=2, residual_units=(1, 1, 1, 1),
+                      fsq_levels=(8, 5, 5, 5))
+TINY_TOKENIZER_OVERRIDES = ['autoencoder.channels=[4, 8, 8]', 'autoencoder.num_groups=2']
+
+
+@pytest.fixture(scope='module')
+def tokenizer_file(tmp_path_factory) -> Path:
+    """A random tiny tokenizer's state dict (a plain ``.pt``, as a checkpoint key takes it)."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp('tokenizer') / 'tokenizer.pt'
+    torch.save(NBPTokenizer(**TINY_TOKENIZER).state_dict(), path)
+    return path
+
+
+def tiny_nbp(tokenizer_file: Path) -> list:
+    """The NBP demo shrunk to seconds: a 1-layer model of width 32 on a tiny random tokenizer, 4 steps, 8 clips."""
+    return [
+        'model.num_layers=1', 'model.num_attention_heads=2', 'model.hidden_size=32',
+        f'autoencoder.checkpoint={tokenizer_file}', *TINY_TOKENIZER_OVERRIDES,
+        'trainer.total_steps=4', 'trainer.batch_size=2', 'trainer.lr_schedule.warmup_steps=1',
+        'trainer.checkpoint.every=4', 'trainer.log.every=2', 'trainer.validation.every=4',
+        'trainer.validation.num_videos=2', 'trainer.validation.batch_size=2',
+        'datasets.train.num_videos=8', 'datasets.val.num_videos=2', 'datasets.test.num_videos=3',
+        'test.protocol.num_videos=3', 'test.batch_size=2',
+    ]
+
+
+def test_weight_decay_reaches_linear_weights_only():
+    model = NBPTransformer(num_layers=1, num_attention_heads=2, hidden_size=16, max_positions=8, video_vocab_size=10,
+                           token_number_per_step=2)
+    decayed, kept = OptimizerOptions(weight_decay=0.01, decayed_modules=('Linear',)).parameter_groups(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    linear_weights = {f'{n}.weight' for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert {names[id(p)] for p in decayed['params']} == linear_weights and 'head.weight' in linear_weights
+    assert {'pos_emb', 'tok_emb.weight', 'ln_f.weight', 'ln_f.bias', 'blocks.0.attn.key.bias'} <= {
+        names[id(p)] for p in kept['params']}
+    assert kept['weight_decay'] == 0.0 and 'weight_decay' not in decayed
+    assert len(decayed['params']) + len(kept['params']) == len(list(model.parameters()))
+    everything, = OptimizerOptions().parameter_groups(model)
+    assert len(everything['params']) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize('block', [4, 1], ids=['k=4', 'k=1'])
+def test_train_and_test_through_yaml(scripts, tmp_path, tokenizer_file, block):
+    """The demo files with ``model.token_number_per_step`` as the only difference between NBP and token-by-token AR."""
+    overrides = [*tiny_nbp(tokenizer_file), f'model.token_number_per_step={block}', 'name=run']
+    trained = scripts.run('train.py', '-opt', str(NBP_DEMO), *overrides, cwd=tmp_path)
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    folder = tmp_path / 'experiments' / 'run'
+    log = (folder / 'train.log').read_text()
+    assert 'step 4/4 | grad_norm' in log and (folder / 'checkpoints' / 'checkpoint-4').is_dir()
+    assert (folder / 'samples' / 'step-0000004' / 'grid.png').is_file()
+
+    tested = scripts.run('test.py', '-opt', str(NBP_DEMO), *overrides, cwd=tmp_path)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    results = json.loads(next((folder / 'results').glob('*/results.json')).read_text())
+    assert results['sampling'] == {'type': 'NBPPipeline', 'top_k': 1, 'top_p': None, 'temperature': 1.0,
+                                   'guidance_scale': 1.0, 'batch_size': 2}
+    assert results['protocol']['context_frames'] == 5 and results['protocol']['predicted_frames'] == 4
+    assert set(results['copy_last_frame']) == set(results['metrics']) and results['metrics']['psnr'] > 0
+
+    opt = load_experiment(str(NBP_DEMO), overrides)
+    pipe = build_sampler(opt.test.sampler, model=opt.build_model(), autoencoder=None)
+    assert pipe.num_steps(48, prefix_length=32) == 16 // block  # the third latent frame of 4x4 tokens
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
+def build(opt: dict, file: Path, key: str, registry):
+    return registry.build(validate_block(opt[key], registry, str(file), key))
+
+
+def test_tokenizer_trains_with_the_autoencoder_losses_and_loads_back(tmp_path, fresh_accelerator_state):
+    opt = apply_overrides(load_yaml(str(TOKENIZER_DEMO)), [
+        *TINY_TOKENIZER_OVERRIDES, f'datasets.train.root={tmp_path / "data"}', 'datasets.train.num_videos=4',
+        f'datasets.val.root={tmp_path / "data"}', 'datasets.val.num_videos=2', 'trainer.total_steps=4',
+        'trainer.batch_size=1', 'trainer.ema_decay=0.5', 'trainer.loss.disc_weight=0.5', 'trainer.loss.disc_start=2',
+        'trainer.loss.disc_channels=8', 'trainer.checkpoint.every=2', 'trainer.checkpoint.keep=2',
+        'trainer.log.every=1', 'trainer.validation.every=4', 'trainer.validation.num_videos=2',
+        'trainer.validation.batch_size=2'])
+    datasets = {key: DATASETS.build(validate_block(block, DATASETS, str(TOKENIZER_DEMO), f'datasets.{key}'))
+                for key, block in opt['datasets'].items()}
+    folder = tmp_path / 'experiment'
+    trainer = TRAINERS.build(validate_block(opt['trainer'], TRAINERS, str(TOKENIZER_DEMO), 'trainer'),
+                             accelerator=make_accelerator(), autoencoder=build(opt, TOKENIZER_DEMO, 'autoencoder',
+                                                                                AUTOENCODERS),
+                             datasets=datasets, folder=folder, seed=0, config=opt)
+    trainer.fit()
+
+    # steps 0-1 train the whole tokenizer, steps 2-3 (adversarial) the decoder and the discriminator only
+    at_2, at_4 = (load_file(str(folder / f'checkpoints/checkpoint-{step}/model.safetensors')) for step in (2, 4))
+
+    def same(prefix: str) -> bool:
+        return all(torch.equal(v, at_4[k]) for k, v in at_2.items() if k.startswith(prefix))
+
+    assert same('autoencoder.encoder_layers.')
+    assert not same('autoencoder.decoder_layers.') and not same('discriminator.')
+    scores = json.loads((folder / 'samples' / 'step-0000004' / 'metrics.json').read_text())
+    assert set(scores) == {'psnr', 'ssim'}
+
+    # the experiment's checkpoints folder is a tokenizer checkpoint: its newest EMA weights load strictly
+    loaded = AUTOENCODERS.build({**opt['autoencoder'], 'checkpoint': str(folder / 'checkpoints')})
+    ema = trainer.ema.module.autoencoder.state_dict()
+    assert all(torch.equal(value, ema[key]) for key, value in loaded.state_dict().items())
+
+
+def load_extraction_script():
+    spec = importlib.util.spec_from_file_location('extract_latents', REPO / 'scripts' / 'extract_latents.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_token_shards_are_written_and_read_back(tmp_path, tokenizer_file, fresh_accelerator_state):
+    autoencoder = {'type': 'NBPTokenizer', **TINY_TOKENIZER, 'checkpoint': str(tokenizer_file)}
+    source = {'type': 'MovingShapes', 'root': str(tmp_path / 'data'), 'split': 'val', 'num_videos': 3,
+              'num_frames': 9, 'resolution': 32}
+    flat = [f'autoencoder.{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}' for k, v in autoencoder.items()]
+    load_extraction_script().main([*flat, *[f'dataset.{k}={v}' for k, v in source.items()],
+                                   f'output_dir={tmp_path / "tokens"}', 'samples_per_shard=2', 'num_workers=0'])
+    index = json.loads((tmp_path / 'tokens' / 'index.json').read_text())
+    assert index['content'] == 'tokens' and index['codebook_size'] == 1000 and index['num_samples'] == 3
+
+    tokens = DATASETS.build({'type': 'K600', 'shards': str(tmp_path / 'tokens'), 'split': 'train', 'num_frames': 9,
+                             'use_tokens': True})
+    tokenizer = AUTOENCODERS.build(autoencoder)
+    video = DATASETS.build(source)[1]['video']
+    item = tokens[1]
+    assert set(item) == {'tokens', 'index'} and item['tokens'].dtype == torch.int64
+    assert torch.equal(item['tokens'], tokenizer.encode_tokens(video[None])[0])  # the whole clip, unaugmented
+
+    with pytest.raises(CorruptSampleError, match='the tokens encode a clip of 9 frames, num_frames is 5'):
+        DATASETS.build({'type': 'K600', 'shards': str(tmp_path / 'tokens'), 'split': 'train', 'num_frames': 5,
+                        'use_tokens': True, 'strict': True})[0]
+    with pytest.raises(ValueError, match='holds tokens.npy samples but use_latent is false and use_tokens is false'):
+        DATASETS.build({'type': 'K600', 'shards': str(tmp_path / 'tokens'), 'split': 'train', 'num_frames': 9})
+    with pytest.raises(ValueError, match='use_tokens reads token shards'):
+        DATASETS.build({'type': 'K600', 'data_list': 'list.json', 'split': 'train', 'num_frames': 9,
+                        'use_tokens': True})
