@@ -9,14 +9,13 @@ compression, and a token model's vocabulary and frame size against its tokenizer
 """
 import contextlib
 import dataclasses
-import inspect
 import math
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Literal, Optional, Sequence, Tuple
 
 from far.conditions import KINDS, Condition
 from far.evaluation import SamplingOptions
-from far.options import Block, OptionError, apply_overrides, load_yaml, validate
+from far.options import Block, OptionError, apply_overrides, load_yaml, validate, yaml_parameters
 from far.registry import AUTOENCODERS, DATASETS, MODELS, PIPELINES, PROTOCOLS, TRAINERS, Registry
 
 
@@ -111,7 +110,7 @@ def setting(registry: Registry, block: Optional[dict], key: str) -> Any:
     if options_class is not None:
         field = {f.name: f for f in dataclasses.fields(options_class)}.get(key)
         return None if field is None or field.default is dataclasses.MISSING else field.default
-    parameter = inspect.signature(target).parameters.get(key)
+    parameter = yaml_parameters(target).get(key)
     return None if parameter is None or parameter.default is parameter.empty else parameter.default
 
 

@@ -132,24 +132,29 @@ def _signature(target) -> inspect.Signature:
 
 
 def _constructors(target) -> Iterator:
-    """``target``, then, while a class constructor hands ``**options`` on, the constructor of its base class."""
+    """``target``, then, while a constructor hands ``**options`` on, the constructor of its base class (of its
+    class, for a size variant)."""
     yield target
-    passes_on = any(p.kind is p.VAR_KEYWORD for p in _signature(target).parameters.values())
-    if inspect.isclass(target) and passes_on:
+    if not any(p.kind is p.VAR_KEYWORD for p in _signature(target).parameters.values()):
+        return
+    if inspect.isclass(target):
         base = next((b for b in target.__mro__[1:] if '__init__' in vars(b)), None)
         if base is not None and base is not object:
             yield from _constructors(base)
+    elif hasattr(target, 'target'):
+        yield from _constructors(target.target)
 
 
-def _yaml_parameters(target) -> Dict[str, inspect.Parameter]:
-    """The constructor parameters a YAML block may set (runtime objects such as the accelerator excluded); a
-    subclass's own parameters first, then those its ``**options`` reach in its base classes."""
+def yaml_parameters(target) -> Dict[str, inspect.Parameter]:
+    """The constructor parameters a YAML block may set (runtime objects such as the accelerator, and what a size
+    variant fixes, excluded); a subclass's own parameters first, then those its ``**options`` reach."""
     constructors = list(_constructors(target))
-    runtime = {name for constructor in constructors for name in getattr(constructor, 'runtime_args', ())}
+    excluded = {name for constructor in constructors for name in getattr(constructor, 'runtime_args', ())}
+    excluded |= set(getattr(target, 'fixed_kwargs', {}))
     params: Dict[str, inspect.Parameter] = {}
     for constructor in constructors:
         for n, p in _signature(constructor).parameters.items():
-            if n not in params and n not in runtime and n != 'self' and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            if n not in params and n not in excluded and n != 'self' and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
                 params[n] = p
     return params
 
@@ -261,7 +266,7 @@ class Validator:
             params = _dataclass_parameters(options_class)
         else:
             params = {n: (p.annotation, p.default is inspect.Parameter.empty)
-                      for n, p in _yaml_parameters(target).items()}
+                      for n, p in yaml_parameters(target).items()}
         return {'type': name, **self._fields(kwargs, params, path, f'{registry.name} {name!r}')}
 
     def group(self, value: Any, cls, path: str):

@@ -52,6 +52,12 @@ def parity(shared_dir):
     return load
 
 
+@pytest.fixture(scope='session')
+def nbp_parity(parity) -> dict:
+    """The NBP reference's outputs (``nbp.pt``: FSQ, tokenizer, transformer layouts, sampling), loaded once."""
+    return parity('nbp.pt')
+
+
 # ----- tiny models and samplers -----
 
 def randomized(model: torch.nn.Module, std: float = 0.2) -> torch.nn.Module:

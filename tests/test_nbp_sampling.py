@@ -9,14 +9,6 @@ from far.pipelines import NBPPipeline, NBPSampling, VideoSampler, build_sampler,
 VARIANTS = ['hybrid_text', 'hybrid_label', 'semi_ar_uncond']
 
 
-@pytest.fixture(scope='module')
-def fixture(shared_dir):
-    path = shared_dir / 'fixtures' / 'parity' / 'nbp.pt'
-    if not path.is_file():
-        pytest.skip(f'{path} is absent')
-    return torch.load(path, weights_only=False)
-
-
 def reference_pipeline(variant) -> NBPPipeline:
     model = NBPTransformer.from_reference_config(variant['gpt_config'], variant['wrapper_config'])
     model.load_reference_state_dict(variant['state_dict'])
@@ -48,16 +40,16 @@ def tiny_pipeline(**overrides) -> NBPPipeline:
 
 # ----- reference behaviour -----
 
-def test_filter_matches_reference(fixture):
-    data = fixture['top_k_top_p_filtering']
+def test_filter_matches_reference(nbp_parity):
+    data = nbp_parity['top_k_top_p_filtering']
     for case in data['cases']:
         out = top_k_top_p_filtering(data['input'].clone(), case['top_k'], case['top_p'])
         assert torch.equal(out, case['output']), (case['top_k'], case['top_p'])
 
 
 @pytest.mark.parametrize('name', VARIANTS)
-def test_greedy_matches_reference(fixture, name):
-    variant = fixture['gpt'][name]
+def test_greedy_matches_reference(nbp_parity, name):
+    variant = nbp_parity['gpt'][name]
     greedy, steps, pipe = variant['greedy'], [], reference_pipeline(variant)
     out = pipe.generate_indices(
         **run_args(variant), top_k=1, callback=lambda *step: steps.append(step))
@@ -72,8 +64,8 @@ def test_greedy_matches_reference(fixture, name):
 
 
 @pytest.mark.parametrize('name', VARIANTS)
-def test_seeded_sampling_matches_reference(fixture, name):
-    variant = fixture['gpt'][name]
+def test_seeded_sampling_matches_reference(nbp_parity, name):
+    variant = nbp_parity['gpt'][name]
     sampled, pipe = variant['sampled'], reference_pipeline(variant)
     options = dict(top_k=sampled['top_k'], top_p=sampled['top_p'], temperature=sampled['temperature'])
     generators = [torch.Generator().manual_seed(seed) for seed in sampled['seeds']]
@@ -84,8 +76,8 @@ def test_seeded_sampling_matches_reference(fixture, name):
     assert torch.equal(alone, sampled['video_indices'][1:])
 
 
-def test_batch_greedy_equals_per_sample(fixture):
-    variant = fixture['gpt']['hybrid_text']
+def test_batch_greedy_equals_per_sample(nbp_parity):
+    variant = nbp_parity['gpt']['hybrid_text']
     pipe = reference_pipeline(variant)
     batch = pipe.generate_indices(**run_args(variant), top_k=1)
     for b in range(2):
@@ -138,9 +130,9 @@ def test_prefix_and_length_checks():
         pipe.generate_indices(num_tokens=16, prefix=prefix, top_k=4, generator=[torch.Generator()])
 
 
-def test_generate_decodes_videos(fixture):
-    tokenizer = NBPTokenizer.from_reference_config(fixture['tokenizer']['config'])
-    tokenizer.load_state_dict(fixture['tokenizer']['state_dict'])
+def test_generate_decodes_videos(nbp_parity):
+    tokenizer = NBPTokenizer.from_reference_config(nbp_parity['tokenizer']['config'])
+    tokenizer.load_state_dict(nbp_parity['tokenizer']['state_dict'])
     config = dict(video_vocab_size=64000, max_positions=96)
     conditional = tiny_pipeline(**config)
     pipe = build_sampler({'type': 'NBPPipeline', 'top_k': 100}, model=conditional.transformer, autoencoder=tokenizer)
@@ -153,7 +145,7 @@ def test_generate_decodes_videos(fixture):
     predictor = NBPPipeline(transformer=tiny_pipeline(**config, condition_cfg=None, hybrid=False).transformer,
                             tokenizer=tokenizer)
     predictor.set_progress_bar_config(disable=True)
-    context = fixture['tokenizer']['video_uint8'][:, :, :5].float().transpose(1, 2) / 255  # [B, 5, 3, H, W]
+    context = nbp_parity['tokenizer']['video_uint8'][:, :, :5].float().transpose(1, 2) / 255  # [B, 5, 3, H, W]
     video = predictor.generate(num_frames=9, context=context, top_k=1)
     expected = tokenizer.decode(tokenizer.encode(context.transpose(1, 2))[0]).clamp(0, 1).transpose(1, 2)
     assert video.shape == (2, 9, 3, 32, 32)
@@ -163,9 +155,9 @@ def test_generate_decodes_videos(fixture):
 # ----- the sampler protocol (test.py, validation) -----
 
 @pytest.fixture(scope='module')
-def tokenizer(fixture):
-    model = NBPTokenizer.from_reference_config(fixture['tokenizer']['config'])
-    model.load_state_dict(fixture['tokenizer']['state_dict'])
+def tokenizer(nbp_parity):
+    model = NBPTokenizer.from_reference_config(nbp_parity['tokenizer']['config'])
+    model.load_state_dict(nbp_parity['tokenizer']['state_dict'])
     return model.eval()
 
 
@@ -216,9 +208,9 @@ def test_predict_text_conditioned_videos_per_video_generators(tokenizer):
                      generators=seeds, height=32, width=32)
 
 
-def test_predict_continues_context_frames(tokenizer, fixture):
+def test_predict_continues_context_frames(tokenizer, nbp_parity):
     pipe = sampler(tokenizer, condition_cfg=None, hybrid=False)
-    context = fixture['tokenizer']['video_uint8'][:, :, :5].float().transpose(1, 2) / 255   # [2, 5, 3, 32, 32]
+    context = nbp_parity['tokenizer']['video_uint8'][:, :, :5].float().transpose(1, 2) / 255   # [2, 5, 3, 32, 32]
     seeds = [torch.Generator().manual_seed(s) for s in (0, 1)]
     videos = pipe.predict(context=context, num_frames=4, conditions=None, generators=seeds, height=32, width=32)
     assert videos.shape == (2, 9, 3, 32, 32)

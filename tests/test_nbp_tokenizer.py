@@ -9,28 +9,20 @@ from far.models import FSQ, NBPTokenizer
 from far.registry import AUTOENCODERS
 
 
-@pytest.fixture(scope='module')
-def fixture(shared_dir):
-    path = shared_dir / 'fixtures' / 'parity' / 'nbp.pt'
-    if not path.is_file():
-        pytest.skip(f'{path} is absent')
-    return torch.load(path, weights_only=False)
-
-
 def close(actual, expected, atol=1e-4):
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=atol)
 
 
-def reference_tokenizer(fixture) -> NBPTokenizer:
-    tokenizer = NBPTokenizer.from_reference_config(fixture['tokenizer']['config'])
-    tokenizer.load_state_dict(fixture['tokenizer']['state_dict'])  # strict: the reference names
+def reference_tokenizer(nbp_parity) -> NBPTokenizer:
+    tokenizer = NBPTokenizer.from_reference_config(nbp_parity['tokenizer']['config'])
+    tokenizer.load_state_dict(nbp_parity['tokenizer']['state_dict'])  # strict: the reference names
     return tokenizer.eval()
 
 
 # ----- FSQ -----
 
-def test_fsq_matches_reference(fixture):
-    data = fixture['fsq']
+def test_fsq_matches_reference(nbp_parity):
+    data = nbp_parity['fsq']
     fsq = FSQ(data['levels'])
     codes, indices = fsq(data['input'])
     assert torch.equal(codes, data['codes'])
@@ -59,9 +51,9 @@ def test_fsq_codebook_round_trip_and_straight_through():
 
 # ----- tokenizer -----
 
-def test_tokenizer_matches_reference(fixture):
-    data = fixture['tokenizer']
-    tokenizer = reference_tokenizer(fixture)
+def test_tokenizer_matches_reference(nbp_parity):
+    data = nbp_parity['tokenizer']
+    tokenizer = reference_tokenizer(nbp_parity)
     assert list(tokenizer.state_dict()) == data['param_names']
     video = data['video_uint8'].float() / 255
     with torch.no_grad():
@@ -77,9 +69,9 @@ def test_tokenizer_matches_reference(fixture):
         close(output, data['recon'])
 
 
-def test_tokenizer_layer_shapes(fixture):
-    data = fixture['tokenizer']
-    tokenizer = reference_tokenizer(fixture)
+def test_tokenizer_layer_shapes(nbp_parity):
+    data = nbp_parity['tokenizer']
+    tokenizer = reference_tokenizer(nbp_parity)
     x = data['video_uint8'].float() / 255
     shapes = {'encoder_shapes': [], 'decoder_shapes': []}
     with torch.no_grad():
@@ -94,12 +86,12 @@ def test_tokenizer_layer_shapes(fixture):
         assert found == [tuple(shape) for shape in data[key]], key
 
 
-def test_released_layout_and_sizes(fixture):
+def test_released_layout_and_sizes(nbp_parity):
     with torch.device('meta'):
         tokenizer = NBPTokenizer()
     layout = [(name, tuple(tensor.shape)) for name, tensor in tokenizer.state_dict().items()]
-    assert layout == [(name, tuple(shape)) for name, shape in fixture['checkpoint_layouts']['tokenizer_128']]
-    counts = fixture['param_counts']['tokenizer_128']
+    assert layout == [(name, tuple(shape)) for name, shape in nbp_parity['checkpoint_layouts']['tokenizer_128']]
+    counts = nbp_parity['param_counts']['tokenizer_128']
     assert sum(p.numel() for p in tokenizer.parameters()) == counts['total']
     assert sum(p.numel() for p in tokenizer.encoder_layers.parameters()) == counts['encoder']
     assert (tokenizer.spatial_compression, tokenizer.temporal_compression) == (8, 4)
@@ -122,8 +114,8 @@ def test_encoder_is_causal_in_time():
     assert decoded.shape == video.shape
 
 
-def test_checkpoint_with_module_prefix_loads(fixture, tmp_path):
-    data = fixture['tokenizer']
+def test_checkpoint_with_module_prefix_loads(nbp_parity, tmp_path):
+    data = nbp_parity['tokenizer']
     path = tmp_path / 'magvit2_tiny.pt'
     state = {f'module.{name}': tensor for name, tensor in data['state_dict'].items()}
     torch.save({'model_state_dict': state, 'version': '0.0', 'config': pickle.dumps({})}, path)
@@ -134,10 +126,10 @@ def test_checkpoint_with_module_prefix_loads(fixture, tmp_path):
     assert all(p.requires_grad and p.device.type == 'cpu' for p in tokenizer.parameters())  # trainable, not meta
 
 
-def test_checkpoint_errors(fixture, tmp_path):
+def test_checkpoint_errors(nbp_parity, tmp_path):
     with pytest.raises(FileNotFoundError, match='magvit2_ucf.pt'):
         NBPTokenizer(checkpoint=str(tmp_path / 'absent.pt'))
     path = tmp_path / 'tiny.pt'
-    torch.save({'model_state_dict': fixture['tokenizer']['state_dict']}, path)
+    torch.save({'model_state_dict': nbp_parity['tokenizer']['state_dict']}, path)
     with pytest.raises(ValueError, match='tiny.pt does not fit NBPTokenizer'):
         NBPTokenizer(image_size=32, channels=(4, 6, 10), num_groups=2, checkpoint=str(path))

@@ -12,14 +12,6 @@ from far.registry import MODELS
 VARIANTS = ['hybrid_text', 'hybrid_label', 'semi_ar_uncond']
 
 
-@pytest.fixture(scope='module')
-def fixture(shared_dir):
-    path = shared_dir / 'fixtures' / 'parity' / 'nbp.pt'
-    if not path.is_file():
-        pytest.skip(f'{path} is absent')
-    return torch.load(path, weights_only=False)
-
-
 def reference_model(variant) -> NBPTransformer:
     model = NBPTransformer.from_reference_config(variant['gpt_config'], variant['wrapper_config'])
     model.load_reference_state_dict(variant['state_dict'])  # names `transformer.*`, strict
@@ -36,8 +28,8 @@ def tiny(**overrides) -> NBPTransformer:
 # ----- parity and released checkpoints -----
 
 @pytest.mark.parametrize('name', VARIANTS)
-def test_training_layout_matches_reference(fixture, name):
-    variant = fixture['gpt'][name]
+def test_training_layout_matches_reference(nbp_parity, name):
+    variant = nbp_parity['gpt'][name]
     model, train = reference_model(variant), variant['train']
     cond = train['c_indices'] if model.condition_length else None
     input_ids = model.input_ids(train['z_indices'], cond)
@@ -54,8 +46,8 @@ def test_training_layout_matches_reference(fixture, name):
     torch.testing.assert_close(loss, train['loss'], rtol=1e-4, atol=1e-4)
 
 
-def test_released_checkpoint_names_and_paper_sizes(fixture):
-    counts = fixture['param_counts']
+def test_released_checkpoint_names_and_paper_sizes(nbp_parity):
+    counts = nbp_parity['param_counts']
     for size in ('base', 'xl', '3b'):
         for data, layout in (('ucf', dict(hybrid=True, condition_cfg=UCF101_TEXT_CONDITION)), ('k600', {})):
             with torch.device('meta'):  # no memory, no init cost
@@ -69,11 +61,11 @@ def test_released_checkpoint_names_and_paper_sizes(fixture):
             if size == 'base':
                 assert non_embedding == 687_823_872  # the paper's "700M"
                 names = [(f'transformer.{n}', tuple(t.shape)) for n, t in model.state_dict().items()]
-                assert names == [(n, tuple(s)) for n, s in fixture['checkpoint_layouts'][f'{data}_base']]
+                assert names == [(n, tuple(s)) for n, s in nbp_parity['checkpoint_layouts'][f'{data}_base']]
 
 
-def test_reference_checkpoint_loading(fixture, tmp_path):
-    variant = fixture['gpt']['hybrid_label']
+def test_reference_checkpoint_loading(nbp_parity, tmp_path):
+    variant = nbp_parity['gpt']['hybrid_label']
     model = NBPTransformer.from_reference_config(variant['gpt_config'], variant['wrapper_config'])
     lightning = {f'module.{k}': v for k, v in variant['state_dict'].items()}
     lightning['module.first_stage_model.encoder_layers.0.conv.weight'] = torch.zeros(1)  # the tokenizer: ignored
@@ -84,8 +76,8 @@ def test_reference_checkpoint_loading(fixture, tmp_path):
         assert torch.equal(tensor, variant['state_dict'][f'transformer.{name}']), name
     with pytest.raises(FileNotFoundError, match='NBP-ucf-base'):
         model.load_reference_checkpoint(str(tmp_path / 'absent.ckpt'))
-    wrong = NBPTransformer.from_reference_config(fixture['gpt']['hybrid_text']['gpt_config'],
-                                                 fixture['gpt']['hybrid_text']['wrapper_config'])
+    wrong = NBPTransformer.from_reference_config(nbp_parity['gpt']['hybrid_text']['gpt_config'],
+                                                 nbp_parity['gpt']['hybrid_text']['wrapper_config'])
     with pytest.raises(ValueError, match='do not fit'):
         wrong.load_reference_state_dict(variant['state_dict'])
 

@@ -8,7 +8,7 @@ import pytest
 import far  # noqa: F401  (fills the registries)
 from far.experiment import EvaluationOptions, ExperimentOptions, building, load_experiment, require
 from far.objectives import FlowMatchingObjective
-from far.options import OptionError, _yaml_parameters, to_dict
+from far.options import OptionError, yaml_parameters, to_dict
 from far.trainers import FARTrainer, OptimizerOptions, ValidationOptions
 from far.utils.experiment_dir import option_differences, resumable
 
@@ -122,7 +122,7 @@ def test_constructor_checks_name_the_block():
 
 def test_trainer_options_are_the_whole_chain_of_signatures_and_annotated():
     """The validator checks YAML values against these annotations: each YAML key needs one."""
-    params = _yaml_parameters(FARTrainer)
+    params = yaml_parameters(FARTrainer)
     assert {'objective', 'validation', 'total_steps', 'optimizer', 'checkpoint'} <= set(params)
     assert not {'accelerator', 'model', 'autoencoder', 'datasets'} & set(params)  # built by train.py
     for name, param in params.items():

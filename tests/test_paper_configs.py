@@ -4,7 +4,6 @@ recipe (v3 Table 8) and each benchmark's evaluation (v3 Tables 3-5, as FAR's own
 
 No data and no weights: models and autoencoders are built on the meta device.
 """
-import inspect
 from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple, Optional, Tuple
@@ -13,7 +12,7 @@ import pytest
 import torch
 
 import far  # noqa: F401  (fills the registries)
-from far.experiment import load_experiment
+from far.experiment import load_experiment, setting
 from far.pipelines import FARSampling
 from far.registry import AUTOENCODERS, PROTOCOLS, TRAINERS
 
@@ -227,12 +226,12 @@ def test_training_follows_the_paper(name):
 
 def protocol_settings(block: dict) -> dict:
     """Every argument the protocol is built with, defaults and fixed ones included."""
-    target = PROTOCOLS.get(block['type'])
-    bound = inspect.signature(target).bind(**{k: v for k, v in block.items() if k != 'type'})
-    bound.apply_defaults()
     # latte fixes these inside its constructor: no context frames, one sample per video
     fixed = {'context_length': 0, 'num_trajectories': 1, 'every': 1, 'annotate_context': False}
-    return {**fixed, **getattr(target, 'fixed_kwargs', {}), **bound.arguments}
+    keys = ('context_length', 'unroll_length', 'num_trajectories', 'num_videos', 'every', 'seeds', 'metrics',
+            'annotate_context', 'reference_quirks')
+    found = {key: setting(PROTOCOLS, block, key) for key in keys}
+    return {**fixed, **{key: value for key, value in found.items() if value is not None}}
 
 
 @pytest.mark.parametrize('name', PAPER)

@@ -66,11 +66,12 @@ class Protocol:
     # metric name -> METRICS entry that scores it (a protocol may score a name with another entry)
     metric_types: Dict[str, str] = {}
 
-    def __init__(self, *, context_length: int, unroll_length: int, num_trajectories: int,
-                 num_videos: Optional[int], seeds: Sequence[int], metrics: Sequence[str], every: int,
-                 reference_quirks: bool, annotate_context: bool, weights: Optional[Dict[str, str]],
-                 fvd_min_frames: int, fvd_frames: Optional[int], fvd_resolution: Optional[int], fvd_batch_size: int,
-                 frame_batch_size: int):
+    def __init__(self, *, context_length: int, unroll_length: int, num_trajectories: int = 1,
+                 num_videos: Optional[int] = None, seeds: Sequence[int] = (0, ),
+                 metrics: Sequence[MetricName] = ALL_METRICS, every: int = 1, reference_quirks: bool = False,
+                 annotate_context: bool = False, weights: Optional[Dict[str, str]] = None, fvd_min_frames: int = 10,
+                 fvd_frames: Optional[int] = None, fvd_resolution: Optional[int] = None, fvd_batch_size: int = 32,
+                 frame_batch_size: int = 256):
         where = f'{self.name} protocol'
         if context_length < 0 or unroll_length < 1:
             raise ValueError(f'{where}: need context_length >= 0 and unroll_length >= 1, '
@@ -321,17 +322,9 @@ class MCVDProtocol(Protocol):
     name = 'mcvd'
 
     def __init__(self, *, context_length: int, unroll_length: int, num_trajectories: int = 100,
-                 num_videos: Optional[int] = 256, every: int = 1, seeds: Sequence[int] = (0, ),
-                 metrics: Sequence[MetricName] = ALL_METRICS, reference_quirks: bool = False,
-                 annotate_context: bool = False, weights: Optional[Dict[str, str]] = None,
-                 fvd_min_frames: int = 10, fvd_frames: Optional[int] = None, fvd_resolution: Optional[int] = None,
-                 fvd_batch_size: int = 32, frame_batch_size: int = 256):
+                 num_videos: Optional[int] = 256, **options):
         super().__init__(context_length=context_length, unroll_length=unroll_length,
-                         num_trajectories=num_trajectories, num_videos=num_videos, seeds=seeds, metrics=metrics,
-                         every=every, reference_quirks=reference_quirks, annotate_context=annotate_context,
-                         weights=weights, fvd_min_frames=fvd_min_frames, fvd_frames=fvd_frames,
-                         fvd_resolution=fvd_resolution, fvd_batch_size=fvd_batch_size,
-                         frame_batch_size=frame_batch_size)
+                         num_trajectories=num_trajectories, num_videos=num_videos, **options)
 
 
 @PROTOCOLS.register(aliases=('teco',))
@@ -344,18 +337,11 @@ class TECOProtocol(Protocol):
 
     name = 'teco'
 
-    def __init__(self, *, context_length: int = 144, unroll_length: int = 156, num_trajectories: int = 1,
-                 num_videos: Optional[int] = 256, every: int = 1, seeds: Sequence[int] = (0, 1, 2, 3),
-                 metrics: Sequence[MetricName] = ('mse', 'psnr', 'ssim', 'lpips'), reference_quirks: bool = False,
-                 annotate_context: bool = True, weights: Optional[Dict[str, str]] = None,
-                 fvd_min_frames: int = 10, fvd_frames: Optional[int] = None, fvd_resolution: Optional[int] = None,
-                 fvd_batch_size: int = 32, frame_batch_size: int = 256):
-        super().__init__(context_length=context_length, unroll_length=unroll_length,
-                         num_trajectories=num_trajectories, num_videos=num_videos, seeds=seeds, metrics=metrics,
-                         every=every, reference_quirks=reference_quirks, annotate_context=annotate_context,
-                         weights=weights, fvd_min_frames=fvd_min_frames, fvd_frames=fvd_frames,
-                         fvd_resolution=fvd_resolution, fvd_batch_size=fvd_batch_size,
-                         frame_batch_size=frame_batch_size)
+    def __init__(self, *, context_length: int = 144, unroll_length: int = 156, num_videos: Optional[int] = 256,
+                 seeds: Sequence[int] = (0, 1, 2, 3), metrics: Sequence[MetricName] = ('mse', 'psnr', 'ssim', 'lpips'),
+                 annotate_context: bool = True, **options):
+        super().__init__(context_length=context_length, unroll_length=unroll_length, num_videos=num_videos,
+                         seeds=seeds, metrics=metrics, annotate_context=annotate_context, **options)
 
 
 TECOFVDProtocol = PROTOCOLS.register(

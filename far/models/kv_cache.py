@@ -1,4 +1,6 @@
-"""Preallocated key/value cache of already-encoded frames, for every transformer layer.
+"""Preallocated key/value caches, for every transformer layer: ``KVCache`` (frames, growing: FAR's eager
+sampler), ``SlotKVCache`` (fixed slots addressed by tensors: FAR's static-shape sampler) and ``TokenKVCache``
+(tokens: NBP's block sampler), on the same buffers (``KVBuffers``).
 
 Frames are stored in encoding order along the token axis, after RMS norm and RoPE, so a cached frame is
 never recomputed. A forward pass with a cache writes the K/V of the frames it feeds right after the
@@ -41,19 +43,27 @@ class LayerKVCache:
         return keys[:, :, :end], values[:, :, :end]
 
 
-class KVCache:
+class KVBuffers:
+    """Preallocated keys/values ``[num_layers, B, H, max_tokens, head_dim]``, written in place by the layers."""
+
+    def __init__(self, num_layers: int, batch_size: int, num_heads: int, head_dim: int, max_tokens: int,
+                 device: torch.device, dtype: torch.dtype):
+        shape = (num_layers, batch_size, num_heads, max_tokens, head_dim)
+        # zeros, not empty: a masked slot never holds NaN that a zero attention weight would spread
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.batch_size, self.max_tokens = batch_size, max_tokens
+
+
+class KVCache(KVBuffers):
     """Keys/values ``[num_layers, B, H, max_tokens, head_dim]`` of the frames encoded so far.
 
     ``segments`` lists the committed frames as ``(first_frame, num_frames, tokens_per_frame)``; the first
     ``num_long_term_frames`` of them are FAR-Long long-term frames (level two).
     """
 
-    def __init__(self, num_layers: int, batch_size: int, num_heads: int, head_dim: int, max_tokens: int,
-                 device: torch.device, dtype: torch.dtype):
-        shape = (num_layers, batch_size, num_heads, max_tokens, head_dim)
-        self.keys = torch.empty(shape, device=device, dtype=dtype)
-        self.values = torch.empty(shape, device=device, dtype=dtype)
-        self.batch_size, self.max_tokens = batch_size, max_tokens
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.segments: List[Segment] = []
         self.num_long_term_frames = 0
 
@@ -79,6 +89,24 @@ class KVCache:
         self.num_long_term_frames = min(self.num_long_term_frames, num_frames)
 
 
+
+class TokenKVCache(KVBuffers):
+    """Keys/values of the tokens fed so far (NBP): a pass writes its tokens after the committed ones."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.length = 0  # tokens committed so far = position of the next fed token
+
+    def extend(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Write ``[B, H, n, head_dim]`` after the committed tokens; return the keys/values up to them."""
+        end = self.length + key.shape[2]
+        if key.shape[0] != self.batch_size or end > self.max_tokens:
+            raise ValueError(f'KV cache holds {self.max_tokens} tokens of batch {self.batch_size}: cannot add '
+                             f'{key.shape[2]} tokens of batch {key.shape[0]} after {self.length}')
+        self.keys[layer, :, :, self.length:end] = key
+        self.values[layer, :, :, self.length:end] = value
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
 def _first_frames(segments: Sequence[Segment], num_frames: int) -> List[Segment]:
     kept = []
     for first, count, tokens in segments:
@@ -89,7 +117,7 @@ def _first_frames(segments: Sequence[Segment], num_frames: int) -> List[Segment]
     return kept
 
 
-class SlotKVCache:
+class SlotKVCache(KVBuffers):
     """Keys/values in fixed slots for static-shape sampling: every pass has the same shapes, whatever the frame.
 
     A pass writes the keys/values of the tokens it feeds into the slots ``write_slots`` and attends over all
@@ -102,13 +130,11 @@ class SlotKVCache:
 
     def __init__(self, num_layers: int, batch_size: int, num_heads: int, head_dim: int, num_slots: int,
                  device: torch.device, dtype: torch.dtype):
-        shape = (num_layers, batch_size, num_heads, num_slots, head_dim)
-        self.keys = torch.zeros(shape, device=device, dtype=dtype)
-        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        super().__init__(num_layers, batch_size, num_heads, head_dim, num_slots, device, dtype)
         self.slot_frames = torch.full((num_slots,), -1, dtype=torch.long, device=device)
         self.write_slots = torch.zeros(0, dtype=torch.long, device=device)
         self.rope: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}  # patch size -> cos, sin [frames, n, d]
-        self.batch_size, self.num_slots = batch_size, num_slots
+        self.num_slots = num_slots
 
     def layer(self, index: int) -> 'SlotLayerKVCache':
         return SlotLayerKVCache(self, index)

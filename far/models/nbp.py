@@ -35,7 +35,7 @@ Parameter names are those of the reference GPT; the released Lightning checkpoin
 """
 import argparse
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional
 
 import torch
 import torch.nn as nn
@@ -46,34 +46,13 @@ from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from ..conditions import Condition
 from ..registry import MODELS, variant
+from .kv_cache import TokenKVCache
 
 # LLaMA ids of the class name, looked up from the dataset label (far.conditions)
 UCF101_TEXT_CONDITION = {'type': 'text', 'vocab_size': 32000, 'num_tokens': 8,
                          'class_text_ids': 'options/model_cfg/nbp/ucf101_class_text_ids.json'}
 CHECKPOINT_PREFIX = 'transformer.'  # the GPT inside the reference Lightning module
 BOV_ID = 0
-
-
-class TokenKVCache:
-    """Preallocated keys/values ``[num_layers, B, H, max_tokens, head_dim]`` of the tokens fed so far."""
-
-    def __init__(self, num_layers: int, batch_size: int, num_heads: int, head_dim: int, max_tokens: int,
-                 device: torch.device, dtype: torch.dtype):
-        shape = (num_layers, batch_size, num_heads, max_tokens, head_dim)
-        self.keys = torch.empty(shape, device=device, dtype=dtype)
-        self.values = torch.empty(shape, device=device, dtype=dtype)
-        self.batch_size, self.max_tokens = batch_size, max_tokens
-        self.length = 0  # tokens committed so far = position of the next fed token
-
-    def extend(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Write ``[B, H, n, head_dim]`` after the committed tokens; return the keys/values up to them."""
-        end = self.length + key.shape[2]
-        if key.shape[0] != self.batch_size or end > self.max_tokens:
-            raise ValueError(f'KV cache holds {self.max_tokens} tokens of batch {self.batch_size}: cannot add '
-                             f'{key.shape[2]} tokens of batch {key.shape[0]} after {self.length}')
-        self.keys[layer, :, :, self.length:end] = key
-        self.values[layer, :, :, self.length:end] = value
-        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
 
 # ----- transformer block -----
