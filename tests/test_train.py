@@ -131,7 +131,7 @@ def test_bad_key_stops_before_any_work(scripts, tmp_path):
     result = scripts.run('train.py', '-opt', str(scripts.demo), 'trainer.optimizer.lrr=0.1', cwd=tmp_path)
     assert result.returncode == 1
     assert (f'error: {scripts.demo}: trainer.optimizer.lrr: unknown key for OptimizerOptions (did you mean \'lr\'?); '
-            'allowed keys: betas, eps, lr, weight_decay') in result.stderr
+            'allowed keys: betas, decayed_modules, eps, lr, weight_decay') in result.stderr
     assert not (tmp_path / 'experiments').exists() and not (tmp_path / 'datasets').exists()
 
 
