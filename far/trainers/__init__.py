@@ -1,9 +1,11 @@
 """Trainers (registry TRAINERS): the shared training loop, generative trainers validated through their sampler
-(FAR), and the autoencoder trainer."""
+(FAR, Video DiT), and the autoencoder trainer."""
 from far.trainers.autoencoder_trainer import AutoencoderTrainer, ReconstructionValidation
 from far.trainers.base import CheckpointOptions, LogOptions, LRScheduleOptions, OptimizerOptions, Trainer
 from far.trainers.far_trainer import FARTrainer
 from far.trainers.generative import GenerativeTrainer, ValidationOptions
+from far.trainers.video_dit_trainer import VideoDiTTrainer
 
 __all__ = ['AutoencoderTrainer', 'CheckpointOptions', 'FARTrainer', 'GenerativeTrainer', 'LogOptions',
-           'LRScheduleOptions', 'OptimizerOptions', 'ReconstructionValidation', 'Trainer', 'ValidationOptions']
+           'LRScheduleOptions', 'OptimizerOptions', 'ReconstructionValidation', 'Trainer', 'ValidationOptions',
+           'VideoDiTTrainer']
