@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import List, Sequence
 
 from far.metrics.protocols import MetricName
-from far.options import Block, apply_overrides, load_yaml, validate
+from far.options import Block, OptionError, apply_overrides, load_yaml, validate
 from far.registry import DATASETS, PROTOCOLS
 
 
@@ -79,12 +79,11 @@ class StudyOptions:
     evaluation: StudyEvaluation
     prepare: List[Run] = ()         # trained first and not compared, e.g. the tokenizer a contender reads
 
-    def __post_init__(self):
-        labels = [contender.label for contender in self.contenders]
-        if not labels or len(set(labels)) != len(labels):
-            raise ValueError(f'contenders must be at least one, with unique labels, got {labels}')
-
 
 def load_study(path: str, overrides: Sequence[str] = ()) -> StudyOptions:
     """Read and validate a study file (``key.path=value`` overrides applied); raise OptionError on any problem."""
-    return validate(apply_overrides(load_yaml(path), overrides, file=path), StudyOptions, path)
+    study = validate(apply_overrides(load_yaml(path), overrides, file=path), StudyOptions, path)
+    labels = [contender.label for contender in study.contenders]
+    if not labels or len(set(labels)) != len(labels):
+        raise OptionError(path, 'contenders', f'must list at least one contender, with unique labels; got {labels}')
+    return study
