@@ -124,6 +124,10 @@ class FrameCausalAttention:
 class FullAttention:
     """Attention of every query over every key, earlier and later frames alike (a video diffusion transformer)."""
 
+    def prepare(self, dtype: torch.dtype) -> 'FullAttention':
+        """Nothing to build ahead of the blocks: there is no mask."""
+        return self
+
     def __call__(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         return F.scaled_dot_product_attention(query, key, value)
 
