@@ -19,7 +19,8 @@ from far.registry import AUTOENCODERS, PROTOCOLS, TRAINERS
 
 REPO = Path(__file__).resolve().parents[1]
 OPTIONS = REPO / 'options'
-EVERY_FILE = sorted(OPTIONS.rglob('*.yml'))
+STUDIES = set((OPTIONS / 'convergence').glob('*.yml'))  # study files, not experiments: tests/test_convergence.py
+EVERY_FILE = sorted(set(OPTIONS.rglob('*.yml')) - STUDIES)
 PAPER_FILES = sorted([*(OPTIONS / 'train' / 'far').rglob('*.yml'), *(OPTIONS / 'test' / 'far').rglob('*.yml')])
 RELEASED = 'experiments/pretrained_models/FAR_Models'
 
