@@ -132,6 +132,10 @@ def test_a_killed_study_resumes_without_redoing_finished_points(tmp_path):
     changed = FakeRuns()  # other evaluation settings: those points again, the trainings kept
     run_study(path, root, changed, ['evaluation.protocol.num_videos=3'])
     assert changed.launches == [] and len(changed.tests) == 4
+    longer = FakeRuns()  # another budget: new trainings (train.py archives the old ones), every point again
+    run_study(path, root, longer, ['training.total_steps=6'])
+    assert [command[-2:] for command in longer.launches] == [['trainer.validation=null', '--force-new']] * 2
+    assert len(longer.tests) == 8
 
 
 def test_contenders_share_the_budget_and_the_record_has_their_cost(tmp_path):

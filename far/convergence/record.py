@@ -36,11 +36,19 @@ class StudyRecord:
         self.data['contenders'][label] = entry
         self.save()
 
-    def add_training(self, name: str, key: str, seconds: float, cpu_seconds: float, done: bool):
-        """Add one train.py launch's time to the experiment's (reset when its options changed)."""
-        entry = self.training(name, key) or {'key': key, 'seconds': 0.0, 'cpu_seconds': 0.0, 'done': False}
+    def begin_training(self, name: str, key: str) -> bool:
+        """Note that ``name`` trains with options ``key`` (before its launch, so that a killed launch resumes);
+        return whether it was trained before with other options, whose run must then make way for a new one."""
+        replaced = name in self.data['trainings'] and self.training(name, key) is None
+        if replaced or name not in self.data['trainings']:
+            self.data['trainings'][name] = {'key': key, 'seconds': 0.0, 'cpu_seconds': 0.0, 'done': False}
+            self.save()
+        return replaced
+
+    def add_training_time(self, name: str, seconds: float, cpu_seconds: float, done: bool):
+        """Add one train.py launch's wall and CPU seconds to the experiment's."""
+        entry = self.data['trainings'][name]
         entry.update(seconds=entry['seconds'] + seconds, cpu_seconds=entry['cpu_seconds'] + cpu_seconds, done=done)
-        self.data['trainings'][name] = entry
         self.save()
 
     def add_point(self, point: dict):

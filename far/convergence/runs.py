@@ -85,11 +85,13 @@ class PreparedRun:
     def checkpoint(self, root: Path, step: int) -> Path:
         return self.folder(root) / 'checkpoints' / f'checkpoint-{step}'
 
-    def train_command(self, root: Path, processes: int, script: Path) -> List[str]:
+    def train_command(self, root: Path, processes: int, script: Path, fresh: bool = False) -> List[str]:
+        """train.py on this run; ``fresh``: archive what its folder holds and start anew (``--force-new``)."""
         launcher = [sys.executable]
         if processes > 1:  # --multi_gpu also on CPUs: accelerate otherwise starts a single process
             launcher += ['-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', str(processes)]
-        return [*launcher, str(script), '-opt', self.file, '--root', str(root), *self.overrides]
+        return [*launcher, str(script), '-opt', self.file, '--root', str(root), *self.overrides,
+                *(['--force-new'] if fresh else [])]
 
     def test_overrides(self, evaluation: Evaluation, root: Path, step: int) -> List[str]:
         return [*self.overrides, *evaluation_overrides(evaluation.dataset, evaluation.protocol, evaluation.batch_size,

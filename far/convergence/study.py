@@ -2,9 +2,10 @@
 
 The runs to prepare first (e.g. a tokenizer a contender reads) are trained; then, for each contender, the FLOPs of
 its training step are counted, it is trained with train.py (``training.processes`` processes; a run started
-again resumes from its newest checkpoint, as train.py does) and every evaluated checkpoint is scored with
-test.py's machinery, in this process. Each point is recorded in ``points.json`` as soon as it is scored, so a
-study started again after a kill skips what is done; finally the report (``report.md``, ``convergence.png``).
+again resumes from its newest checkpoint, as train.py does; one trained before with other options, e.g. another
+budget, starts anew, its old folder archived) and every evaluated checkpoint is scored with test.py's machinery, in
+this process. Each point is recorded in ``points.json`` as soon as it is scored, so a study started again after a
+kill skips what is done; finally the report (``report.md``, ``convergence.png``).
 """
 import argparse
 import logging
@@ -85,16 +86,17 @@ class Study:
                     f'per clip')
 
     def _train(self, run: PreparedRun):
-        steps = run.options.trainer['total_steps']
-        done = self.record.training(run.options.name, run.training_key)
+        name, steps = run.options.name, run.options.trainer['total_steps']
+        done = self.record.training(name, run.training_key)
         if done is not None and done['done'] and run.checkpoint(self.folder, steps).is_dir():
             return
-        command = run.train_command(self.folder, self.study.training.processes, self.train_script)
+        # trained before with other options (e.g. another budget): a new run, as a planned one would go
+        replaced = self.record.begin_training(name, run.training_key)
+        command = run.train_command(self.folder, self.study.training.processes, self.train_script, replaced)
         logger.info(f'{run.label}: training: {shlex.join(command)}')
         start, cpu = time.perf_counter(), _children_cpu_seconds()
         status = self.launch(command)
-        self.record.add_training(run.options.name, run.training_key, time.perf_counter() - start,
-                                 _children_cpu_seconds() - cpu, done=status == 0)
+        self.record.add_training_time(name, time.perf_counter() - start, _children_cpu_seconds() - cpu, status == 0)
         if status != 0:
             raise StudyError(f'{self.file}: {run.where}: training {run.label} failed (exit status {status}); its log '
                              f'is in {run.folder(self.folder)}; the command: {shlex.join(command)}')
