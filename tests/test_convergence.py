@@ -11,9 +11,11 @@ import yaml
 import far  # noqa: F401  (fills the registries)
 from far.convergence import Study, load_study
 from far.options import OptionError
+from far.registry import TRAINERS
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_STUDY = REPO / 'options' / 'convergence' / 'moving_shapes_cpu.yml'
+NBP = REPO / 'options' / 'convergence' / 'nbp'
 TINY = ['model.num_layers=1', 'model.num_attention_heads=1', 'trainer.lr_schedule.warmup_steps=1',
         'trainer.log.every=1', 'datasets.train.num_videos=8']
 
@@ -57,6 +59,22 @@ def test_the_study_files_and_their_contenders_validate(name):
     assert [run.label for run in study.runs['contenders']] == ['FAR', 'Video DiT']
     far, dit = (run.options for run in study.runs['contenders'])
     assert {k: v for k, v in far.model.items() if k != 'type'} == {k: v for k, v in dit.model.items() if k != 'type'}
+
+
+@pytest.mark.skipif('NBPTrainer' not in TRAINERS, reason='NBP models train in the framework once NBPTrainer exists')
+def test_the_nbp_contenders_join_the_cpu_study(tmp_path):
+    study = yaml.safe_load(CPU_STUDY.read_text())
+    study['prepare'] = [{'experiment': str(NBP / 'nbp_tokenizer_moving_shapes_16px.yml')}]
+    tokenizer = f'experiments/{study["name"]}/nbp_tokenizer_moving_shapes_16px/checkpoints'
+    study['contenders'] += [{'label': label, 'experiment': str(NBP / f'{name}_moving_shapes_16px.yml'),
+                             'overrides': [f'autoencoder.checkpoint={tokenizer}']}
+                            for label, name in (('token AR (NBP, k = 1)', 'nbp_k1'), ('NBP, k = 4', 'nbp_k4'))]
+    path = tmp_path / 'study.yml'
+    path.write_text(yaml.safe_dump(study))
+    runs = Study(study=load_study(str(path)), file=str(path), root='unused', train_script=Path('train.py'),
+                 test=None).runs
+    assert [run.options.name for run in runs['prepare']] == ['nbp_tokenizer_moving_shapes_16px']
+    assert len(runs['contenders']) == 4
 
 
 def test_errors_name_the_file_and_the_key(tmp_path):
