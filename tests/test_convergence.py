@@ -156,6 +156,19 @@ def test_a_killed_study_resumes_without_redoing_finished_points(tmp_path):
     assert len(longer.tests) == 8
 
 
+def test_sampling_variants_share_one_training(tmp_path):
+    dit = str(REPO / 'options/convergence/contenders/video_dit_moving_shapes_16px.yml')
+    variants = [{'label': 'Video DiT', 'experiment': dit},
+                {'label': 'Video DiT, whole video at once', 'experiment': dit, 'overrides': ['test.sampler.window=null']}]
+    path = tiny_study(tmp_path, contenders=variants)
+    fake = FakeRuns()
+    run_study(path, tmp_path / 'experiments', fake)
+    assert len(fake.launches) == 1 and len(fake.tests) == 6  # trained once, scored twice
+    variants[1]['overrides'] = ['trainer.optimizer.lr=0.01']
+    error = study_error(tiny_study(tmp_path, contenders=variants))
+    assert "contenders[1]: trains experiment 'video_dit_moving_shapes_16px' as contenders[0] does" in error
+
+
 def test_contenders_share_the_budget_and_the_record_has_their_cost(tmp_path):
     path, root = tiny_study(tmp_path), tmp_path / 'experiments'
     fake = FakeRuns()

@@ -28,6 +28,7 @@ def flow(value) -> str:
 
 
 def fingerprint(value) -> str:
+    """A short digest of options: equal options, equal digest."""
     return hashlib.sha256(json.dumps(to_dict(value), sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -56,7 +57,8 @@ def without_short_fvd(protocol: dict) -> Tuple[dict, Optional[str]]:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """One way a contender is scored: its name, the steps it covers and its test.py overrides (checkpoint aside)."""
+    """One way every contender is scored: its name, what test.py is given, the steps scored and a note (FVD left
+    out)."""
     name: str
     dataset: dict
     protocol: dict
@@ -133,17 +135,15 @@ def prepare_study(study: StudyOptions, file: str) -> Dict[str, List[PreparedRun]
     study; contenders sharing an experiment folder must share its training options (they differ in sampling).
     """
     prepared = {'prepare': [prepare(run, f'prepare[{i}]', (), file, f'prepare[{i}]')
-                            for i, run in enumerate(study.prepare)]}
-    contenders = []
-    for i, contender in enumerate(study.contenders):
-        contenders.append(_prepare_contender(contender, study, file, f'contenders[{i}]'))
+                            for i, run in enumerate(study.prepare)],
+                'contenders': [_prepare_contender(contender, study, file, f'contenders[{i}]')
+                               for i, contender in enumerate(study.contenders)]}
     by_folder: Dict[str, PreparedRun] = {}
-    for run in [*prepared['prepare'], *contenders]:
+    for run in [*prepared['prepare'], *prepared['contenders']]:
         other = by_folder.setdefault(run.options.name, run)
         if other.training_key != run.training_key:
             raise OptionError(file, run.where, f"trains experiment '{run.options.name}' as {other.where} does, with "
                                                f"other training options; give one of them another name=...")
-    prepared['contenders'] = contenders
     return prepared
 
 
