@@ -154,6 +154,8 @@ def test_a_killed_study_resumes_without_redoing_finished_points(tmp_path):
     run_study(path, root, longer, ['training.total_steps=6'])
     assert [command[-2:] for command in longer.launches] == [['trainer.validation=null', '--force-new']] * 2
     assert len(longer.tests) == 8
+    record = json.loads((root / 'tiny_study' / 'points.json').read_text())  # the 4-step run's points are gone
+    assert sorted(p['step'] for p in record['points'] if p['contender'] == 'FAR') == [2, 4, 6, 6]
 
 
 def test_sampling_variants_share_one_training(tmp_path):

@@ -4,7 +4,7 @@ after every change through a temporary file and a rename: a kill never leaves ha
 import json
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Set
 
 
 class StudyRecord:
@@ -57,6 +57,13 @@ class StudyRecord:
         self.data['points'] = [p for p in self.data['points']
                                if (p['contender'], p['evaluation'], p['step']) != same] + [point]
         self.save()
+
+    def drop_stale_points(self, label: str, keys: Set[str]):
+        """Forget the points of ``label`` scored with options other than ``keys`` (the study's current ones)."""
+        kept = [p for p in self.data['points'] if p['contender'] != label or p['key'] in keys]
+        if len(kept) != len(self.data['points']):
+            self.data['points'] = kept
+            self.save()
 
     def save(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)

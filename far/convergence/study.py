@@ -61,6 +61,7 @@ class Study:
         for run in self.runs['prepare']:
             self._train(run)
         for run in self.runs['contenders']:
+            self.record.drop_stale_points(run.label, {run.evaluation_key(e) for e in self.evaluations})
             self._measure(run)
             self._train(run)
             for evaluation in self.evaluations:
