@@ -3,7 +3,7 @@ evaluated step, the roll-outs' scores per bucket of frames) and ``convergence.pn
 FLOPs, one line per contender, and the roll-outs' PSNR along the predicted frames)."""
 import re
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from far.convergence.options import CONVERGENCE, StudyOptions
 from far.convergence.record import StudyRecord
@@ -44,15 +44,17 @@ def markdown(record: StudyRecord, study: StudyOptions, runs: Sequence[PreparedRu
              f'Every contender: {budget.total_steps} steps of {budget.batch_size} clips per process x '
              f'{budget.processes} process(es); scored every {budget.evaluate_every} steps, and rolled out at the last '
              f'step. Training FLOPs are counted on one step (forward and backward).', '']
-    lines += [f'* {e.note} ({e.name})' for e in evaluations if e.note] + ([''] if any(e.note for e in evaluations)
-                                                                          else [])
+    notes = [f'* {e.note} ({e.name})' for e in evaluations if e.note]
+    lines += notes + [''] * bool(notes)
     rows = []
     for run in runs:
         cost = record.data['contenders'].get(run.label, {})
         training = record.training(run.options.name, run.training_key) or {}
-        rows.append([run.label, f"{cost.get('parameters', 0):,}", _value(cost.get('flops_per_step')),
-                     _minutes(training.get('seconds', 0)), _minutes(training.get('cpu_seconds', 0)), run.file])
-    lines += _table(['contender', 'trained parameters', 'training FLOPs per step', 'training wall time',
+        flops = cost.get('flops_per_step')
+        rows.append([run.label, f"{cost.get('parameters', 0):,}", _value(flops),
+                     _value(flops and flops * budget.total_steps), _minutes(training.get('seconds', 0)),
+                     _minutes(training.get('cpu_seconds', 0)), run.file])
+    lines += _table(['contender', 'trained parameters', 'training FLOPs per step', 'training FLOPs', 'training wall time',
                      'training CPU time', 'experiment'], rows) + ['']
     for metric in study.evaluation.metrics:
         lines += [f'## {metric} at each evaluated step', '']
@@ -80,17 +82,30 @@ def _final_points(record: StudyRecord, run: PreparedRun, evaluations: Sequence[E
     return {e.name: p for e in evaluations for p in record.points(run.label, e.name) if p['step'] == last}
 
 
+def _longest(points: Dict[str, dict]) -> Optional[Tuple[str, dict]]:
+    """The ``(evaluation, point)`` of ``points`` with the most buckets of frames (the longest roll-out), if any."""
+    ranked = [(len(buckets(point['metrics'], ROLLOUT_METRIC)), name, point) for name, point in points.items()]
+    count, name, point = max(ranked, default=(0, None, None), key=lambda entry: entry[0])
+    return (name, point) if count else None
+
+
 def _rollout_section(record: StudyRecord, runs: Sequence[PreparedRun], evaluations: Sequence[Evaluation]) -> List[str]:
-    rows, widest = [], []
+    rows, longest = [], None
     for run in runs:
-        for name, point in _final_points(record, run, evaluations).items():
+        points = _final_points(record, run, evaluations)
+        for name, point in points.items():
             scored = buckets(point['metrics'], ROLLOUT_METRIC)
             if scored:
-                widest = max(widest, [f'{first}-{last}' for first, last, _ in scored], key=len)
                 rows.append([run.label, name, *(_value(v) for _, _, v in scored)])
-    if not rows:
+        longest = longest or _longest(points)
+    if longest is None:
         return []
-    header = ['contender', 'evaluation', *(f'frames {b}' for b in widest)]
+    name, point = longest
+    scored = buckets(point['baselines'].get(BASELINE, {}), ROLLOUT_METRIC)
+    if scored:
+        rows.append(['copying the last context frame', name, *(_value(v) for _, _, v in scored)])
+    header = ['contender', 'evaluation', *(f'frames {first}-{last}'
+                                         for first, last, _ in buckets(point['metrics'], ROLLOUT_METRIC))]
     return [f'## Length generalisation: {ROLLOUT_METRIC} per bucket of predicted frames (final weights)', '',
             *_table(header, [row + [''] * (len(header) - len(row)) for row in rows]), '']
 
@@ -123,17 +138,21 @@ def plot(record: StudyRecord, study: StudyOptions, runs: Sequence[PreparedRun], 
 
 
 def _plot_rollouts(axis, record: StudyRecord, runs: Sequence[PreparedRun], evaluations: Sequence[Evaluation]):
-    styles = ['-', '--', ':', '-.']
-    colours = {run.label: f'C{i}' for i, run in enumerate(runs)}
+    """Each contender's longest roll-out, and copying the last context frame on the same clips."""
+    baseline = None
     for run in runs:
-        for index, (name, point) in enumerate(_final_points(record, run, evaluations).items()):
+        longest = _longest(_final_points(record, run, evaluations))
+        if longest is not None:
+            name, point = longest
             scored = buckets(point['metrics'], ROLLOUT_METRIC)
-            if scored:
-                axis.plot([(first + last) / 2 for first, last, _ in scored], [v for _, _, v in scored],
-                          color=colours[run.label], linestyle=styles[index % len(styles)], marker='.',
-                          label=f'{run.label}, {name}')
+            axis.plot([(first + last) / 2 for first, last, _ in scored], [v for _, _, v in scored], marker='.',
+                      label=f'{run.label} ({name})')
+            baseline = baseline or buckets(point['baselines'].get(BASELINE, {}), ROLLOUT_METRIC)
+    if baseline:
+        axis.plot([(first + last) / 2 for first, last, _ in baseline], [v for _, _, v in baseline], color='grey',
+                  linestyle='--', label='copy last frame')
     axis.set(xlabel='frame index', ylabel=ROLLOUT_METRIC, title=f'{ROLLOUT_METRIC} along the roll-out (final weights)')
-    axis.legend(fontsize='small')
+    axis.legend()
 
 
 def write_report(record: StudyRecord, study: StudyOptions, runs: Sequence[PreparedRun],
