@@ -171,6 +171,20 @@ def test_sampling_variants_share_one_training(tmp_path):
     assert "contenders[1]: trains experiment 'video_dit_moving_shapes_16px' as contenders[0] does" in error
 
 
+def test_a_contender_reading_a_prepared_run_depends_on_it(tmp_path):
+    far_file, dit_file = (str(REPO / f'options/convergence/contenders/{name}_moving_shapes_16px.yml')
+                          for name in ('far', 'video_dit'))
+    warm = {'experiment': far_file, 'overrides': [*TINY, 'name=warm_start']}
+    path = tiny_study(tmp_path, prepare=[warm], contenders=[
+        {'label': 'Video DiT from FAR', 'experiment': dit_file,
+         'overrides': ['pretrained=experiments/tiny_study/warm_start/checkpoints/checkpoint-2000/model.safetensors']},
+        {'label': 'FAR', 'experiment': far_file}])
+    runs = Study(study=load_study(str(path)), file=str(path), root='unused', train_script=Path('train.py'),
+                 test=None).runs
+    assert runs['contenders'][0].requires == (runs['prepare'][0].training_key,)
+    assert runs['contenders'][1].requires == ()
+
+
 def test_contenders_share_the_budget_and_the_record_has_their_cost(tmp_path):
     path, root = tiny_study(tmp_path), tmp_path / 'experiments'
     fake = FakeRuns()

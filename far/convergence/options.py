@@ -9,6 +9,8 @@ from far.metrics.protocols import MetricName
 from far.options import Block, OptionError, apply_overrides, load_yaml, validate
 from far.registry import DATASETS, PROTOCOLS
 
+CONVERGENCE = 'convergence'  # the name of the evaluation at every step (rollouts are named by their label)
+
 
 @dataclass(frozen=True)
 class Run:
@@ -66,9 +68,6 @@ class StudyEvaluation:
         labels = [rollout.label for rollout in self.rollouts]
         if len(set(labels)) != len(labels) or CONVERGENCE in labels:
             raise ValueError(f"rollout labels must be unique and other than '{CONVERGENCE}', got {labels}")
-
-
-CONVERGENCE = 'convergence'  # the name of the evaluation at every step (rollouts are named by their label)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ A contender is trained with its own file and overrides plus the budget's (steps,
 evaluated step, none pruned, no validation), into ``<root>/<study name>/<experiment name>/``; each evaluation is
 test.py on one checkpoint with the study's dataset (added as ``datasets.convergence_eval``), protocol and batch.
 """
+import dataclasses
 import hashlib
 import json
 import sys
@@ -75,11 +76,13 @@ class PreparedRun:
     overrides: List[str]
     options: ExperimentOptions
     where: str                      # its key in the study file, for errors
+    requires: Tuple[str, ...] = ()  # the training keys of the prepared runs it reads
 
     @property
     def training_key(self) -> str:
-        """What the trained weights depend on: every option but the ``test`` section."""
-        return fingerprint({k: v for k, v in to_dict(self.options).items() if k != 'test'})
+        """What the trained weights depend on: every option but the ``test`` section, and the runs it reads."""
+        options = {k: v for k, v in to_dict(self.options).items() if k != 'test'}
+        return fingerprint([options, *self.requires] if self.requires else options)
 
     def folder(self, root: Path) -> Path:
         return root / self.options.name
@@ -134,9 +137,9 @@ def prepare_study(study: StudyOptions, file: str) -> Dict[str, List[PreparedRun]
     A contender must be able to train (``trainer``) and be tested (``test.sampler``) with every evaluation of the
     study; contenders sharing an experiment folder must share its training options (they differ in sampling).
     """
-    prepared = {'prepare': [prepare(run, f'prepare[{i}]', (), file, f'prepare[{i}]')
-                            for i, run in enumerate(study.prepare)],
-                'contenders': [_prepare_contender(contender, study, file, f'contenders[{i}]')
+    first = [prepare(run, f'prepare[{i}]', (), file, f'prepare[{i}]') for i, run in enumerate(study.prepare)]
+    prepared = {'prepare': first,
+                'contenders': [_reads(_prepare_contender(contender, study, file, f'contenders[{i}]'), first)
                                for i, contender in enumerate(study.contenders)]}
     by_folder: Dict[str, PreparedRun] = {}
     for run in [*prepared['prepare'], *prepared['contenders']]:
@@ -145,6 +148,13 @@ def prepare_study(study: StudyOptions, file: str) -> Dict[str, List[PreparedRun]
             raise OptionError(file, run.where, f"trains experiment '{run.options.name}' as {other.where} does, with "
                                                f"other training options; give one of them another name=...")
     return prepared
+
+
+def _reads(run: PreparedRun, first: Sequence[PreparedRun]) -> PreparedRun:
+    """``run`` depending on the prepared runs whose experiment it names (e.g. a tokenizer's checkpoint folder), so
+    that it is trained again when one of them is."""
+    text = json.dumps(to_dict(run.options))
+    return dataclasses.replace(run, requires=tuple(p.training_key for p in first if p.options.name in text))
 
 
 def _prepare_contender(contender: Contender, study: StudyOptions, file: str, where: str) -> PreparedRun:
