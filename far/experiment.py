@@ -208,15 +208,26 @@ def _check_dataset_conditions(opt: ExperimentOptions, key: str, condition: Optio
                                     f'{provided[field]}; set the model to {provided[field]}')
 
 
+def _family(model_class: type) -> set:
+    """The most derived of the classes samplers declare (``model_class``) that ``model_class`` belongs to: a
+    VideoDiT (a FAR with its own sampler) is sampled by VideoDiT's sampler only, a FAR_Long by FAR's."""
+    declared = {getattr(PIPELINES.get(name), 'model_class', object) for name in PIPELINES.keys()} - {object}
+    fitting = {cls for cls in declared if issubclass(model_class, cls)}
+    return {cls for cls in fitting if not any(other is not cls and issubclass(other, cls) for other in fitting)}
+
+
 def _check_sampling(opt: ExperimentOptions, sampling: _Sampling, condition: Optional[Condition], fail):
     where = f'{sampling.path}.sampler'
     sampler_class = PIPELINES.get(sampling.sampler['type'])
     if opt.model is not None:
         model_class = _entry_class(MODELS, opt.model['type'])
         accepted = getattr(sampler_class, 'model_class', object)
-        if not issubclass(model_class, accepted):
+        family = _family(model_class)
+        if accepted is not object and accepted not in family:
+            samplers = [n for n in PIPELINES.keys() if getattr(PIPELINES.get(n), 'model_class', None) in family]
             fail(f'{where}.type', f"{sampling.sampler['type']} samples {accepted.__name__} models, but model.type is "
-                                  f"{opt.model['type']}; choose the sampler of that model family")
+                                  f"{opt.model['type']}; choose the sampler of that model family: "
+                                  f"{', '.join(samplers) or 'none is registered'}")
     autoencoder_class = _entry_class(AUTOENCODERS, opt.autoencoder['type'])
     accepted = getattr(sampler_class, 'autoencoder_class', object)
     if not issubclass(autoencoder_class, accepted):

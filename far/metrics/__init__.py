@@ -12,11 +12,12 @@ from .lpips import LPIPS, LPIPSMetric
 from .memory import MemoryProtocol
 from .pixel import MSE, PSNR, SSIM
 from .protocols import LatteProtocol, MCVDProtocol, Protocol, TECOProtocol
+from .rollout import RolloutProtocol
 from .round_trip import mp4_round_trip, paired_mp4_round_trip
 from .weights import MissingWeightsError, resolve_weights
 
 __all__ = [
     'FrameMetric', 'exact_math', 'environment_info', 'FVD', 'frechet_distance', 'InceptionI3d', 'load_i3d',
     'LPIPS', 'LPIPSMetric', 'MemoryProtocol', 'MSE', 'PSNR', 'SSIM', 'LatteProtocol', 'MCVDProtocol', 'Protocol', 'TECOProtocol',
-    'mp4_round_trip', 'paired_mp4_round_trip', 'MissingWeightsError', 'resolve_weights',
+    'RolloutProtocol', 'mp4_round_trip', 'paired_mp4_round_trip', 'MissingWeightsError', 'resolve_weights',
 ]

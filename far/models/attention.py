@@ -1,4 +1,5 @@
-"""Frame-causal attention: full inside a frame, causal across frames, optional linear temporal bias.
+"""Frame-causal attention: full inside a frame, causal across frames, optional linear temporal bias (and
+``FullAttention``, over the whole clip, for the video diffusion baseline).
 
 A token sequence is described by *segments* ``(first_frame, num_frames, tokens_per_frame)``, frame-major,
 so that masks can be built (and cached) from the layout alone. Two backends:
@@ -131,6 +132,17 @@ class FrameCausalAttention:
             flex = _flex_attention(query.device)
             return flex(query, key, value, score_mod=self.score_mod(), block_mask=self.block_mask())
         return F.scaled_dot_product_attention(query, key, value, attn_mask=self.dense_mask(query.dtype))
+
+
+class FullAttention:
+    """Attention of every query over every key, earlier and later frames alike (a video diffusion transformer)."""
+
+    def prepare(self, dtype: torch.dtype) -> 'FullAttention':
+        """Nothing to build ahead of the blocks: there is no mask."""
+        return self
+
+    def __call__(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(query, key, value)
 
 
 class SlotAttention:

@@ -74,8 +74,17 @@ class FlowMatchingObjective:
         sigmas = scheduler.sigmas[indices].reshape(batch, frames).to(device)
         return timesteps, sigmas
 
+    def clean_frames(self, batch: int, frames: int, window: int, device,
+                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """``[batch, frames]`` bool: the frames kept clean, a random ``clean_context_ratio`` of them (and, for
+        ``long_context`` training, every frame before the last ``window``)."""
+        clean = torch.rand((batch, frames), generator=generator, device=device) < self.clean_context_ratio
+        if self.training_type == 'long_context':
+            clean[:, :max(frames - window, 0)] = True
+        return clean
+
     def noise(self, latents: torch.Tensor, window: int, generator: Optional[torch.Generator] = None) -> NoisedFrames:
-        """Noise ``latents`` [B, T, C, H, W] frame by frame and choose the clean context frames."""
+        """Noise ``latents`` [B, T, C, H, W] at timesteps drawn by ``sample_timesteps``; keep the ``clean_frames``."""
         batch, frames = latents.shape[:2]
         device = latents.device
         noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
@@ -83,9 +92,7 @@ class FlowMatchingObjective:
         sigmas = sigmas.to(latents.dtype)[..., None, None, None]
         inputs = (1.0 - sigmas) * latents + sigmas * noise
 
-        clean = torch.rand((batch, frames), generator=generator, device=device) < self.clean_context_ratio
-        if self.training_type == 'long_context':
-            clean[:, :max(frames - window, 0)] = True
+        clean = self.clean_frames(batch, frames, window, device, generator)
         inputs = torch.where(clean[..., None, None, None], latents, inputs)
         timesteps = timesteps.masked_fill(clean, CLEAN_TIMESTEP)
         return NoisedFrames(inputs, timesteps, noise - latents, clean)

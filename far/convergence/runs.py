@@ -1,0 +1,170 @@
+"""How a study runs its experiments through train.py and test.py: the overrides that give every contender the
+study's budget and evaluation, the resolved options (checked before any work), and the training command.
+
+A contender is trained with its own file and overrides plus the budget's (steps, batch, a checkpoint at every
+evaluated step, none pruned, no validation), into ``<root>/<study name>/<experiment name>/``; each evaluation is
+test.py on one checkpoint with the study's dataset (added as ``datasets.convergence_eval``), protocol and batch.
+"""
+import dataclasses
+import hashlib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import yaml
+
+from far.convergence.options import CONVERGENCE, Contender, Run, StudyOptions, TrainingBudget
+from far.experiment import ExperimentOptions, load_experiment, setting
+from far.options import OptionError, to_dict
+from far.registry import PROTOCOLS
+
+EVALUATION_DATASET = 'convergence_eval'  # the datasets key the study's evaluation clips are added under
+
+
+def flow(value) -> str:
+    """``value`` as one line of YAML, as a command-line override takes it."""
+    return yaml.safe_dump(to_dict(value), default_flow_style=True, width=2 ** 16).strip()
+
+
+def fingerprint(value) -> str:
+    """A short digest of options: equal options, equal digest."""
+    return hashlib.sha256(json.dumps(to_dict(value), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def budget_overrides(budget: TrainingBudget) -> List[str]:
+    # validation samples during training: the study evaluates instead, the same way for every contender
+    return [f'trainer.total_steps={budget.total_steps}', f'trainer.batch_size={budget.batch_size}',
+            f'trainer.checkpoint.every={budget.evaluate_every}', 'trainer.checkpoint.keep=null',
+            'trainer.validation=null']
+
+
+def evaluation_overrides(dataset: dict, protocol: dict, batch_size: int, checkpoint: str) -> List[str]:
+    return [f'datasets.{EVALUATION_DATASET}={flow(dataset)}', f'test.dataset={EVALUATION_DATASET}',
+            f'test.protocol={flow(protocol)}', f'test.batch_size={batch_size}', f'test.checkpoint={checkpoint}']
+
+
+def without_short_fvd(protocol: dict) -> Tuple[dict, Optional[str]]:
+    """``protocol`` without FVD when its videos are shorter than I3D takes (``fvd_min_frames``), and a note saying
+    so; ``protocol`` itself (and no note) otherwise."""
+    frames = (setting(PROTOCOLS, protocol, 'context_length') or 0) + setting(PROTOCOLS, protocol, 'unroll_length')
+    metrics, shortest = setting(PROTOCOLS, protocol, 'metrics'), setting(PROTOCOLS, protocol, 'fvd_min_frames')
+    if 'fvd' not in metrics or frames >= shortest:
+        return protocol, None
+    kept = [metric for metric in metrics if metric != 'fvd']
+    return {**protocol, 'metrics': kept}, f'FVD skipped: {frames}-frame videos, I3D takes at least {shortest}'
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One way every contender is scored: its name, what test.py is given, the steps scored and a note (FVD left
+    out)."""
+    name: str
+    dataset: dict
+    protocol: dict
+    batch_size: int
+    steps: Sequence[int]
+    note: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    """An experiment of the study with its overrides resolved: ``options`` as train.py reads them."""
+    label: str
+    file: str
+    overrides: List[str]
+    options: ExperimentOptions
+    where: str                      # its key in the study file, for errors
+    requires: Tuple[str, ...] = ()  # the training keys of the prepared runs it reads
+
+    @property
+    def training_key(self) -> str:
+        """What the trained weights depend on: every option but the ``test`` section, and the runs it reads."""
+        options = {k: v for k, v in to_dict(self.options).items() if k != 'test'}
+        return fingerprint([options, *self.requires] if self.requires else options)
+
+    def folder(self, root: Path) -> Path:
+        return root / self.options.name
+
+    def checkpoint(self, root: Path, step: int) -> Path:
+        return self.folder(root) / 'checkpoints' / f'checkpoint-{step}'
+
+    def train_command(self, root: Path, processes: int, script: Path, fresh: bool = False) -> List[str]:
+        """train.py on this run; ``fresh``: archive what its folder holds and start anew (``--force-new``)."""
+        launcher = [sys.executable]
+        if processes > 1:  # --multi_gpu also on CPUs: accelerate otherwise starts a single process
+            launcher += ['-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', str(processes)]
+        return [*launcher, str(script), '-opt', self.file, '--root', str(root), *self.overrides,
+                *(['--force-new'] if fresh else [])]
+
+    def test_overrides(self, evaluation: Evaluation, root: Path, step: int) -> List[str]:
+        return [*self.overrides, *evaluation_overrides(evaluation.dataset, evaluation.protocol, evaluation.batch_size,
+                                                       str(self.checkpoint(root, step)))]
+
+    def evaluation_key(self, evaluation: Evaluation) -> str:
+        """What a score depends on: the weights, the sampler, and the evaluation."""
+        test = to_dict(self.options.test)
+        return fingerprint([self.training_key, test['sampler'], test['use_ema'], evaluation.dataset,
+                            evaluation.protocol])
+
+
+def evaluations(study: StudyOptions) -> List[Evaluation]:
+    """The evaluation at every evaluated step, then the rollouts at the last."""
+    opt, budget = study.evaluation, study.training
+    named = [(CONVERGENCE, opt.dataset, opt.protocol, budget.steps()),
+             *((r.label, r.dataset, r.protocol, [budget.total_steps]) for r in opt.rollouts)]
+    scored = []
+    for name, dataset, protocol, steps in named:
+        protocol, note = without_short_fvd(protocol)
+        scored.append(Evaluation(name, dataset, protocol, opt.batch_size, steps, note))
+    return scored
+
+
+def prepare(run: Run, label: str, extra: Sequence[str], file: str, where: str) -> PreparedRun:
+    """``run`` resolved with ``extra`` overrides; an OptionError names the study ``file`` and ``where`` too."""
+    overrides = [*run.overrides, *extra]
+    try:
+        options = load_experiment(run.experiment, overrides)
+    except OptionError as error:
+        raise OptionError(file, where, str(error)) from None
+    return PreparedRun(label, run.experiment, overrides, options, where)
+
+
+def prepare_study(study: StudyOptions, file: str) -> Dict[str, List[PreparedRun]]:
+    """Every run of the study resolved and checked before any work: ``{'prepare': [...], 'contenders': [...]}``.
+
+    A contender must be able to train (``trainer``) and be tested (``test.sampler``) with every evaluation of the
+    study; contenders sharing an experiment folder must share its training options (they differ in sampling).
+    """
+    first = [prepare(run, f'prepare[{i}]', (), file, f'prepare[{i}]') for i, run in enumerate(study.prepare)]
+    prepared = {'prepare': first,
+                'contenders': [_reads(_prepare_contender(contender, study, file, f'contenders[{i}]'), first)
+                               for i, contender in enumerate(study.contenders)]}
+    by_folder: Dict[str, PreparedRun] = {}
+    for run in [*prepared['prepare'], *prepared['contenders']]:
+        other = by_folder.setdefault(run.options.name, run)
+        if other.training_key != run.training_key:
+            raise OptionError(file, run.where, f"trains experiment '{run.options.name}' as {other.where} does, with "
+                                               f"other training options; give one of them another name=...")
+    return prepared
+
+
+def _reads(run: PreparedRun, first: Sequence[PreparedRun]) -> PreparedRun:
+    """``run`` depending on the prepared runs whose experiment it names (e.g. a tokenizer's checkpoint folder), so
+    that it is trained again when one of them is."""
+    text = json.dumps(to_dict(run.options))
+    return dataclasses.replace(run, requires=tuple(p.training_key for p in first if p.options.name in text))
+
+
+def _prepare_contender(contender: Contender, study: StudyOptions, file: str, where: str) -> PreparedRun:
+    budget = budget_overrides(study.training)
+    run = prepare(contender, contender.label, budget, file, where)
+    for missing in ('trainer', 'test'):
+        if getattr(run.options, missing) is None:
+            raise OptionError(file, where, f'{contender.experiment} has no `{missing}` section; a contender is '
+                                           f'trained by its trainer and sampled by its test.sampler')
+    for evaluation in evaluations(study):
+        scored = evaluation_overrides(evaluation.dataset, evaluation.protocol, evaluation.batch_size, 'latest')
+        prepare(contender, contender.label, [*budget, *scored], file, f'{where} with evaluation {evaluation.name}')
+    return run

@@ -1,0 +1,194 @@
+"""Window sampler of the video diffusion transformer (``far.models.VideoDiT``): all new frames of a window are
+denoised together, with flow-matching Euler steps and classifier-free guidance, next to the context frames,
+which stay clean (timestep -1, inpainting-style) and attend to the new frames as these attend to them.
+
+A video longer than ``window`` frames is made window by window: each later window starts from the last
+``window_context`` frames made so far, kept clean, and adds ``window - window_context`` new frames, so the
+transformer never sees more frames than it was trained on. ``window: null`` denoises the whole video at once.
+"""
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Union
+
+import torch
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..conditions import Condition, Conditions
+from ..models.video_dit import VideoDiT
+from ..objectives.flow_matching import CLEAN_TIMESTEP, FlowMatchSchedule
+from ..registry import PIPELINES
+from .base import VideoSampler
+
+
+@dataclass(frozen=True)
+class VideoDiTSampling:
+    """How :class:`VideoDiTPipeline` samples: the keys of a ``sampler: {type: VideoDiTPipeline, ...}`` YAML block.
+
+    Args:
+        num_inference_steps: Euler steps per window.
+        guidance_scale: > 1 classifier-free guidance, 1 none, -1 fully unconditional (null ids everywhere).
+        window: the most frames the transformer sees at once, context included (e.g. the training clip
+            length); ``None``: the whole video at once.
+        window_context: clean frames each later window starts from (``None``: as many as the call's context
+            frames, at least 1); fewer than ``window``.
+        scheduler: the flow-matching noise schedule stepped along (``num_train_timesteps`` as in training).
+    """
+    num_inference_steps: int = 50
+    guidance_scale: float = 1.0
+    window: Optional[int] = None
+    window_context: Optional[int] = None
+    scheduler: FlowMatchSchedule = FlowMatchSchedule()
+
+    def __post_init__(self):
+        if self.num_inference_steps < 1:
+            raise ValueError(f'num_inference_steps must be >= 1, got {self.num_inference_steps}')
+        if self.window is not None and self.window < 2:
+            raise ValueError(f'window must be >= 2 frames (context and new frames) or null, got {self.window}')
+        too_long = self.window is not None and self.window_context is not None and self.window_context >= self.window
+        if too_long or (self.window_context is not None and self.window_context < 1):
+            raise ValueError(f'window_context must be >= 1 and smaller than window ({self.window}), '
+                             f'got {self.window_context}')
+
+    @property
+    def guided(self) -> bool:
+        return self.guidance_scale > 1
+
+
+@PIPELINES.register()
+class VideoDiTPipeline(DiffusionPipeline, VideoSampler):
+    """Sampler for ``VideoDiT``.
+
+    Args:
+        transformer: a ``VideoDiT`` model.
+        vae: autoencoder wrapper (``encode`` video [B,T,3,H,W] in [0,1] -> scaled latents, ``decode`` back), or
+            ``None`` to sample latents only (``generate_latents``).
+        scheduler: a diffusers flow-matching scheduler; by default built from ``options.scheduler``.
+        options: :class:`VideoDiTSampling`; every generate call may change some of them.
+    """
+
+    model_cpu_offload_seq = 'transformer->vae'
+    model_class = VideoDiT
+    options_class = VideoDiTSampling
+
+    def __init__(self, transformer: VideoDiT, vae: Optional[torch.nn.Module] = None, scheduler=None,
+                 options: VideoDiTSampling = VideoDiTSampling()):
+        super().__init__()
+        if options.guidance_scale != 1 and transformer.condition is None:
+            raise ValueError(f'guidance_scale is {options.guidance_scale}, but the transformer is unconditional: '
+                             'guidance needs a label- or action-conditioned model; set it to 1')
+        self.register_modules(transformer=transformer, vae=vae,
+                              scheduler=scheduler if scheduler is not None else options.scheduler.build())
+        self.options = options
+
+    @property
+    def condition(self) -> Optional[Condition]:
+        return self.transformer.condition
+
+    def replace(self, **options) -> 'VideoDiTPipeline':
+        pipe = VideoDiTPipeline(transformer=self.transformer, vae=self.vae, scheduler=self.scheduler,
+                                options=self.options_with(**options))
+        pipe.set_progress_bar_config(**getattr(self, '_progress_bar_config', {}))
+        return pipe
+
+    def _model_conditions(self, conditions: Conditions, opt: VideoDiTSampling, batch: int, frames: int,
+                          device: torch.device) -> Conditions:
+        """Conditions of every frame as the transformer takes them; with guidance ``[unconditional, conditional]``."""
+        condition = self.condition
+        if condition is None:
+            if conditions is not None or opt.guided:
+                raise ValueError('the transformer is unconditional: pass conditions=None and guidance_scale <= 1')
+            return None
+        ids = condition.check(conditions, batch, frames,
+                              'the transformer (conditions must cover context and generated frames)').to(device)
+        if opt.guidance_scale == -1:
+            ids = condition.null(ids)
+        elif opt.guided:
+            ids = torch.cat([condition.null(ids), ids])
+        return {condition.kind: ids}
+
+    @staticmethod
+    def windows(num_context: int, total: int, opt: VideoDiTSampling) -> List[tuple]:
+        """``(first, start, end)`` of every pass: frames ``first:start`` are its clean context, ``start:end`` new."""
+        window = opt.window or total
+        keep = opt.window_context or max(num_context, 1)
+        passes, start = [], num_context
+        while start < total:
+            context = min(start, window - 1, num_context if start == num_context else keep)
+            end = min(total, start - context + window)
+            passes.append((start - context, start, end))
+            start = end
+        return passes
+
+    @torch.no_grad()
+    def generate_latents(self, context: Optional[torch.Tensor], noise: torch.Tensor, conditions: Conditions = None,
+                         **options) -> torch.Tensor:
+        """Generate ``Tg`` frames after the context, in latent space.
+
+        Args:
+            context: ``[B, Tc, C, H, W]`` clean (scaled) latents, or ``None``.
+            noise: ``[B, Tg, C, H, W]``: generated frame i starts from ``noise[:, i]``.
+            conditions: ``{'label': [B]}`` or ``{'action': [B, Tc + Tg]}`` (ids of every frame) or ``None``.
+            options: :class:`VideoDiTSampling` settings for this call.
+
+        Returns ``[B, Tc + Tg, C, H, W]``: the context followed by the generated frames.
+        """
+        opt = self.options_with(**options)
+        batch, num_new = noise.shape[:2]
+        num_context = 0 if context is None else context.shape[1]
+        if context is not None and (context.shape[0] != batch or context.shape[2:] != noise.shape[2:]):
+            raise ValueError(f'context {tuple(context.shape)} and noise {tuple(noise.shape)} must agree in batch '
+                             'size, channels and latent size')
+        video = torch.cat([context.float(), noise.float()], 1) if context is not None else noise.float()
+        conditions = self._model_conditions(conditions, opt, batch, num_context + num_new, noise.device)
+        for first, start, end in self.progress_bar(self.windows(num_context, num_context + num_new, opt)):
+            video[:, start:end] = self._denoise_window(
+                video[:, first:start], video[:, start:end], self.transformer.condition_frames(conditions, first, end),
+                opt)
+        return video
+
+    def _denoise_window(self, clean: torch.Tensor, x: torch.Tensor, conditions: Conditions,
+                        opt: VideoDiTSampling) -> torch.Tensor:
+        """Denoise the new frames ``x`` (noise ``[B, n, C, H, W]``) next to the clean frames ``clean``."""
+        num_clean = clean.shape[1]
+        self.scheduler.set_timesteps(opt.num_inference_steps, device=x.device)
+        for t in self.scheduler.timesteps:
+            frames = torch.cat([clean, x], dim=1)
+            timestep = torch.full(frames.shape[:2], CLEAN_TIMESTEP, device=x.device, dtype=t.dtype)
+            timestep[:, num_clean:] = t
+            if opt.guided:
+                frames, timestep = torch.cat([frames, frames]), torch.cat([timestep, timestep])
+            velocity = self.transformer(frames, timestep=timestep, conditions=conditions).sample[:, num_clean:]
+            if opt.guided:
+                uncond, cond = velocity.chunk(2)
+                velocity = uncond + opt.guidance_scale * (cond - uncond)
+            x = self.scheduler.step(velocity.float(), t, x).prev_sample
+        return x
+
+    @torch.no_grad()
+    def generate(self, context_video: Optional[torch.Tensor] = None, num_frames: int = 1,
+                 conditions: Conditions = None,
+                 generator: Union[torch.Generator, List[torch.Generator], None] = None, batch_size: int = 1,
+                 height: Optional[int] = None, width: Optional[int] = None, **options) -> torch.Tensor:
+        """Generate ``num_frames`` frames after ``context_video`` ``[B, Tc, 3, H, W]`` in [0, 1] (or from nothing:
+        then give ``batch_size``, ``height`` and ``width`` in pixels); returns ``[B, Tc + num_frames, 3, H, W]`` in
+        [0, 1], whose context frames are the autoencoder's reconstructions. ``generator`` seeds the noise (one per
+        video, or one for all)."""
+        if self.vae is None:
+            raise ValueError('VideoDiTPipeline.generate needs a vae; with vae=None use generate_latents')
+        if context_video is not None:
+            context = self.vae.encode(context_video.to(self.transformer.device))
+            batch_size, (latent_height, latent_width) = context.shape[0], context.shape[-2:]
+        else:
+            if height is None or width is None:
+                raise ValueError('VideoDiTPipeline.generate without context_video needs height and width (pixels)')
+            context = None
+            latent_height = height // self.vae.spatial_compression
+            latent_width = width // self.vae.spatial_compression
+        shape = (batch_size, num_frames, self.transformer.config.in_channels, latent_height, latent_width)
+        noise = randn_tensor(shape, generator=generator, device=self.transformer.device, dtype=torch.float32)
+        return self.vae.decode(self.generate_latents(context, noise, conditions, **options))
+
+    def predict(self, *, context: Optional[torch.Tensor], num_frames: int, conditions: Conditions,
+                generators: Sequence[torch.Generator], height: int, width: int) -> torch.Tensor:
+        return self.generate(context_video=context, num_frames=num_frames, conditions=conditions,
+                             generator=list(generators), batch_size=len(generators), height=height, width=width)
