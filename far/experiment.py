@@ -312,8 +312,9 @@ def _check_vocabulary(opt: ExperimentOptions, fail):
     vocabulary = setting(MODELS, opt.model, 'video_vocab_size')
     levels = setting(AUTOENCODERS, opt.autoencoder, 'fsq_levels')
     if vocabulary is not None and levels is not None and math.prod(levels) != vocabulary:
+        codes = math.prod(levels)
         fail('model.video_vocab_size', f'is {vocabulary}, but the codebook of autoencoder.fsq_levels {list(levels)} '
-                                       f'has {math.prod(levels)} codes; set model.video_vocab_size: {math.prod(levels)}')
+                                       f'has {codes} codes; set model.video_vocab_size: {codes}')
     size = setting(AUTOENCODERS, opt.autoencoder, 'image_size')
     for key, block in opt.datasets.items() if size is not None else ():
         resolution = setting(DATASETS, block, 'resolution')

@@ -6,7 +6,8 @@ context frames outlined in red and frame indices on top.
 that takes (of equal length), and shows at most ``MAX_FRAMES`` of them: all when they fit, else the frames up to
 the last one with the smallest stride at which the predicted frames fill at most three quarters of the room, so
 the last context frames come before them (a 48-frame clip with 16 predicted frames shows frames 16-47 in two
-lines; a 300-frame clip with 156 predicted, every 7th frame). ``grid.gif`` animates the same rows with one column per video, one picture per frame.
+lines; a 300-frame clip with 156 predicted, every 7th frame). ``grid.gif`` animates the same rows with one column
+per video, one picture per frame.
 Drawn with PIL's default font: the same pixels on every machine with the same Pillow.
 """
 import functools

@@ -89,7 +89,8 @@ def apply_overrides(opt: dict, overrides: Sequence[str], file: str = '<command l
             if nxt is None:
                 nxt = node[part] = {}
             if not isinstance(nxt, dict):
-                raise OptionError(file, '.'.join(parts[:i + 1]), f'is a {type(nxt).__name__}, cannot set {key} inside it')
+                raise OptionError(file, '.'.join(parts[:i + 1]),
+                                  f'is a {type(nxt).__name__}, cannot set {key} inside it')
             node = nxt
         # Overrides are never large YAML documents: plain strings stay strings when they do not parse.
         try:
@@ -154,7 +155,8 @@ def yaml_parameters(target) -> Dict[str, inspect.Parameter]:
     params: Dict[str, inspect.Parameter] = {}
     for constructor in constructors:
         for n, p in _signature(constructor).parameters.items():
-            if n not in params and n not in excluded and n != 'self' and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            variadic = p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            if n not in params and n not in excluded and n != 'self' and not variadic:
                 params[n] = p
     return params
 
@@ -244,7 +246,8 @@ class Validator:
         for key in given:
             if key not in params:
                 allowed = ', '.join(sorted(params)) or 'none'
-                self.fail(f'{path}.{key}' if path else key, f'unknown key for {what}{_closest(key, params)}; allowed keys: {allowed}')
+                self.fail(f'{path}.{key}' if path else key,
+                          f'unknown key for {what}{_closest(key, params)}; allowed keys: {allowed}')
         for name, (_, required) in params.items():
             if required and name not in given:
                 self.fail(f'{path}.{name}' if path else name, f'missing required key for {what}')

@@ -179,7 +179,8 @@ def generate_workload(size: dict, device: torch.device, dtype: torch.dtype, args
     inputs = generation_inputs(spec['batch'], spec['context'], spec['new'], size['latent'], device, dtype)
     reset_memory(device)
     eager = generate(pipe, inputs)
-    result = {'setup': {'model': size['model'], **spec}, 'eager_s': median_time(lambda: generate(pipe, inputs), device, 3)}
+    eager_s = median_time(lambda: generate(pipe, inputs), device, 3)
+    result = {'setup': {'model': size['model'], **spec}, 'eager_s': eager_s}
     warm_up, compiled = benchmark.timed(lambda: generate(pipe, inputs, execution=args.execution), device)
     result.update(warm_up_s=round(warm_up, 2), max_relative_diff_to_eager=relative_difference(compiled, eager))
     result['compiled_s'] = median_time(lambda: generate(pipe, inputs, execution=args.execution), device, 3)
@@ -231,11 +232,11 @@ def demo_workload(size: dict, device: torch.device, dtype: torch.dtype, args, wo
     overrides = ['name=gpu_check_demo', f'mixed_precision={precision}',
                  f'test.sampler.execution={args.execution}', *size['demo']]
     result = {'overrides': overrides}
+    demo = str(REPO / 'options/demo/far_moving_shapes.yml')
     for script in ('train.py', 'test.py'):
         start = time.perf_counter()
-        done = subprocess.run([sys.executable, str(REPO / script), '-opt', str(REPO / 'options/demo/far_moving_shapes.yml'),
-                               *overrides, '--root', str(workdir / 'experiments')], cwd=workdir,
-                              capture_output=True, text=True)
+        done = subprocess.run([sys.executable, str(REPO / script), '-opt', demo, *overrides,
+                               '--root', str(workdir / 'experiments')], cwd=workdir, capture_output=True, text=True)
         result[f'{script}_s'] = round(time.perf_counter() - start, 1)
         if done.returncode != 0:
             raise RuntimeError(f'{script} failed:\n{done.stderr[-3000:]}')

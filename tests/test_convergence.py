@@ -11,7 +11,6 @@ import yaml
 import far  # noqa: F401  (fills the registries)
 from far.convergence import Study, load_study
 from far.options import OptionError
-from far.registry import TRAINERS
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_STUDY = REPO / 'options' / 'convergence' / 'moving_shapes_cpu.yml'
@@ -27,6 +26,8 @@ class Killed(Exception):
 def tiny_study(tmp_path: Path, **changes) -> Path:
     """The CPU study shrunk to seconds (tiny models, 4 steps, 4 clips), its data under ``tmp_path``."""
     study = yaml.safe_load(CPU_STUDY.read_text())
+    study.pop('prepare')
+    study['contenders'] = study['contenders'][:2]  # FAR and the Video DiT
     for contender in study['contenders']:
         contender['experiment'] = str(REPO / contender['experiment'])
         contender['overrides'] = [*TINY, f'datasets.train.root={tmp_path}/data9']
@@ -56,25 +57,21 @@ def test_the_study_files_and_their_contenders_validate(name):
     path = REPO / 'options' / 'convergence' / f'{name}.yml'
     study = Study(study=load_study(str(path)), file=str(path), root='unused', train_script=Path('train.py'),
                   test=None)
-    assert [run.label for run in study.runs['contenders']] == ['FAR', 'Video DiT']
-    far_run, dit = (run.options for run in study.runs['contenders'])
+    nbp = ['token AR (NBP k=1)', 'NBP k=4'] if name == 'moving_shapes_cpu' else []
+    assert [run.label for run in study.runs['contenders']] == ['FAR', 'Video DiT', *nbp]
+    far_run, dit = (run.options for run in study.runs['contenders'][:2])
     assert {k: v for k, v in far_run.model.items() if k != 'type'} == {k: v for k, v in dit.model.items() if k != 'type'}
 
 
-@pytest.mark.skipif('NBPTrainer' not in TRAINERS, reason='NBP models train in the framework once NBPTrainer exists')
-def test_the_nbp_contenders_join_the_cpu_study(tmp_path):
-    study = yaml.safe_load(CPU_STUDY.read_text())
-    study['prepare'] = [{'experiment': str(NBP / 'nbp_tokenizer_moving_shapes_16px.yml')}]
-    tokenizer = f'experiments/{study["name"]}/nbp_tokenizer_moving_shapes_16px/checkpoints'
-    study['contenders'] += [{'label': label, 'experiment': str(NBP / f'{name}_moving_shapes_16px.yml'),
-                             'overrides': [f'autoencoder.checkpoint={tokenizer}']}
-                            for label, name in (('token AR (NBP, k = 1)', 'nbp_k1'), ('NBP, k = 4', 'nbp_k4'))]
-    path = tmp_path / 'study.yml'
-    path.write_text(yaml.safe_dump(study))
-    runs = Study(study=load_study(str(path)), file=str(path), root='unused', train_script=Path('train.py'),
-                 test=None).runs
-    assert [run.options.name for run in runs['prepare']] == ['nbp_tokenizer_moving_shapes_16px']
-    assert len(runs['contenders']) == 4
+def test_the_nbp_contenders_read_the_tokenizer_the_cpu_study_prepares():
+    study = Study(study=load_study(str(CPU_STUDY)), file=str(CPU_STUDY), root='experiments',
+                  train_script=Path('train.py'), test=None)
+    tokenizer, = study.runs['prepare']
+    assert tokenizer.options.name == 'nbp_tokenizer_moving_shapes_16px'
+    prepared = f'experiments/{study.study.name}/{tokenizer.options.name}/checkpoints'
+    nbp = [run for run in study.runs['contenders'] if run.options.model['type'] == 'NBPTransformer']
+    assert [run.options.model['token_number_per_step'] for run in nbp] == [1, 4]
+    assert all(run.options.autoencoder['checkpoint'] == prepared for run in nbp)
 
 
 def test_errors_name_the_file_and_the_key(tmp_path):

@@ -54,8 +54,9 @@ def markdown(record: StudyRecord, study: StudyOptions, runs: Sequence[PreparedRu
         rows.append([run.label, f"{cost.get('parameters', 0):,}", _value(flops),
                      _value(flops and flops * budget.total_steps), _minutes(training.get('seconds', 0)),
                      _minutes(training.get('cpu_seconds', 0)), run.file])
-    lines += _table(['contender', 'trained parameters', 'training FLOPs per step', 'training FLOPs', 'training wall time',
-                     'training CPU time', 'experiment'], rows) + ['']
+    header = ['contender', 'trained parameters', 'training FLOPs per step', 'training FLOPs', 'training wall time',
+              'training CPU time', 'experiment']
+    lines += _table(header, rows) + ['']
     for metric in study.evaluation.metrics:
         lines += [f'## {metric} at each evaluated step', '']
         lines += _table(['contender', *budget.steps()], _metric_rows(record, runs, metric, budget.steps())) + ['']

@@ -183,8 +183,8 @@ def decode_sample(sample: Dict[str, bytes], use_latent: bool, use_tokens: bool =
     return Clip(frames, latent=use_latent, label=meta.get('label'), per_frame=per_frame)
 
 
-def index_shards(shards: List[str], use_latent: bool,
-                 corrupt: CorruptSamples, use_tokens: bool = False) -> List[Tuple[str, str, Dict[str, Tuple[int, int]]]]:
+def index_shards(shards: List[str], use_latent: bool, corrupt: CorruptSamples,
+                 use_tokens: bool = False) -> List[Tuple[str, str, Dict[str, Tuple[int, int]]]]:
     """``(shard, key, members)`` of every sample, in shard order then tar order; a damaged shard is reported
     to ``corrupt`` and keeps the samples before the damage. Fails before any work when the shards are empty
     or do not hold what ``use_latent`` / ``use_tokens`` ask for."""

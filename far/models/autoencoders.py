@@ -2,9 +2,10 @@
 
 Registry entries (``far.registry.AUTOENCODERS``; the names in parentheses are accepted too):
 
-- ``DCAutoencoder`` (``AutoencoderDC``): FAR's deep-compression autoencoder (DC-AE), i.e. diffusers' ``AutoencoderDC``. It has
-  the module tree, parameter names and outputs of the DC-AE class that trained the published FAR
-  checkpoints (which only added a ``get_last_layer`` helper), so their ``.pth`` state dicts load strictly.
+- ``DCAutoencoder`` (``AutoencoderDC``): FAR's deep-compression autoencoder (DC-AE), i.e. diffusers'
+  ``AutoencoderDC``. It has the module tree, parameter names and outputs of the DC-AE class that trained the
+  published FAR checkpoints (which only added a ``get_last_layer`` helper), so their ``.pth`` state dicts load
+  strictly.
   Its configurations live in ``options/model_cfg/dcae/`` (8x, 16x and 32x spatial compression, 32 channels).
 - ``KLAutoencoder`` (``AutoencoderKL``): any diffusers KL VAE, from a local folder or the Hugging Face hub.
 - ``IdentityAutoencoder``: pixel space, optionally folded into channels by a lossless space-to-depth

@@ -14,18 +14,16 @@ behind it; ``multi_level_cache=False`` re-encodes the whole context instead (a s
 renumbered from 0, e.g. a FAR-Long model restricted to its short-term window (the memory baseline).
 """
 from dataclasses import dataclass
-from typing import List, Literal, Optional, Sequence, Union
+from typing import List, Literal, Optional
 
 import torch
-from diffusers.pipelines.pipeline_utils import DiffusionPipeline
-from diffusers.utils.torch_utils import randn_tensor
 
-from ..conditions import Condition, Conditions
+from ..conditions import Conditions
 from ..models.far import FAR
 from ..models.kv_cache import KVCache
 from ..objectives.flow_matching import CLEAN_TIMESTEP, FlowMatchSchedule
 from ..registry import PIPELINES
-from .base import VideoSampler
+from .latent_flow import LatentFlowSampler
 from .static_sampling import StaticFrameSampler
 
 
@@ -74,7 +72,7 @@ class FARSampling:
 
 
 @PIPELINES.register()
-class FARPipeline(DiffusionPipeline, VideoSampler):
+class FARPipeline(LatentFlowSampler):
     """Sampler for FAR / FAR-Long.
 
     Args:
@@ -87,46 +85,13 @@ class FARPipeline(DiffusionPipeline, VideoSampler):
     The per-frame progress bar is switched off with ``pipe.set_progress_bar_config(disable=True)``.
     """
 
-    model_cpu_offload_seq = 'transformer->vae'
     model_class = FAR
     options_class = FARSampling
 
     def __init__(self, transformer: FAR, vae: Optional[torch.nn.Module] = None, scheduler=None,
                  options: FARSampling = FARSampling()):
-        super().__init__()
-        if options.guidance_scale != 1 and transformer.condition is None:
-            raise ValueError(f'guidance_scale is {options.guidance_scale}, but the transformer is unconditional: '
-                             'guidance needs a label- or action-conditioned model; set it to 1')
-        self.register_modules(transformer=transformer, vae=vae,
-                              scheduler=scheduler if scheduler is not None else options.scheduler.build())
-        self.options = options
+        super().__init__(transformer=transformer, vae=vae, scheduler=scheduler, options=options)
         self._engines: List[StaticFrameSampler] = []  # built once per shape family, reused by later calls
-
-    @property
-    def condition(self) -> Optional[Condition]:
-        return self.transformer.condition
-
-    def replace(self, **options) -> 'FARPipeline':
-        pipe = FARPipeline(transformer=self.transformer, vae=self.vae, scheduler=self.scheduler,
-                           options=self.options_with(**options))
-        pipe.set_progress_bar_config(**getattr(self, '_progress_bar_config', {}))
-        return pipe
-
-    def _guided_conditions(self, conditions: Conditions, options: FARSampling, batch_size: int,
-                           num_frames: int, device: torch.device) -> Conditions:
-        """Model conditions for the whole video; with guidance the batch is ``[unconditional, conditional]``."""
-        condition = self.condition
-        if condition is None:
-            if conditions is not None or options.guided:
-                raise ValueError('the transformer is unconditional: pass conditions=None and guidance_scale <= 1')
-            return None
-        ids = condition.check(conditions, batch_size, num_frames,
-                              'the transformer (conditions must cover context and generated frames)').to(device)
-        if options.guidance_scale == -1:
-            ids = condition.null(ids)
-        elif options.guided:
-            ids = torch.cat([condition.null(ids), ids])
-        return {condition.kind: ids}
 
     def _frames_to_keep(self, cache: KVCache, total_frames: int, multi_level_cache: bool) -> int:
         """How many cached frames stay valid when the video grows to ``total_frames`` frames."""
@@ -204,7 +169,8 @@ class FARPipeline(DiffusionPipeline, VideoSampler):
         dtype = torch.get_autocast_dtype(model.device.type) if torch.is_autocast_enabled(model.device.type) \
             else model.dtype
         backend = 'inductor' if opt.execution == 'compiled' else None
-        same = [e for e in self._engines if (e.guidance_scale, e.backend, e.dtype) == (opt.guidance_scale, backend, dtype)]
+        settings = (opt.guidance_scale, backend, dtype)
+        same = [e for e in self._engines if (e.guidance_scale, e.backend, e.dtype) == settings]
         fitting = next((e for e in same if e.fits(batch, num_frames, height, width)), None)
         if fitting is not None:
             return fitting
@@ -239,42 +205,3 @@ class FARPipeline(DiffusionPipeline, VideoSampler):
                 velocity = uncond + opt.guidance_scale * (cond - uncond)
             x = self.scheduler.step(velocity.float(), t, x).prev_sample
         return x
-
-    @torch.no_grad()
-    def generate(
-        self,
-        context_video: Optional[torch.Tensor] = None,
-        num_frames: int = 1,
-        conditions: Conditions = None,
-        generator: Union[torch.Generator, List[torch.Generator], None] = None,
-        batch_size: int = 1,
-        height: Optional[int] = None,
-        width: Optional[int] = None,
-        **options,
-    ) -> torch.Tensor:
-        """Generate ``num_frames`` frames after ``context_video`` ``[B, Tc, 3, H, W]`` in [0, 1] (or from
-        nothing: then give ``batch_size``, ``height`` and ``width`` in pixels).
-
-        Returns the video ``[B, Tc + num_frames, 3, H, W]`` in [0, 1]; its context frames are the
-        autoencoder's reconstructions. ``generator`` seeds the noise (one per video, or one for all).
-        ``options``: :class:`FARSampling` settings for this call.
-        """
-        if self.vae is None:
-            raise ValueError('FARPipeline.generate needs a vae; with vae=None use generate_latents')
-        if context_video is not None:
-            context = self.vae.encode(context_video.to(self.transformer.device))
-            batch_size, (latent_height, latent_width) = context.shape[0], context.shape[-2:]
-        else:
-            if height is None or width is None:
-                raise ValueError('FARPipeline.generate without context_video needs height and width (pixels)')
-            context = None
-            latent_height = height // self.vae.spatial_compression
-            latent_width = width // self.vae.spatial_compression
-        shape = (batch_size, num_frames, self.transformer.config.in_channels, latent_height, latent_width)
-        noise = randn_tensor(shape, generator=generator, device=self.transformer.device, dtype=torch.float32)
-        return self.vae.decode(self.generate_latents(context, noise, conditions, **options))
-
-    def predict(self, *, context: Optional[torch.Tensor], num_frames: int, conditions: Conditions,
-                generators: Sequence[torch.Generator], height: int, width: int) -> torch.Tensor:
-        return self.generate(context_video=context, num_frames=num_frames, conditions=conditions,
-                             generator=list(generators), batch_size=len(generators), height=height, width=width)

@@ -7,17 +7,15 @@ A video longer than ``window`` frames is made window by window: each later windo
 transformer never sees more frames than it was trained on. ``window: null`` denoises the whole video at once.
 """
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional
 
 import torch
-from diffusers.pipelines.pipeline_utils import DiffusionPipeline
-from diffusers.utils.torch_utils import randn_tensor
 
-from ..conditions import Condition, Conditions
+from ..conditions import Conditions
 from ..models.video_dit import VideoDiT
 from ..objectives.flow_matching import CLEAN_TIMESTEP, FlowMatchSchedule
 from ..registry import PIPELINES
-from .base import VideoSampler
+from .latent_flow import LatentFlowSampler
 
 
 @dataclass(frozen=True)
@@ -55,7 +53,7 @@ class VideoDiTSampling:
 
 
 @PIPELINES.register()
-class VideoDiTPipeline(DiffusionPipeline, VideoSampler):
+class VideoDiTPipeline(LatentFlowSampler):
     """Sampler for ``VideoDiT``.
 
     Args:
@@ -66,45 +64,12 @@ class VideoDiTPipeline(DiffusionPipeline, VideoSampler):
         options: :class:`VideoDiTSampling`; every generate call may change some of them.
     """
 
-    model_cpu_offload_seq = 'transformer->vae'
     model_class = VideoDiT
     options_class = VideoDiTSampling
 
     def __init__(self, transformer: VideoDiT, vae: Optional[torch.nn.Module] = None, scheduler=None,
                  options: VideoDiTSampling = VideoDiTSampling()):
-        super().__init__()
-        if options.guidance_scale != 1 and transformer.condition is None:
-            raise ValueError(f'guidance_scale is {options.guidance_scale}, but the transformer is unconditional: '
-                             'guidance needs a label- or action-conditioned model; set it to 1')
-        self.register_modules(transformer=transformer, vae=vae,
-                              scheduler=scheduler if scheduler is not None else options.scheduler.build())
-        self.options = options
-
-    @property
-    def condition(self) -> Optional[Condition]:
-        return self.transformer.condition
-
-    def replace(self, **options) -> 'VideoDiTPipeline':
-        pipe = VideoDiTPipeline(transformer=self.transformer, vae=self.vae, scheduler=self.scheduler,
-                                options=self.options_with(**options))
-        pipe.set_progress_bar_config(**getattr(self, '_progress_bar_config', {}))
-        return pipe
-
-    def _model_conditions(self, conditions: Conditions, opt: VideoDiTSampling, batch: int, frames: int,
-                          device: torch.device) -> Conditions:
-        """Conditions of every frame as the transformer takes them; with guidance ``[unconditional, conditional]``."""
-        condition = self.condition
-        if condition is None:
-            if conditions is not None or opt.guided:
-                raise ValueError('the transformer is unconditional: pass conditions=None and guidance_scale <= 1')
-            return None
-        ids = condition.check(conditions, batch, frames,
-                              'the transformer (conditions must cover context and generated frames)').to(device)
-        if opt.guidance_scale == -1:
-            ids = condition.null(ids)
-        elif opt.guided:
-            ids = torch.cat([condition.null(ids), ids])
-        return {condition.kind: ids}
+        super().__init__(transformer=transformer, vae=vae, scheduler=scheduler, options=options)
 
     @staticmethod
     def windows(num_context: int, total: int, opt: VideoDiTSampling) -> List[tuple]:
@@ -139,7 +104,7 @@ class VideoDiTPipeline(DiffusionPipeline, VideoSampler):
             raise ValueError(f'context {tuple(context.shape)} and noise {tuple(noise.shape)} must agree in batch '
                              'size, channels and latent size')
         video = torch.cat([context.float(), noise.float()], 1) if context is not None else noise.float()
-        conditions = self._model_conditions(conditions, opt, batch, num_context + num_new, noise.device)
+        conditions = self._guided_conditions(conditions, opt, batch, num_context + num_new, noise.device)
         for first, start, end in self.progress_bar(self.windows(num_context, num_context + num_new, opt)):
             video[:, start:end] = self._denoise_window(
                 video[:, first:start], video[:, start:end], self.transformer.condition_frames(conditions, first, end),
@@ -163,32 +128,3 @@ class VideoDiTPipeline(DiffusionPipeline, VideoSampler):
                 velocity = uncond + opt.guidance_scale * (cond - uncond)
             x = self.scheduler.step(velocity.float(), t, x).prev_sample
         return x
-
-    @torch.no_grad()
-    def generate(self, context_video: Optional[torch.Tensor] = None, num_frames: int = 1,
-                 conditions: Conditions = None,
-                 generator: Union[torch.Generator, List[torch.Generator], None] = None, batch_size: int = 1,
-                 height: Optional[int] = None, width: Optional[int] = None, **options) -> torch.Tensor:
-        """Generate ``num_frames`` frames after ``context_video`` ``[B, Tc, 3, H, W]`` in [0, 1] (or from nothing:
-        then give ``batch_size``, ``height`` and ``width`` in pixels); returns ``[B, Tc + num_frames, 3, H, W]`` in
-        [0, 1], whose context frames are the autoencoder's reconstructions. ``generator`` seeds the noise (one per
-        video, or one for all)."""
-        if self.vae is None:
-            raise ValueError('VideoDiTPipeline.generate needs a vae; with vae=None use generate_latents')
-        if context_video is not None:
-            context = self.vae.encode(context_video.to(self.transformer.device))
-            batch_size, (latent_height, latent_width) = context.shape[0], context.shape[-2:]
-        else:
-            if height is None or width is None:
-                raise ValueError('VideoDiTPipeline.generate without context_video needs height and width (pixels)')
-            context = None
-            latent_height = height // self.vae.spatial_compression
-            latent_width = width // self.vae.spatial_compression
-        shape = (batch_size, num_frames, self.transformer.config.in_channels, latent_height, latent_width)
-        noise = randn_tensor(shape, generator=generator, device=self.transformer.device, dtype=torch.float32)
-        return self.vae.decode(self.generate_latents(context, noise, conditions, **options))
-
-    def predict(self, *, context: Optional[torch.Tensor], num_frames: int, conditions: Conditions,
-                generators: Sequence[torch.Generator], height: int, width: int) -> torch.Tensor:
-        return self.generate(context_video=context, num_frames=num_frames, conditions=conditions,
-                             generator=list(generators), batch_size=len(generators), height=height, width=width)

@@ -2,8 +2,8 @@
 
 Starting a run whose folder exists resumes it when the resolved options are the same (the `test`
 section aside, and the settings that do not alter the steps already taken: the step budget, logging,
-checkpointing, validation), and stops otherwise: an earlier run is never overwritten. ``force_new`` archives the old folder under a
-timestamped name (never deletes it) and starts afresh.
+checkpointing, validation), and stops otherwise: an earlier run is never overwritten. ``force_new`` archives the old
+folder under a timestamped name (never deletes it) and starts afresh.
 """
 import time
 from pathlib import Path
