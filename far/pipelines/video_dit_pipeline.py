@@ -87,16 +87,9 @@ class VideoDiTPipeline(LatentFlowSampler):
     @torch.no_grad()
     def generate_latents(self, context: Optional[torch.Tensor], noise: torch.Tensor, conditions: Conditions = None,
                          **options) -> torch.Tensor:
-        """Generate ``Tg`` frames after the context, in latent space.
-
-        Args:
-            context: ``[B, Tc, C, H, W]`` clean (scaled) latents, or ``None``.
-            noise: ``[B, Tg, C, H, W]``: generated frame i starts from ``noise[:, i]``.
-            conditions: ``{'label': [B]}`` or ``{'action': [B, Tc + Tg]}`` (ids of every frame) or ``None``.
-            options: :class:`VideoDiTSampling` settings for this call.
-
-        Returns ``[B, Tc + Tg, C, H, W]``: the context followed by the generated frames.
-        """
+        """The context followed by ``Tg`` frames generated window by window from ``noise`` (as
+        :meth:`LatentFlowSampler.generate_latents`); ``conditions`` cover every frame; ``options``:
+        :class:`VideoDiTSampling` settings for this call."""
         opt = self.options_with(**options)
         batch, num_new = noise.shape[:2]
         num_context = 0 if context is None else context.shape[1]
