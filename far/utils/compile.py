@@ -22,14 +22,26 @@ def compile_blocks(model: torch.nn.Module, **options) -> int:
     return len(blocks)
 
 
+_COUNTED = {
+    'graphs': ('stats', 'unique_graphs'),        # graphs compiled: after warm-up, each one is a recompile
+    'frames': ('frames', 'total'),               # Python frames Dynamo looked at
+    'graph_breaks': ('graph_break', None),       # graph breaks (summed over reasons)
+    'cudagraph_skips': ('inductor', 'cudagraph_skips'),  # graphs Inductor could not capture as CUDA graphs
+}
+
+
+def compile_counters() -> Dict[str, int]:
+    """The process's running totals of what ``torch.compile`` did (see ``_COUNTED``)."""
+    return {name: int(counters[group][key]) if key is not None else int(sum(counters[group].values()))
+            for name, (group, key) in _COUNTED.items()}
+
+
 @contextlib.contextmanager
 def count_compilations() -> Iterator[Dict[str, int]]:
-    """Counts the graphs ``torch.compile`` makes inside the block: ``{'graphs': n, 'frames': m}`` (0 and 0 when
-    everything ran compiled code made before)."""
+    """Counts what ``torch.compile`` does inside the block: ``{'graphs', 'frames', 'graph_breaks', 'cudagraph_skips'}`` (all 0 when everything ran code compiled before)."""
     found: Dict[str, int] = {}
-    before = (counters['stats']['unique_graphs'], counters['frames']['total'])
+    before = compile_counters()
     try:
         yield found
     finally:
-        found['graphs'] = counters['stats']['unique_graphs'] - before[0]
-        found['frames'] = counters['frames']['total'] - before[1]
+        found.update({name: value - before[name] for name, value in compile_counters().items()})
