@@ -38,7 +38,8 @@ def compile_counters() -> Dict[str, int]:
 
 @contextlib.contextmanager
 def count_compilations() -> Iterator[Dict[str, int]]:
-    """Counts what ``torch.compile`` does inside the block: ``{'graphs', 'frames', 'graph_breaks', 'cudagraph_skips'}`` (all 0 when everything ran code compiled before)."""
+    """Counts what ``torch.compile`` does inside the block: ``{'graphs', 'frames', 'graph_breaks',
+    'cudagraph_skips'}`` (all 0 when everything ran code compiled before)."""
     found: Dict[str, int] = {}
     before = compile_counters()
     try:
