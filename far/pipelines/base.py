@@ -62,6 +62,13 @@ class VideoSampler(abc.ABC):
         return {'type': type(self).__name__, **to_dict(self.options)}
 
 
+def guide(output: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance of an output computed on a doubled batch ``[unconditional, conditional]`` (dim 0):
+    ``uncond + scale * (cond - uncond)``. Every sampler orders its guided batch this way."""
+    uncond, cond = output.chunk(2)
+    return uncond + scale * (cond - uncond)
+
+
 def build_sampler(cfg: dict, *, model: torch.nn.Module, autoencoder: Optional[torch.nn.Module]) -> VideoSampler:
     """The sampler of a validated ``{type: ..., **settings}`` block, sampling ``model`` through ``autoencoder``."""
     target = PIPELINES.get(cfg['type'])

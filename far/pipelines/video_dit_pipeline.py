@@ -15,6 +15,7 @@ from ..conditions import Conditions
 from ..models.video_dit import VideoDiT
 from ..objectives.flow_matching import CLEAN_TIMESTEP, FlowMatchSchedule
 from ..registry import PIPELINES
+from .base import guide
 from .latent_flow import LatentFlowSampler
 
 
@@ -117,7 +118,6 @@ class VideoDiTPipeline(LatentFlowSampler):
                 frames, timestep = torch.cat([frames, frames]), torch.cat([timestep, timestep])
             velocity = self.transformer(frames, timestep=timestep, conditions=conditions).sample[:, num_clean:]
             if opt.guided:
-                uncond, cond = velocity.chunk(2)
-                velocity = uncond + opt.guidance_scale * (cond - uncond)
+                velocity = guide(velocity, opt.guidance_scale)
             x = self.scheduler.step(velocity.float(), t, x).prev_sample
         return x
