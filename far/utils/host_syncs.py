@@ -16,6 +16,10 @@ _DATA_DEPENDENT = {torch.ops.aten.nonzero.default, torch.ops.aten.masked_select.
                    torch.ops.aten._unique2.default, torch.ops.aten.unique_consecutive.default}
 
 
+def _boolean_index(indices) -> bool:
+    return any(i is not None and i.dtype == torch.bool for i in indices)
+
+
 class _HostSyncCounter(TorchDispatchMode):
     def __init__(self, found: Dict[str, int]):
         super().__init__()
@@ -25,7 +29,7 @@ class _HostSyncCounter(TorchDispatchMode):
         kwargs = kwargs or {}
         if func in _SCALAR_READS:
             self.found['scalar_reads'] += 1
-        elif func in _DATA_DEPENDENT:
+        elif func in _DATA_DEPENDENT or (func is torch.ops.aten.index.Tensor and _boolean_index(args[1])):
             self.found['data_dependent'] += 1
         elif func in (torch.ops.aten._to_copy.default, torch.ops.aten.copy_.default):
             source = args[1] if func is torch.ops.aten.copy_.default else args[0]
