@@ -48,7 +48,7 @@ def test_causal_options_are_refused(tiny_dit):
     with pytest.raises(ValueError, match='slope_scale'):
         tiny_dit(slope_scale=0.1)(latents(1, 2, 4, 4, 4), torch.zeros(1, 2))
     with pytest.raises(ValueError, match='no KV cache'):
-        tiny_dit().make_kv_cache(1, 2, 4, 4)
+        tiny_dit().make_slot_cache(1, 2, 4, 4)
 
 
 def fed_inputs(model):

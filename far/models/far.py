@@ -22,17 +22,17 @@ from einops import rearrange
 
 from ..conditions import Condition, Conditions
 from ..registry import MODELS, variant
-from .attention import BACKENDS, FrameCausalAttention, Segment, SlotAttention
+from .attention import BACKENDS, FrameCausalAttention, Segment
 from .blocks import FARBlock, FrameModulation, Rope, modulate
 from .embeddings import FrameRotaryEmbedding, condition_embedding
-from .kv_cache import KVCache, SlotKVCache
+from .kv_cache import FrameIndex, SlotKVCache, select_frames
 
 class TokenStream(NamedTuple):
     """Frames of one patch size, as tokens grouped by frame, with what the blocks need to process them."""
     tokens: torch.Tensor         # [B, T, n, D]
     emb: torch.Tensor            # [B, T, D] per-frame conditioning (timestep + condition)
     rope: Rope                   # cos, sin [T * n, head_dim]
-    segment: Optional[Segment]   # (first_frame, T, n); None in a slot pass, whose frames are a tensor
+    segment: Optional[Segment]   # (first_frame, T, n); None in a cached pass
     patch_size: int
     proj_out: nn.Linear
 
@@ -54,7 +54,7 @@ class FAR(ModelMixin, ConfigMixin):
         num_layers, attention_head_dim, num_attention_heads: transformer size (width = heads x head dim).
         axes_dims_rope: RoPE channels of the (frame, row, column) axes; they sum to the head dim.
         slope_scale: linear temporal attention bias ``slope * (j - i)`` from a query of frame i to a key
-            of frame j <= i (0 disables it). ``model.slope_scale`` overrides it at test time.
+            of frame j <= i (0 disables it) in ``forward``; samplers pass their own (``FARSampling.slope_scale``).
         short_term_ctx_winsize: FAR-Long's short-term window (frames at full resolution); the trainer
             computes the loss on the last this-many frames of a clip.
         condition_cfg: ``None``, ``{'type': 'label', 'num_classes': N}`` or
@@ -154,14 +154,6 @@ class FAR(ModelMixin, ConfigMixin):
         """How many leading frames of a ``total_frames`` clip are long-term context: none in FAR."""
         return 0
 
-    def make_kv_cache(self, batch_size: int, num_frames: int, height: int, width: int) -> KVCache:
-        """An empty KV cache for sampling up to ``num_frames`` frames of ``height x width`` latents."""
-        cfg, device = self.config, self.device
-        # keys/values are stored in the dtype they are computed in (the autocast dtype under autocast)
-        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else self.dtype
-        return KVCache(cfg.num_layers, batch_size, cfg.num_attention_heads, cfg.attention_head_dim,
-                       self._kv_cache_tokens(num_frames, height, width), device, dtype)
-
     def _kv_cache_tokens(self, num_frames: int, height: int, width: int) -> int:
         return num_frames * self.tokens_per_frame(height, width)
 
@@ -170,13 +162,11 @@ class FAR(ModelMixin, ConfigMixin):
         return (height // patch) * (width // patch)
 
     def make_slot_cache(self, batch_size: int, num_frames: int, height: int, width: int) -> SlotKVCache:
-        """An empty static-shape cache for sampling up to ``num_frames`` frames (``far.pipelines.static_sampling``):
-        slots for the long-term frames (FAR-Long), then the short-term window, and the rotary tables of every
-        frame."""
+        """An empty cache for sampling up to ``num_frames`` frames (``far.pipelines.cached_sampling``): slots for the
+        long-term frames (FAR-Long) and the short-term window, and the rotary tables of every frame."""
         cfg, device = self.config, self.device
-        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else self.dtype
         cache = SlotKVCache(cfg.num_layers, batch_size, cfg.num_attention_heads, cfg.attention_head_dim,
-                            self._kv_cache_tokens(num_frames, height, width), device, dtype)
+                            self._kv_cache_tokens(num_frames, height, width), device, self.compute_dtype())
         for long_term in ((False, True) if self.has_long_term_stream else (False,)):
             patch = self.stream_layout(long_term).patch_size
             rows, cols = height // patch, width // patch
@@ -185,18 +175,18 @@ class FAR(ModelMixin, ConfigMixin):
             cache.rope[patch] = (cos.view(num_frames, rows * cols, -1), sin.view(num_frames, rows * cols, -1))
         return cache
 
-    def _attention(self, q_segments: Sequence[Segment], k_segments: Sequence[Segment],
-                   device: torch.device) -> FrameCausalAttention:
-        """Attention (and its masks) for a token layout, built once per layout."""
+    def attention_for(self, q_segments: Sequence[Segment], k_segments: Sequence[Segment], device: torch.device,
+                      slope: float) -> FrameCausalAttention:
+        """Attention (and its masks) of a token layout with temporal bias ``slope``, built once per layout."""
         backend = self.attention_backend or ('flex' if device.type == 'cuda' else 'sdpa')
         if backend not in BACKENDS:
             raise ValueError(f"{type(self).__name__}.attention_backend must be None or one of {BACKENDS}, "
                              f"got '{backend}'")
-        key = (tuple(q_segments), tuple(k_segments), float(self.slope_scale), backend, str(device))
+        key = (tuple(q_segments), tuple(k_segments), float(slope), backend, str(device))
         if key not in self._attention_cache:
             if len(self._attention_cache) >= 16:
                 self._attention_cache.pop(next(iter(self._attention_cache)))
-            self._attention_cache[key] = FrameCausalAttention(q_segments, k_segments, self.slope_scale,
+            self._attention_cache[key] = FrameCausalAttention(q_segments, k_segments, slope,
                                                               backend, device)
         return self._attention_cache[key]
 
@@ -210,9 +200,13 @@ class FAR(ModelMixin, ConfigMixin):
         """The 16-bit dtype timesteps and positions are rounded to (``reference_dtype_rounding``), or None."""
         if not self.config.reference_dtype_rounding:
             return None
-        device = self.x_embedder.weight.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else self.dtype
+        dtype = self.compute_dtype()
         return dtype if dtype in (torch.bfloat16, torch.float16) else None
+
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the blocks compute in: autocast's when it is on for the model's device, else the weights'."""
+        device = self.x_embedder.weight.device.type
+        return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else self.x_embedder.weight.dtype
 
     def _frame_embedding(self, timestep: torch.Tensor, conditions: Conditions) -> torch.Tensor:
         """Per-frame conditioning ``[B, T, D]``: timestep embedding + label/action embedding."""
@@ -233,10 +227,6 @@ class FAR(ModelMixin, ConfigMixin):
         """FAR has one stream (FAR-Long adds the long-term one)."""
         return StreamLayout(self.config.patch_size, self.x_embedder, self.proj_out)
 
-    def _fed_long_term_frames(self, first_frame: int, num_frames: int, kv_cache: Optional[KVCache]) -> int:
-        """How many of the fed frames are long-term frames: none in FAR."""
-        return 0
-
     def _tokens(self, latents: torch.Tensor, layout: StreamLayout) -> torch.Tensor:
         """``[B, T, C, H, W]`` -> embedded patches ``[B, T, n, D]``."""
         p = layout.patch_size
@@ -254,11 +244,11 @@ class FAR(ModelMixin, ConfigMixin):
         return TokenStream(self._tokens(latents, layout), self._frame_embedding(timestep, conditions), rope,
                            (first_frame, frames, rows * cols), layout.patch_size, layout.proj_out)
 
-    def _slot_stream(self, latents: torch.Tensor, timestep: torch.Tensor, conditions: Conditions,
-                     frames: torch.Tensor, layout: StreamLayout, cache: SlotKVCache) -> TokenStream:
-        """A stream whose frame indices are a tensor: its rotary rows are gathered from the cache's tables."""
+    def _cached_stream(self, latents: torch.Tensor, timestep: torch.Tensor, conditions: Conditions,
+                       frames: FrameIndex, layout: StreamLayout, cache: SlotKVCache) -> TokenStream:
+        """A stream of a cached pass: its rotary rows are read from the cache's tables."""
         cos, sin = cache.rope[layout.patch_size]                        # [F, n, d]
-        rope = (cos[frames].flatten(0, 1), sin[frames].flatten(0, 1))   # [T * n, d]
+        rope = tuple(select_frames(table, 0, frames).flatten(0, 1) for table in (cos, sin))  # [T * n, d]
         return TokenStream(self._tokens(latents, layout), self._frame_embedding(timestep, conditions), rope,
                            None, layout.patch_size, layout.proj_out)
 
@@ -298,9 +288,7 @@ class FAR(ModelMixin, ConfigMixin):
 
     # ----- forward -----
 
-    def _check_inputs(self, latents: torch.Tensor, timestep: torch.Tensor,
-                      conditions: Conditions, kv_cache: Optional[KVCache],
-                      cache_frames: int) -> torch.Tensor:
+    def _check_inputs(self, latents: torch.Tensor, timestep: torch.Tensor, conditions: Conditions) -> torch.Tensor:
         """Validate the inputs; return per-frame timesteps ``[B, T]``."""
         name, cfg = type(self).__name__, self.config
         if latents.ndim != 5 or latents.shape[2] != cfg.in_channels:
@@ -315,47 +303,32 @@ class FAR(ModelMixin, ConfigMixin):
                              f'got {tuple(timestep.shape)}')
         if self.condition is not None:
             self.condition.check(conditions, batch, frames, name)
-        if cache_frames and (kv_cache is None or not 0 <= cache_frames <= frames):
-            raise ValueError(f'{name}: cache_frames={cache_frames} needs a kv_cache and at most {frames} frames')
         return timestep
 
-    def forward(
-        self,
-        latents: torch.Tensor,
-        timestep: torch.Tensor,
-        conditions: Conditions = None,
-        kv_cache: Optional[KVCache] = None,
-        cache_frames: int = 0,
-        return_dict: bool = True,
-    ):
-        """Velocity ``noise - x0`` of every fed frame, ``[B, T, C, H, W]``.
+    def forward(self, latents: torch.Tensor, timestep: torch.Tensor, conditions: Conditions = None,
+                return_dict: bool = True, slope_scale: Optional[float] = None):
+        """Velocity ``noise - x0`` of every frame, ``[B, T, C, H, W]`` (the whole clip, no cache: training and
+        uncached sampling).
 
         Args:
             latents: ``[B, T, C, H, W]`` noisy or clean frames.
             timestep: ``[B, T]`` (or ``[B]``) in [0, 1000); ``-1`` marks a clean context frame.
             conditions: ``{'label': [B]}``, ``{'action': [B, T]}`` or ``None``, as configured.
-            kv_cache: frames already encoded; the fed frames continue them (frame index = cached
-                frames + position) and attend to them. Their keys/values are written into the cache.
-            cache_frames: how many leading fed frames stay in ``kv_cache`` (the clean ones).
+            slope_scale: the temporal attention bias (``None``: the model's ``slope_scale``).
         """
-        timestep = self._check_inputs(latents, timestep, conditions, kv_cache, cache_frames)
+        timestep = self._check_inputs(latents, timestep, conditions)
+        slope = self.slope_scale if slope_scale is None else slope_scale
         height = latents.shape[3]
-        first_frame = 0 if kv_cache is None else kv_cache.num_frames
-        num_long = self._fed_long_term_frames(first_frame, latents.shape[1], kv_cache)
+        num_long = self.num_long_term_frames(latents.shape[1])
 
         def build(frames, steps, conds, offset, layout):
-            return self._stream(frames, steps, conds, first_frame + offset, layout)
+            return self._stream(frames, steps, conds, offset, layout)
 
         short, long = self._streams(latents, timestep, conditions, num_long, build)
-
         # long-term tokens first, as in the released FAR-Long models
         segments = ([long.segment] if long is not None else []) + [short.segment]
-        cached = kv_cache.segments if kv_cache is not None else []
-        attend = self._attention(segments, cached + segments, latents.device).prepare(short.tokens.dtype)
-        x, x_long = self._transform(short, long, attend, kv_cache)
-        if kv_cache is not None:
-            num_long = long.segment[1] if long is not None else 0
-            kv_cache.commit(segments, cache_frames, num_long_term_frames=min(cache_frames, num_long))
+        attend = self.attention_for(segments, segments, latents.device, slope).prepare(short.tokens.dtype)
+        x, x_long = self._transform(short, long, attend, None)
 
         out = self._unembed(x, short, height)
         if long is not None:
@@ -364,32 +337,26 @@ class FAR(ModelMixin, ConfigMixin):
             return (out,)
         return Transformer2DModelOutput(sample=out)
 
-
-    def forward_slots(self, latents: torch.Tensor, timestep: torch.Tensor, conditions: Conditions, *,
-                      cache: SlotKVCache, frames: torch.Tensor, num_long_term: int = 0) -> torch.Tensor:
-        """One static-shape sampling pass (see ``SlotKVCache``): the velocity of the fed short-term frames.
+    def forward_cached(self, latents: torch.Tensor, timestep: torch.Tensor, conditions: Conditions, *,
+                       cache: SlotKVCache, frames: FrameIndex, attend, num_long_term: int = 0) -> torch.Tensor:
+        """One pass of cached sampling (``far.pipelines.cached_sampling``): the velocity of the fed short-term frames.
 
         Args:
             latents: ``[B, m, C, H, W]`` fed frames; the first ``num_long_term`` are long-term frames (FAR-Long).
             timestep: ``[B, m]`` (``-1`` for a clean frame).
             conditions: the conditions of the fed frames.
-            cache: their keys/values go to ``cache.write_slots`` (long-term tokens first); they attend to every
-                slot of a frame up to their own (``cache.slot_frames``).
-            frames: ``[m]`` frame index of each fed frame (its RoPE position).
+            cache: their keys/values go to ``cache.write`` (long-term tokens first); they attend to the visible slots.
+            frames: the ``m`` RoPE frame positions (a range, or an index tensor in a compiled pass).
+            attend: the attention of the fed tokens over the visible slots (its mask and temporal bias).
 
-        Returns ``[B, m - num_long_term, C, H, W]``. Shapes depend only on ``m`` and ``num_long_term``.
+        Returns ``[B, m - num_long_term, C, H, W]``.
         """
         height = latents.shape[3]
 
         def build(part, steps, conds, offset, layout):
-            return self._slot_stream(part, steps, conds, frames[offset:offset + part.shape[1]], layout, cache)
+            return self._cached_stream(part, steps, conds, frames[offset:offset + part.shape[1]], layout, cache)
 
         short, long = self._streams(latents, timestep, conditions, num_long_term, build)
-        streams = ([long] if long is not None else []) + [short]
-        fed = [frames[:num_long_term], frames[num_long_term:]][-len(streams):]
-        query_frames = torch.cat([f.repeat_interleave(s.tokens.shape[2]) for f, s in zip(fed, streams)])
-        dtype = short.tokens.dtype if short.tokens.numel() else long.tokens.dtype
-        attend = SlotAttention(query_frames, cache.slot_frames, self.slope_scale, dtype)
         x, _ = self._transform(short, long, attend, cache)
         return self._unembed(x, short, height)
 

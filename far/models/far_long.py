@@ -18,7 +18,6 @@ from diffusers.configuration_utils import register_to_config
 from ..registry import MODELS, variant
 from ..conditions import Conditions
 from .far import FAR, StreamLayout
-from .kv_cache import KVCache
 
 
 @MODELS.register()
@@ -77,27 +76,13 @@ class FAR_Long(FAR):
         long_tokens = (num_frames - window) * (height // long_patch) * (width // long_patch)
         return long_tokens + super()._kv_cache_tokens(window, height, width)
 
-    def _check_inputs(self, latents: torch.Tensor, timestep: torch.Tensor,
-                      conditions: Conditions, kv_cache: Optional[KVCache],
-                      cache_frames: int) -> torch.Tensor:
-        timestep = super()._check_inputs(latents, timestep, conditions, kv_cache, cache_frames)
+    def _check_inputs(self, latents: torch.Tensor, timestep: torch.Tensor, conditions: Conditions) -> torch.Tensor:
+        timestep = super()._check_inputs(latents, timestep, conditions)
         patch = self.config.context_patch_size
         if latents.shape[3] % patch or latents.shape[4] % patch:
             raise ValueError(f'FAR_Long: latent size {latents.shape[3]}x{latents.shape[4]} must be divisible '
                              f'by context_patch_size={patch}')
         return timestep
-
-    def _fed_long_term_frames(self, first_frame: int, num_frames: int, kv_cache: Optional[KVCache]) -> int:
-        """How many of the fed frames are long-term, checking that the cache agrees with the window."""
-        total = first_frame + num_frames
-        num_long = self.num_long_term_frames(total)
-        cached_long = kv_cache.num_long_term_frames if kv_cache is not None else 0
-        if num_long < cached_long or (first_frame > cached_long and num_long > cached_long):
-            raise ValueError(
-                f'FAR_Long: at {total} frames, frames 0..{num_long - 1} are long-term, but the KV cache holds '
-                f'{cached_long} long-term and {first_frame - cached_long} short-term frames; truncate the cache '
-                f'to its long-term frames (kv_cache.truncate({cached_long})) and feed the window again')
-        return max(num_long - first_frame, 0)
 
     def stream_layout(self, long_term: bool = False) -> StreamLayout:
         if not long_term:

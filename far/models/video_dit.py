@@ -24,15 +24,12 @@ class VideoDiT(FAR):
     """FAR with bidirectional attention over the clip. Arguments as :class:`FAR`; ``slope_scale`` must stay 0
     (a causal bias) and the model has no KV cache (every frame attends to frames still being denoised)."""
 
-    def _attention(self, q_segments: Sequence[Segment], k_segments: Sequence[Segment],
-                   device: torch.device) -> FullAttention:
-        if self.slope_scale:
-            raise ValueError(f'VideoDiT: slope_scale is {self.slope_scale}, a bias towards earlier frames; a '
+    def attention_for(self, q_segments: Sequence[Segment], k_segments: Sequence[Segment], device: torch.device,
+                      slope: float) -> FullAttention:
+        if slope:
+            raise ValueError(f'VideoDiT: slope_scale is {slope}, a bias towards earlier frames; a '
                              f'VideoDiT attends to all frames alike: set it to 0')
         return _FULL_ATTENTION
-
-    def make_kv_cache(self, batch_size: int, num_frames: int, height: int, width: int):
-        raise ValueError(_NO_CACHE)
 
     def make_slot_cache(self, batch_size: int, num_frames: int, height: int, width: int):
         raise ValueError(_NO_CACHE)

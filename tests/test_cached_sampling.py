@@ -1,0 +1,144 @@
+"""Cached sampling (``far.pipelines.cached_sampling``): eager and compiled passes give the uncached sampler's videos,
+compiled engines are shared and bounded, and a pass that cannot compile falls back to eager code with a warning."""
+import logging
+
+import pytest
+import torch
+from diffusers import DDIMScheduler
+
+from far.pipelines import FARSampling, cached_sampling
+from far.utils.compile import count_compilations
+
+LABELS = {'type': 'label', 'num_classes': 3}
+SMALL = dict(num_layers=1, num_attention_heads=1, axes_dims_rope=[4, 6, 6], attention_head_dim=16)
+
+
+def inputs(batch, context, new, actions=True, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    latents = torch.randn(batch, context, 4, 4, 4, generator=g) if context else None
+    noise = torch.randn(batch, new, 4, 4, 4, generator=g)
+    conditions = ({'action': torch.randint(0, 4, (batch, context + new), generator=g)} if actions
+                  else {'label': torch.randint(0, 3, (batch,), generator=g)})
+    return latents, noise, conditions
+
+
+def assert_same_videos(pipe, context, noise, conditions, **sampling):
+    """Eager cached, compiled cached and uncached sampling agree."""
+    uncached = pipe.generate_latents(context, noise, conditions, use_kv_cache=False, **sampling)
+    eager = pipe.generate_latents(context, noise, conditions, **sampling)
+    compiled = pipe.generate_latents(context, noise, conditions, execution='compiled', **sampling)
+    torch.testing.assert_close(eager, uncached, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture
+def eager_backend(monkeypatch):
+    """Compiled passes traced by Dynamo but run as traced (fast to build): when graphs are made is the same."""
+    monkeypatch.setattr(cached_sampling, 'BACKEND', 'eager')
+
+
+@pytest.mark.parametrize('sampling', [dict(), dict(guidance_scale=2.0), dict(slope_scale=0.1)])
+def test_far_cached_sampling_equals_uncached(tiny_far, make_pipeline, eager_backend, sampling):
+    pipe = make_pipeline(tiny_far(condition_cfg=LABELS, **SMALL), num_inference_steps=3)
+    assert_same_videos(pipe, *inputs(2, 2, 4, actions=False), **sampling)
+    assert_same_videos(pipe, *inputs(2, 0, 3, actions=False), **sampling)  # from nothing
+
+
+@pytest.mark.parametrize('context, sampling', [
+    (2, dict()), (2, dict(guidance_scale=1.5)), (2, dict(multi_level_cache=False)),
+    (6, dict(guidance_scale=1.5)),  # a context longer than the window: long-term frames before the first new one
+])
+def test_far_long_cached_sampling_equals_uncached(tiny_far_long, make_pipeline, eager_backend, context, sampling):
+    pipe = make_pipeline(tiny_far_long(short_term_ctx_winsize=3, **SMALL), num_inference_steps=2)
+    assert_same_videos(pipe, *inputs(2, context, 5), **sampling)
+
+
+@pytest.mark.slow
+def test_inductor_compiled_passes_equal_eager(tiny_far, tiny_far_long, make_pipeline):
+    """FAR and FAR-Long (both cache modes) through Inductor, as on a GPU."""
+    far = make_pipeline(tiny_far(condition_cfg=LABELS, **SMALL), num_inference_steps=2)
+    assert_same_videos(far, *inputs(2, 2, 3, actions=False), guidance_scale=2.0)
+    far_long = make_pipeline(tiny_far_long(short_term_ctx_winsize=3, **SMALL), num_inference_steps=2)
+    for multi_level_cache in (True, False):
+        assert_same_videos(far_long, *inputs(2, 2, 4), multi_level_cache=multi_level_cache)
+
+
+def test_engines_are_shared_grown_and_compile_a_bounded_number_of_graphs(tiny_far, make_pipeline, eager_backend,
+                                                                          caplog):
+    """Validation builds a new sampler each time: five of them in a row, then three engine sizes, compile each
+    pass once per engine (two passes: one frame, and the frame made before with the new one)."""
+    model = tiny_far(condition_cfg=LABELS, **SMALL)
+    with count_compilations() as counted:
+        for _ in range(5):
+            make_pipeline(model, num_inference_steps=2, execution='compiled').generate_latents(
+                *inputs(3, 2, 3, actions=False))
+    assert counted['graphs'] == 2 and counted['graph_breaks'] == 0
+    engine = cached_sampling.compiled_engine(model, batch_size=3, num_frames=5, height=4, width=4,
+                                             guidance_scale=1.0, slope=0.0)
+    assert (engine.batch_size, engine.num_frames) == (4, 8)  # grown to powers of two
+    with count_compilations() as counted:
+        for batch, new in ((2, 3), (5, 3), (8, 14), (3, 2)):  # smaller, a larger batch, a longer video, smaller
+            make_pipeline(model, num_inference_steps=2, execution='compiled').generate_latents(
+                *inputs(batch, 2, new, actions=False))
+    assert counted['graphs'] == 4  # two larger engines, two passes each: never near the recompile limit
+    grown = cached_sampling.compiled_engine(model, batch_size=1, num_frames=1, height=4, width=4,
+                                            guidance_scale=1.0, slope=0.0)
+    assert (grown.batch_size, grown.num_frames) == (8, 16) and grown.fallback is None
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_engines_of_many_models_never_reach_the_recompile_limit(tiny_far, make_pipeline, eager_backend, caplog):
+    """Each engine compiles its passes on its own copy of their code: more engines than Dynamo's limit (8)."""
+    limit = torch._dynamo.config.recompile_limit
+    for _ in range(limit + 2):
+        pipe = make_pipeline(tiny_far(**SMALL), num_inference_steps=1, execution='compiled')
+        pipe.generate_latents(*inputs(1, 1, 2, actions=False)[:2])
+        assert cached_sampling.compiled_engine(pipe.transformer, batch_size=1, num_frames=3, height=4, width=4,
+                                               guidance_scale=1.0, slope=0.0).fallback is None
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_graph_break_falls_back_to_eager_with_one_warning(tiny_far, make_pipeline, eager_backend, caplog):
+    model = tiny_far(**SMALL)
+    pipe = make_pipeline(model, num_inference_steps=2)
+    context, noise, _ = inputs(2, 2, 3, actions=False)
+    expected = pipe.generate_latents(context, noise)
+    block = model.transformer_blocks[0]
+    forward = block.forward
+
+    def untraceable(*args):
+        torch._dynamo.graph_break()  # what Dynamo cannot put in one graph
+        return forward(*args)
+
+    block.forward = untraceable
+    out = pipe.generate_latents(context, noise, execution='compiled')
+    out_again = pipe.generate_latents(context, noise, execution='compiled')
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    assert torch.equal(out, out_again)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and 'runs eagerly' in warnings[0]
+
+
+@pytest.mark.parametrize('settings, message', [
+    (dict(execution='static'), "'static' is now 'eager'"),
+    (dict(execution='compiled', use_kv_cache=False), 'needs use_kv_cache: true'),
+    (dict(execution='compiled', context_window=3), 'no context_window'),
+])
+def test_settings_that_cannot_work_are_refused_at_construction(settings, message):
+    with pytest.raises(ValueError, match=message):
+        FARSampling(**settings)
+
+
+def test_a_scheduler_whose_step_is_not_euler_is_refused(tiny_far, make_pipeline):
+    pipe = make_pipeline(tiny_far(**SMALL), num_inference_steps=2)
+    pipe = type(pipe)(transformer=pipe.transformer, scheduler=DDIMScheduler())
+    with pytest.raises(ValueError, match='FlowMatchEulerDiscreteScheduler'):
+        pipe.generate_latents(*inputs(1, 1, 1, actions=False)[:2])
+
+
+def test_a_sliding_window_samples_with_the_cache_as_without(tiny_far_long, make_pipeline):
+    pipe = make_pipeline(tiny_far_long(short_term_ctx_winsize=2, **SMALL), num_inference_steps=2)
+    context, noise, conditions = inputs(2, 2, 4)
+    cached = pipe.generate_latents(context, noise, conditions, context_window=3)
+    torch.testing.assert_close(cached, pipe.generate_latents(context, noise, conditions, context_window=3,
+                                                             use_kv_cache=False), rtol=1e-4, atol=1e-5)
