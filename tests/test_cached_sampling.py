@@ -1,12 +1,14 @@
 """Cached sampling (``far.pipelines.cached_sampling``): eager and compiled passes give the uncached sampler's videos,
 compiled engines are shared and bounded, and a pass that cannot compile falls back to eager code with a warning."""
 import logging
+from types import SimpleNamespace
 
 import pytest
 import torch
 from diffusers import DDIMScheduler
 
 from far.pipelines import FARSampling, cached_sampling
+from far.trainers.generative import GenerativeTrainer
 from far.utils.compile import count_compilations
 
 LABELS = {'type': 'label', 'num_classes': 3}
@@ -142,3 +144,30 @@ def test_a_sliding_window_samples_with_the_cache_as_without(tiny_far_long, make_
     cached = pipe.generate_latents(context, noise, conditions, context_window=3)
     torch.testing.assert_close(cached, pipe.generate_latents(context, noise, conditions, context_window=3,
                                                              use_kv_cache=False), rtol=1e-4, atol=1e-5)
+
+
+def test_validation_samples_a_half_precision_copy_refreshed_in_place(tiny_far, make_pipeline, eager_backend):
+    """bf16 sampling from fp32 weights: one bf16 copy, refreshed in place after the weights change, so that the
+    compiled engine built for it is reused."""
+    model = tiny_far(**SMALL)
+    trainer = SimpleNamespace(accelerator=SimpleNamespace(mixed_precision='bf16'), sampling_model=model,
+                              _sampling_copy=None)
+    copy = GenerativeTrainer.sampling_weights(trainer)
+    assert copy is not model and copy.dtype == torch.bfloat16 and model.dtype == torch.float32
+    context, noise, _ = inputs(2, 2, 2, actions=False)
+
+    def sample(weights):
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            return make_pipeline(weights, num_inference_steps=2, execution='compiled').generate_latents(context, noise)
+
+    before = sample(copy)
+    with torch.no_grad():  # a training step
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.1)
+    assert GenerativeTrainer.sampling_weights(trainer) is copy
+    assert all(torch.equal(c, m.to(torch.bfloat16)) for c, m in zip(copy.parameters(), model.parameters()))
+    with count_compilations() as counted:
+        after = sample(copy)
+    assert counted['graphs'] == 0 and not torch.allclose(before, after)
+    trainer.accelerator.mixed_precision = 'no'
+    assert GenerativeTrainer.sampling_weights(trainer) is model

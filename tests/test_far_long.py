@@ -1,5 +1,7 @@
 """FAR-Long: parity with the reference implementation, checkpoint names, sizes, multi-level KV cache,
 test-time temporal decay."""
+import warnings
+
 import pytest
 import torch
 
@@ -134,3 +136,17 @@ def test_reference_dtype_rounding_feeds_the_embeddings_what_bf16_made_of_them(ti
     table = tiny_far_long().rope(0, 259, 1, 1, 1, torch.device('cpu'))
     assert torch.equal(exact[0], table[0][255:259])
     assert torch.equal(rounded[0], table[0][[255, 256, 256, 258]])  # 257 -> 256
+
+
+def test_flex_attention_masks_long_and_short_frames_by_frame_arithmetic(tiny_far_long):
+    """FlexAttention's block mask and bias compute each token's frame from the segments (long-term frames of 4
+    tokens, short-term frames of 16): the same as SDPA's dense mask."""
+    model = tiny_far_long(short_term_ctx_winsize=2, slope_scale=0.05)
+    latents, timestep, actions = randn(1, 5, 4, 4, 4), torch.full((1, 5), 300.0), {'action': torch.ones(1, 5).long()}
+    with torch.no_grad():
+        reference = model(latents, timestep, actions).sample
+        model.attention_backend = 'flex'  # unfused on CPU (forward only)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            flex = model(latents, timestep, actions).sample
+    torch.testing.assert_close(flex, reference, rtol=1e-4, atol=1e-5)
