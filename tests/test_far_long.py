@@ -5,7 +5,9 @@ import warnings
 import pytest
 import torch
 
+from far.experiment import load_experiment
 from far.models import FAR_Long, build_model
+from far.options import OptionError, yaml_parameters
 
 MODES = {'no_cache': dict(use_kv_cache=False), 'single_level': dict(use_kv_cache=True, multi_level_cache=False),
          'multi_level': dict(use_kv_cache=True, multi_level_cache=True)}
@@ -110,6 +112,9 @@ def test_save_pretrained_round_trip(tiny_far_long, tmp_path):
     model.save_pretrained(tmp_path)
     loaded = FAR_Long.from_pretrained(tmp_path).eval()
     assert loaded.config.context_patch_size == 2 and loaded.config.short_term_ctx_winsize == 2
+    # every key FAR_Long hands on to FAR is recorded and read back
+    assert {k: v for k, v in loaded.config.items() if not k.startswith('_')} == \
+        {k: v for k, v in model.config.items() if not k.startswith('_')}
     latents, timestep, actions = randn(1, 4, 4, 4, 4), torch.full((1, 4), 300.0), {'action': torch.ones(1, 4).long()}
     assert torch.equal(loaded(latents, timestep, actions).sample, model(latents, timestep, actions).sample)
 
@@ -150,3 +155,14 @@ def test_flex_attention_masks_long_and_short_frames_by_frame_arithmetic(tiny_far
             warnings.simplefilter('ignore')
             flex = model(latents, timestep, actions).sample
     torch.testing.assert_close(flex, reference, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('override, message', [
+    ('model.context_patch_sise=2', r"model\.context_patch_sise: unknown key for model 'FAR_Long' \(did you mean "
+                                   r"'context_patch_size'\?\)"),
+    ('model.num_layer=2', r"model\.num_layer: unknown key for model 'FAR_Long' \(did you mean 'num_layers'\?\)"),
+])
+def test_misspelt_keys_are_refused_though_far_long_hands_its_options_to_far(override, message):
+    with pytest.raises(OptionError, match=message):
+        load_experiment('options/long_context/far_long_maze_memory.yml', [override])
+    assert {'context_patch_size', 'num_layers', 'slope_scale'} <= set(yaml_parameters(FAR_Long))

@@ -43,6 +43,9 @@ class LatentFlowSampler(DiffusionPipeline, VideoSampler):
                  options=None):
         super().__init__()
         options = self.options_class() if options is None else options
+        if not isinstance(transformer, self.model_class):
+            raise ValueError(f'{type(self).__name__} samples {self.model_class.__name__} models, got a '
+                             f'{type(transformer).__name__}')
         if options.guidance_scale != 1 and transformer.condition is None:
             raise ValueError(f'guidance_scale is {options.guidance_scale}, but the transformer is unconditional: '
                              'guidance needs a label- or action-conditioned model; set it to 1')
