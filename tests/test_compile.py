@@ -1,5 +1,5 @@
 """Compilation: regional compilation of the blocks computes what eager code computes, once per shape, and the
-compiled static sampler (inductor, as on a GPU) gives the eager sampler's videos without recompiling."""
+compiled cached sampler (inductor, as on a GPU) gives the eager sampler's videos without recompiling."""
 import pytest
 import torch
 
