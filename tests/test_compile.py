@@ -28,7 +28,7 @@ def test_regional_compilation_trains_like_eager_code_and_compiles_once(tiny_far)
     torch.testing.assert_close(grads, expected_grads, rtol=1e-4, atol=1e-6)
     with count_compilations() as again:
         training_step(compiled, latents.flip(0), timestep.flip(0), conditions)
-    assert first['graphs'] >= 1 and again == {'graphs': 0, 'frames': 0}  # the second block reuses the first's code
+    assert first['graphs'] >= 1 and again['graphs'] == again['frames'] == 0  # the second block reuses the first's code
     with pytest.raises(ValueError, match='no repeated block'):
         compile_blocks(torch.nn.Linear(2, 2))
 
@@ -41,8 +41,8 @@ def test_inductor_compiled_sampling_equals_eager_and_never_recompiles(tiny_far, 
     g = torch.Generator().manual_seed(0)
     context, noise = torch.randn(3, 2, 4, 4, 4, generator=g), torch.randn(3, 3, 4, 4, 4, generator=g)
     compiled = pipe.generate_latents(context, noise, execution='compiled')
-    torch.testing.assert_close(compiled, pipe.generate_latents(context, noise), rtol=1e-4, atol=1e-5)
+    assert (compiled - pipe.generate_latents(context, noise)).abs().max() <= 1e-4 * compiled.abs().max()
     with count_compilations() as after_warm_up:
         pipe.generate_latents(context[:2, :1], noise[:2], execution='compiled')  # a smaller batch, other lengths
         pipe.generate_latents(None, noise[:1, :2], execution='compiled')
-    assert after_warm_up == {'graphs': 0, 'frames': 0}
+    assert after_warm_up['graphs'] == after_warm_up['frames'] == 0
