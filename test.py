@@ -20,7 +20,7 @@ import yaml
 from accelerate.utils import set_seed
 
 import far  # noqa: F401  (fills the registries)
-from far.evaluation import evaluate, sampling_dtype
+from far.evaluation import cast_for_sampling, evaluate
 from far.experiment import building, load_experiment, require
 from far.metrics import environment_info
 from far.options import OptionError, to_dict
@@ -102,7 +102,7 @@ def test(args):
     except (ValueError, FileNotFoundError) as error:
         raise OptionError(args.opt, 'test.checkpoint', str(error)) from None
     logger.info(f'{args.opt}: evaluating {weights} on {accelerator.num_processes} process(es) ({accelerator.device})')
-    model.to(accelerator.device, sampling_dtype(opt.mixed_precision)).eval()  # cast once, not at every pass
+    cast_for_sampling(model.to(accelerator.device), opt.mixed_precision).eval()  # cast once, not at every pass
     with building(args.opt, 'autoencoder'):
         autoencoder = opt.build_autoencoder().to(accelerator.device).eval()
     with accelerator.main_process_first(), building(args.opt, f'datasets.{topt.dataset}'):

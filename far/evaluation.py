@@ -52,12 +52,22 @@ def sampling_dtype(mixed_precision: str) -> Optional[torch.dtype]:
     return {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(mixed_precision)
 
 
+def cast_for_sampling(model: torch.nn.Module, mixed_precision: str) -> torch.nn.Module:
+    """``model`` cast in place to the ``sampling_dtype`` of ``mixed_precision`` (unchanged when there is none)."""
+    dtype = sampling_dtype(mixed_precision)
+    if dtype is not None:
+        # a plain cast: diffusers' to() warns about modules to keep in float32, which these models do not have
+        torch.nn.Module.to(model, dtype)
+    return model
+
+
 def refresh_sampling_copy(model: torch.nn.Module, copy: Optional[torch.nn.Module],
-                          dtype: torch.dtype) -> torch.nn.Module:
-    """``model``'s weights in ``dtype``: ``copy`` (the result of an earlier call) refreshed in place, so that what
-    was built for it (compiled sampling engines) stays valid, or a new copy the first time."""
+                          mixed_precision: str) -> torch.nn.Module:
+    """``model``'s weights in the ``sampling_dtype`` of ``mixed_precision``: ``copy`` (the result of an earlier call)
+    refreshed in place, so that what was built for it (compiled sampling engines) stays valid, or a new copy the
+    first time."""
     if copy is None:
-        return deepcopy(model).to(dtype).eval().requires_grad_(False)
+        return cast_for_sampling(deepcopy(model), mixed_precision).eval().requires_grad_(False)
     with torch.no_grad():
         for target, source in zip(copy.state_dict().values(), model.state_dict().values()):
             target.copy_(source)

@@ -178,3 +178,13 @@ def test_validation_samples_a_half_precision_copy_refreshed_in_place(tiny_far, m
     assert counted['graphs'] == 0 and not torch.allclose(before, after)
     trainer.accelerator.mixed_precision = 'no'
     assert GenerativeTrainer.sampling_weights(trainer) is model
+
+
+def test_passes_that_do_not_run_as_cuda_graphs_are_reported_once(tiny_far, caplog):
+    engine = cached_sampling.CachedFrameSampler(tiny_far(**SMALL), batch_size=1, num_frames=2, height=4, width=4,
+                                                guidance_scale=1.0, slope=0.0)
+    for skips in (0, 2, 1):  # what count_compilations read around each compiled call
+        engine._check_cuda_graphs({'cudagraph_skips': skips}, torch.device('cuda'))
+    engine._check_cuda_graphs({'cudagraph_skips': 3}, torch.device('cpu'))  # no CUDA graphs off CUDA
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and 'do not run as CUDA graphs (2 skipped graphs)' in warnings[0]

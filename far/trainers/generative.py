@@ -46,10 +46,11 @@ class GenerativeTrainer(Trainer):
     def sampling_weights(self) -> torch.nn.Module:
         """The sampling (EMA) weights as validation samples them: under bf16/fp16 mixed precision, one persistent
         copy in that dtype, refreshed in place before each validation (cast once per validation, not per pass)."""
-        dtype = sampling_dtype(self.accelerator.mixed_precision)
+        precision = self.accelerator.mixed_precision
+        dtype = sampling_dtype(precision)
         if dtype is None or next(self.sampling_model.parameters()).dtype == dtype:
             return self.sampling_model
-        self._sampling_copy = refresh_sampling_copy(self.sampling_model, self._sampling_copy, dtype)
+        self._sampling_copy = refresh_sampling_copy(self.sampling_model, self._sampling_copy, precision)
         return self._sampling_copy
 
     def sampler(self) -> VideoSampler:
