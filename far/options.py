@@ -270,7 +270,13 @@ class Validator:
         else:
             params = {n: (p.annotation, p.default is inspect.Parameter.empty)
                       for n, p in yaml_parameters(target).items()}
-        return {'type': name, **self._fields(kwargs, params, path, f'{registry.name} {name!r}')}
+        fields = self._fields(kwargs, params, path, f'{registry.name} {name!r}')
+        if options_class is not None:
+            try:  # the settings' own checks (__post_init__), before any work starts
+                options_class(**fields)
+            except (TypeError, ValueError) as e:
+                self.fail(path, str(e))
+        return {'type': name, **fields}
 
     def group(self, value: Any, cls, path: str):
         if isinstance(value, cls):

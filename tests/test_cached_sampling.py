@@ -7,6 +7,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
+from far.experiment import load_experiment
+from far.options import OptionError
 from far.pipelines import FARSampling, cached_sampling
 from far.trainers.generative import GenerativeTrainer
 from far.utils.compile import count_compilations
@@ -188,3 +190,9 @@ def test_passes_that_do_not_run_as_cuda_graphs_are_reported_once(tiny_far, caplo
     engine._check_cuda_graphs({'cudagraph_skips': 3}, torch.device('cpu'))  # no CUDA graphs off CUDA
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and 'do not run as CUDA graphs (2 skipped graphs)' in warnings[0]
+
+
+def test_an_experiment_file_with_such_settings_stops_when_it_loads():
+    with pytest.raises(OptionError, match=r'trainer\.validation\.sampler: execution: compiled .* needs use_kv_cache'):
+        load_experiment('options/demo/far_moving_shapes.yml', ['trainer.validation.sampler.execution=compiled',
+                                                               'trainer.validation.sampler.use_kv_cache=false'])
