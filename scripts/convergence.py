@@ -5,11 +5,10 @@ and beyond their training length, and report (points.json, report.md, convergenc
 
 Each contender is an ordinary experiment file (train.py and test.py run it alone as well), trained into
 experiments/<study name>/<experiment name>/ with train.py in `training.processes` processes and scored with
-test.py's machinery. Started again, the study resumes: an interrupted training continues from its newest
-checkpoint, and every point already scored with the same options is kept.
+far.run.evaluate, test.py's evaluation. Started again, the study resumes: an interrupted training continues from
+its newest checkpoint, and every point already scored with the same options is kept.
 """
 import argparse
-import importlib.util
 from pathlib import Path
 
 import far  # noqa: F401  (fills the registries)
@@ -29,19 +28,11 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def test_function():
-    """test.py's ``test``, loaded from its file (the name ``test`` alone would find Python's own test package)."""
-    spec = importlib.util.spec_from_file_location('far_test_script', REPO / 'test.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.test
-
-
 def main(argv=None):
     args = parse_args(argv)
     try:
         study = load_study(args.opt, args.overrides)
-        Study(study=study, file=args.opt, root=args.root, train_script=REPO / 'train.py', test=test_function()).run()
+        Study(study=study, file=args.opt, root=args.root, train_script=REPO / 'train.py').run()
     except (OptionError, StudyError, LaunchError, ExperimentExists) as error:
         raise SystemExit(f'error: {error}')
 

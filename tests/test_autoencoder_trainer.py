@@ -6,7 +6,6 @@ import diffusers
 import pytest
 import torch
 import torch.nn.functional as F
-from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
 import far.data  # noqa: F401  (registers the datasets)
@@ -105,13 +104,6 @@ def test_loss_phases_and_where_their_gradients_go(tiny_dcae_config, vgg_files):
     hinge_d_loss(discriminator(frames), discriminator(recon.detach())).backward()
     for got, expected in zip(discriminator_grads, (p.grad for p in discriminator.parameters())):
         torch.testing.assert_close(got, expected)
-
-
-@pytest.fixture
-def fresh_accelerator_state():
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
 
 
 def test_trainer_end_to_end_on_the_demo_config(tmp_path, vgg_files, fresh_accelerator_state):

@@ -45,6 +45,7 @@ def test_launch_check():
         check_launch(1, {'WORLD_SIZE': '2'})
 
 
+@pytest.mark.slow
 @needs_launcher
 def test_launcher_without_multi_gpu_is_refused(scripts, tmp_path):
     result = scripts.run('train.py', '-opt', str(scripts.demo), *scripts.tiny, cwd=tmp_path,
@@ -118,6 +119,7 @@ torch.save({{'lengths': lengths, 'model': model.state_dict(), 'ema': trainer.ema
 '''
 
 
+@pytest.mark.slow
 @needs_launcher
 def test_two_process_long_context_training_stays_in_sync(scripts, tmp_path):
     script = tmp_path / 'spy.py'
@@ -143,6 +145,7 @@ def test_two_process_long_context_training_stays_in_sync(scripts, tmp_path):
     assert len(list((tmp_path / 'experiments/ddp/samples/step-0000020').glob('*.mp4'))) == 2
 
 
+@pytest.mark.slow
 @needs_launcher
 def test_two_process_evaluation_gives_the_same_results(scripts, tmp_path):
     from far.experiment import load_experiment

@@ -1,5 +1,4 @@
 """Latent extraction: shards in the far.data.shards format, raw latents, the same output for any process count."""
-import importlib.util
 import json
 import os
 import socket
@@ -32,13 +31,6 @@ TINY_DCAE = {
 }
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location('extract_latents', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def options_for(root: Path, output_dir: Path, **extra) -> list:
     """Command-line options: 5 MovingShapes videos (3 frames, 16 px) through a tiny DC-AE, 2 per shard."""
     overrides = {
@@ -52,13 +44,13 @@ def options_for(root: Path, output_dir: Path, **extra) -> list:
 
 
 @pytest.fixture(scope='module')
-def extraction(tmp_path_factory):
+def extraction(tmp_path_factory, scripts):
     """One in-process extraction (a single process); yields its folder and the script module."""
     root = tmp_path_factory.mktemp('extract')
     (root / 'dcae.json').write_text(json.dumps(TINY_DCAE))
     torch.manual_seed(0)
     torch.save(diffusers.AutoencoderDC.from_config(TINY_DCAE).state_dict(), root / 'dcae.pth')
-    script = load_script()
+    script = scripts.module('scripts/extract_latents.py')
     AcceleratorState._reset_state(True)  # a fresh single-process state, whatever other tests set up
     script.main(['-opt', str(write_yaml(root)), *options_for(root, root / 'one')])
     AcceleratorState._reset_state(True)
