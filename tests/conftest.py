@@ -2,8 +2,9 @@
 tests share, as fixtures: the shared folder and its parity fixtures, tiny random FAR models and their samplers, a
 fresh accelerate state, and the repository's scripts run as a user runs them or imported for their functions.
 
-Tests slower than ~30 s on a 2-core CPU are marked `slow`: `python3 -m pytest -q -m "not slow" tests` leaves them
-out (the fast loop), `python3 -m pytest -q tests` runs everything."""
+Tests that take more than ~10 s on two cores (training or evaluating through the scripts several times,
+several processes, compiling) are marked `slow`: `python3 -m pytest -q -m "not slow" tests` leaves them out (the
+fast loop), `python3 -m pytest -q tests` runs everything."""
 import os
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
@@ -14,6 +15,7 @@ os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
 
 import importlib.util  # noqa: E402
 import logging  # noqa: E402
+import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -149,6 +151,13 @@ class Scripts:
         Path(cwd).mkdir(parents=True, exist_ok=True)
         command = [*launcher, str(REPO / script)] if launcher else [sys.executable, str(REPO / script)]
         return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+    @staticmethod
+    def free_port() -> int:
+        """A local port nobody listens on, for a launch of several processes (other runs may hold 29500)."""
+        with socket.socket() as s:
+            s.bind(('127.0.0.1', 0))
+            return s.getsockname()[1]
 
     @staticmethod
     def module(script: str) -> ModuleType:

@@ -1,7 +1,6 @@
 """Latent extraction: shards in the far.data.shards format, raw latents, the same output for any process count."""
 import json
 import os
-import socket
 import subprocess
 import sys
 import tarfile
@@ -103,19 +102,13 @@ def test_existing_output_needs_overwrite_and_streams_are_refused(extraction):
         script.main(options_for(root, root / 'bad', latent_dtype='bf16'))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_two_processes_write_the_same_shards(extraction):
+def test_two_processes_write_the_same_shards(extraction, scripts):
     root, _ = extraction
     env = {**os.environ, 'ACCELERATE_USE_CPU': '1', 'OMP_NUM_THREADS': '1'}
     command = [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2',
                '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no',
-               '--main_process_port', str(free_port()), str(SCRIPT),
+               '--main_process_port', str(scripts.free_port()), str(SCRIPT),
                '-opt', str(root / 'extract.yml'), *options_for(root, root / 'two')]
     result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr

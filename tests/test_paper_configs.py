@@ -68,8 +68,8 @@ UCF_GENERATION = Data('UCF101', 'datasets/ucf101/trainval.json', 'datasets/ucf10
 UCF_PREDICTION = Data('UCF101', 'datasets/ucf101/train03.json', 'datasets/ucf101/test03.json', 16, 1, False, True)
 BAIR = Data('BAIR', 'datasets/bair/bair_train.json', 'datasets/bair/bair_val.json', 30, 1, False, False)
 DMLAB = Data('DMLab', 'datasets/dmlab_latent/dmlab_train.json', 'datasets/dmlab/dmlab_val.json', 300, 1, True, False)
-MINECRAFT = Data('Minecraft', 'datasets/minecraft_latent/minecraft_train.json', 'datasets/minecraft/minecraft_val.json', 300, 1,
-                 True, False)
+MINECRAFT = Data('Minecraft', 'datasets/minecraft_latent/minecraft_train.json',
+                 'datasets/minecraft/minecraft_val.json', 300, 1, True, False)
 
 
 class Protocol(NamedTuple):

@@ -138,7 +138,8 @@ def evaluations(study: StudyOptions) -> List[Evaluation]:
 def prepare(run: Run, label: str, extra: Sequence[str], file: str, where: str,
             prepared: Dict[str, PreparedRun], root: Path) -> PreparedRun:
     """``run`` resolved with ``extra`` overrides, each option of its ``reads`` set to the final checkpoint in
-    ``root`` of the ``prepared`` run (by experiment name) it names; an OptionError names the study ``file`` and ``where`` too."""
+    ``root`` of the ``prepared`` run (by experiment name) it names; an OptionError names the study ``file`` and
+    ``where`` too."""
     for key, name in run.reads.items():
         if name not in prepared:
             raise OptionError(file, f'{where}.reads.{key}', f"names '{name}', which is not an experiment prepared "
