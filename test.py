@@ -12,8 +12,6 @@ evaluation never overwrites another) the videos with a labelled grid of the firs
 and the baselines the protocol makes with the same sampler, such as a sliding window; per-frame values under
 `per_frame`) and the per-frame plot per_frame_metrics.png.
 """
-import argparse
-
 import far  # noqa: F401  (fills the registries)
 from far import run
 from far.experiment import load_experiment
@@ -22,11 +20,7 @@ from far.utils.distributed import LaunchError
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('-opt', required=True, help='experiment YAML file')
-    parser.add_argument('overrides', nargs='*', help='key.path=value overrides of the YAML file')
-    parser.add_argument('--root', default='experiments', help='where experiment folders live')
-    return parser.parse_args(argv)
+    return run.command_line(__doc__).parse_args(argv)
 
 
 def test(args):

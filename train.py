@@ -7,8 +7,6 @@ The run lives in experiments/<name>/ (resolved options, train.log, metrics.jsonl
 checkpoints/, samples/). Starting it again resumes from its newest checkpoint; with other options it stops
 unless --force-new is given.
 """
-import argparse
-
 import far  # noqa: F401  (fills the registries)
 from far import run
 from far.experiment import load_experiment
@@ -19,12 +17,9 @@ from far.utils.faults import fault_message
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('-opt', required=True, help='experiment YAML file')
-    parser.add_argument('overrides', nargs='*', help='key.path=value overrides of the YAML file')
+    parser = run.command_line(__doc__)
     parser.add_argument('--force-new', action='store_true',
                         help='archive an existing experiment folder of the same name and start afresh')
-    parser.add_argument('--root', default='experiments', help='where experiment folders live')
     return parser.parse_args(argv)
 
 

@@ -1,6 +1,8 @@
 """Running an experiment: training it (``train``), evaluating it (``evaluate``) and assembling its trainer
-(``build_trainer``). train.py, test.py and the convergence study call these with validated options.
+(``build_trainer``). train.py, test.py and the convergence study call these with validated options, and read their
+command lines with ``command_line``.
 """
+import argparse
 import json
 import logging
 from pathlib import Path
@@ -25,6 +27,16 @@ from far.utils.logger import setup_logging
 PER_FRAME_PLOT = 'per_frame_metrics.png'
 
 logger = logging.getLogger('far')
+
+
+def command_line(description: str, *, file: str = 'experiment YAML file',
+                 root: str = 'where experiment folders live') -> argparse.ArgumentParser:
+    """The arguments every entry point takes: ``-opt`` a YAML file, ``key.path=value`` overrides of it, ``--root``."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('-opt', required=True, help=file)
+    parser.add_argument('overrides', nargs='*', help='key.path=value overrides of the YAML file')
+    parser.add_argument('--root', default='experiments', help=root)
+    return parser
 
 
 def trainer_parts(options: ExperimentOptions, file: str) -> tuple:

@@ -8,12 +8,12 @@ experiments/<study name>/<experiment name>/ with train.py in `training.processes
 far.run.evaluate, test.py's evaluation. Started again, the study resumes: an interrupted training continues from
 its newest checkpoint, and every point already scored with the same options is kept.
 """
-import argparse
 from pathlib import Path
 
 import far  # noqa: F401  (fills the registries)
 from far.convergence import Study, StudyError, load_study
 from far.options import OptionError
+from far.run import command_line
 from far.utils.distributed import LaunchError
 from far.utils.experiment_dir import ExperimentExists
 
@@ -21,10 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('-opt', required=True, help='study YAML file')
-    parser.add_argument('overrides', nargs='*', help='key.path=value overrides of the study file')
-    parser.add_argument('--root', default='experiments', help='where studies (and their experiment folders) live')
+    parser = command_line(__doc__, file='study YAML file', root='where studies (and their experiment folders) live')
     return parser.parse_args(argv)
 
 

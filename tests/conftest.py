@@ -1,6 +1,6 @@
 """Test environment (offline hubs, one thread per process, 'far' log records that reach caplog) and the helpers
-tests share, as fixtures: the shared folder and its parity fixtures, tiny random FAR models and their samplers, a
-fresh accelerate state, and the repository's scripts run as a user runs them or imported for their functions.
+tests share, as fixtures: the shared folder and its parity fixtures, the experiment files under options/, tiny
+random FAR models and their samplers, a fresh accelerate state, and the repository's scripts run as a user runs them or imported for their functions.
 
 Tests that take more than ~10 s on two cores (training or evaluating through the scripts several times,
 several processes, compiling) are marked `slow`: `python3 -m pytest -q -m "not slow" tests` leaves them out (the
@@ -14,6 +14,7 @@ os.environ.setdefault('MKL_NUM_THREADS', '1')
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
 
 import importlib.util  # noqa: E402
+import functools  # noqa: E402
 import logging  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
@@ -25,6 +26,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from accelerate.state import AcceleratorState  # noqa: E402
 
+from far.experiment import ExperimentOptions, load_experiment  # noqa: E402
 from far.models import FAR, FAR_Long  # noqa: E402
 from far.pipelines import FARPipeline, FARSampling  # noqa: E402
 
@@ -32,6 +34,7 @@ torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / 'shared'
+OPTIONS = REPO / 'options'
 
 
 @pytest.fixture(autouse=True)
@@ -64,6 +67,17 @@ def parity(shared_dir):
 def nbp_parity(parity) -> dict:
     """The NBP reference's outputs (``nbp.pt``: FSQ, tokenizer, transformer layouts, sampling), loaded once."""
     return parity('nbp.pt')
+
+
+@pytest.fixture(scope='session')
+def experiment_file():
+    """``experiment_file('train/far/.../FAR_B_bair_res64_200K_bs32')``: options/<name>.yml validated, read once."""
+
+    @functools.lru_cache(maxsize=None)
+    def load(name: str) -> ExperimentOptions:
+        return load_experiment(str(OPTIONS / f'{name}.yml'))
+
+    return load
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ recipe of the NBP scripts and the evaluation settings (gFVD on the first 16 of 1
 
 No data and no weights: models and tokenizers are built on the meta device.
 """
-from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple, Optional
 
@@ -12,7 +11,6 @@ import pytest
 import torch
 
 import far  # noqa: F401  (fills the registries)
-from far.experiment import load_experiment
 from far.pipelines import NBPPipeline, NBPSampling
 from far.registry import AUTOENCODERS, PROTOCOLS
 
@@ -25,11 +23,6 @@ RELEASED = 'experiments/pretrained_models/NBP'
 
 def key(path: Path) -> str:
     return str(path.relative_to(OPTIONS).with_suffix(''))
-
-
-@lru_cache(maxsize=None)
-def load(name: str):
-    return load_experiment(str(OPTIONS / f'{name}.yml'))
 
 
 class Recipe(NamedTuple):
@@ -76,15 +69,15 @@ def released_model(row: Row, opt) -> str:
     return f"{RELEASED}/{row.short}_base_nbp{opt.model['token_number_per_step']}{hybrid}.safetensors"
 
 
-def test_the_table_covers_every_nbp_config():
+def test_the_table_covers_every_nbp_config(experiment_file):
     assert sorted(PAPER) == [key(p) for p in NBP_FILES]
     for name in PAPER:
-        assert load(name).name == Path(name).name
+        assert experiment_file(name).name == Path(name).name
 
 
 @pytest.mark.parametrize('name', PAPER)
-def test_model_tokens_and_steps_are_the_papers(name):
-    row, opt = PAPER[name], load(name)
+def test_model_tokens_and_steps_are_the_papers(name, experiment_file):
+    row, opt = PAPER[name], experiment_file(name)
     assert opt.model['type'] == 'NBP_base' and opt.model['token_number_per_step'] == 16
     assert opt.model['hybrid'] is row.hybrid and opt.model.get('condition_cfg') == row.condition
     with torch.device('meta'):
@@ -104,8 +97,8 @@ def test_model_tokens_and_steps_are_the_papers(name):
 
 
 @pytest.mark.parametrize('name', [n for n, row in PAPER.items() if row.recipe is not None])
-def test_training_follows_the_nbp_scripts(name):
-    row, opt = PAPER[name], load(name)
+def test_training_follows_the_nbp_scripts(name, experiment_file):
+    row, opt = PAPER[name], experiment_file(name)
     recipe, trainer = row.recipe, opt.trainer
     assert trainer['type'] == 'NBPTrainer' and opt.mixed_precision == recipe.precision
     optimizer = trainer['optimizer']
@@ -123,8 +116,8 @@ def test_training_follows_the_nbp_scripts(name):
 
 
 @pytest.mark.parametrize('name', PAPER)
-def test_evaluation_follows_the_paper(name):
-    row, opt = PAPER[name], load(name)
+def test_evaluation_follows_the_paper(name, experiment_file):
+    row, opt = PAPER[name], experiment_file(name)
     test = opt.test
     assert test.checkpoint == ('latest' if row.trained_here else released_model(row, opt))
     sampler = NBPSampling(**{k: v for k, v in test.sampler.items() if k != 'type'})
@@ -139,8 +132,8 @@ def test_evaluation_follows_the_paper(name):
 
 
 @pytest.mark.parametrize('path', TOKENIZER_FILES, ids=key)
-def test_tokenizer_configs_train_the_released_layout(path):
-    opt = load(key(path))
+def test_tokenizer_configs_train_the_released_layout(path, experiment_file):
+    opt = experiment_file(key(path))
     assert opt.autoencoder == {'type': 'NBPTokenizer', 'image_size': 128} and opt.model is None
     trainer = opt.trainer
     assert trainer['type'] == 'AutoencoderTrainer' and trainer['loss'].reconstruction == 'l2'

@@ -4,7 +4,6 @@ recipe (v3 Table 8) and each benchmark's evaluation (v3 Tables 3-5, as FAR's own
 
 No data and no weights: models and autoencoders are built on the meta device.
 """
-from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple, Optional, Tuple
 
@@ -27,11 +26,6 @@ RELEASED = 'experiments/pretrained_models/FAR_Models'
 
 def key(path: Path) -> str:
     return str(path.relative_to(OPTIONS).with_suffix(''))
-
-
-@lru_cache(maxsize=None)
-def load(name: str):
-    return load_experiment(str(OPTIONS / f'{name}.yml'))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -154,15 +148,15 @@ def released_files(name: str, row: Row) -> tuple:
             f'{RELEASED}/{task}/{row.model}_{row.data.name}_{RELEASED_KIND[row.condition]}{row.frame_size}-')
 
 
-def test_the_table_covers_every_paper_config():
+def test_the_table_covers_every_paper_config(experiment_file):
     assert sorted(PAPER) == [key(p) for p in PAPER_FILES]
     for name in PAPER:  # experiments/<name>/ is found from the file name, as in FAR
-        assert load(name).name == Path(name).name
+        assert experiment_file(name).name == Path(name).name
 
 
 @pytest.mark.parametrize('name', PAPER)
-def test_model_has_the_paper_size(name):
-    row, opt = PAPER[name], load(name)
+def test_model_has_the_paper_size(name, experiment_file):
+    row, opt = PAPER[name], experiment_file(name)
     assert opt.model['type'] == row.model
     assert opt.model.get('condition_cfg') == CONDITIONS[row.condition]
     assert opt.model['reference_dtype_rounding']  # bf16-rounded timesteps and positions, as the released models
@@ -176,8 +170,8 @@ def test_model_has_the_paper_size(name):
 
 
 @pytest.mark.parametrize('name', PAPER)
-def test_autoencoder_gives_64_tokens_of_32_channels(name):
-    row, opt = PAPER[name], load(name)
+def test_autoencoder_gives_64_tokens_of_32_channels(name, experiment_file):
+    row, opt = PAPER[name], experiment_file(name)
     block = opt.autoencoder
     assert block['type'] == 'DCAutoencoder' and (REPO / block['config']).is_file()
     assert block['checkpoint'].startswith(released_files(name, row)[0]) and block['checkpoint'].endswith('.pth')
@@ -190,8 +184,8 @@ def test_autoencoder_gives_64_tokens_of_32_channels(name):
 
 
 @pytest.mark.parametrize('name', TRAINED)
-def test_training_follows_the_paper(name):
-    row, opt = PAPER[name], load(name)
+def test_training_follows_the_paper(name, experiment_file):
+    row, opt = PAPER[name], experiment_file(name)
     trainer = opt.trainer
     assert (opt.mixed_precision, opt.seed, opt.pretrained) == ('bf16', 0, None)
     # v3 Table 8: AdamW 1e-4, constant schedule, batch 32 (8 processes x 4), EMA 0.9999
@@ -231,8 +225,8 @@ def protocol_settings(block: dict) -> dict:
 
 
 @pytest.mark.parametrize('name', PAPER)
-def test_evaluation_follows_the_paper(name):
-    row, opt = PAPER[name], load(name)
+def test_evaluation_follows_the_paper(name, experiment_file):
+    row, opt = PAPER[name], experiment_file(name)
     test = opt.test
     assert test.checkpoint.startswith(released_files(name, row)[1]) and test.checkpoint.endswith('.pth')
     sampler = FARSampling(**{k: v for k, v in test.sampler.items() if k != 'type'})
