@@ -3,7 +3,8 @@ batches, classifier-free guidance, next-token decoding (k = 1), decoding to pixe
 import pytest
 import torch
 
-from far.conversions.nbp import load_reference_weights, tokenizer_from_reference_config, transformer_from_reference_config
+from far.conversions.nbp import (load_reference_weights, tokenizer_from_reference_config,
+                                 transformer_from_reference_config)
 from far.models import NBPTransformer
 from far.pipelines import NBPPipeline, NBPSampling, VideoSampler, build_sampler, top_k_top_p_filtering
 
