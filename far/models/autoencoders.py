@@ -59,8 +59,9 @@ class DCAutoencoder(LatentAutoencoder):
     Args:
         config: a JSON config path (e.g. ``options/model_cfg/dcae/model_8x_c32_config.json``) or a dict.
         checkpoint: weights, loaded strictly: a ``.pth``/``.safetensors`` state dict (the published
-            ``DCAE_*.pth``), a checkpoint folder of the autoencoder trainer (its EMA weights) or a
-            ``save_pretrained`` folder. ``None`` leaves the weights random (training from scratch).
+            ``DCAE_*.pth``), a checkpoint of the autoencoder trainer (its EMA weights) or its ``checkpoints``
+            folder (the newest), or a ``save_pretrained`` folder (see
+            ``far.utils.checkpoints.read_autoencoder_weights``). ``None`` leaves the weights random.
         scaling_factor: overrides the config's.
         dtype: weights' dtype.
         slicing: frames per autoencoder call (``None``: all at once).

@@ -175,7 +175,7 @@ class VideoTokenizer(Autoencoder):
     @abc.abstractmethod
     def decode_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         """Token ids ``[B, T', h, w]``, or flattened ``[B, T' h w]`` in (frame, row, column) order -> videos
-        ``[B, 4 (T' - 1) + 1, 3, H, W]`` in [0, 1] (float32, clamped)."""
+        ``[B, r (T' - 1) + 1, 3, H, W]`` in [0, 1] (float32, clamped)."""
 
     @property
     def latent_size(self) -> int:

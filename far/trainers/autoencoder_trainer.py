@@ -54,8 +54,8 @@ class AutoencoderTrainer(Trainer):
     ``disc_start``). ``batch_size`` counts clips.
 
     A checkpoint loads back as ``autoencoder: {type: DCAutoencoder, config: ..., checkpoint:
-    experiments/<name>/checkpoints/checkpoint-<step>}`` (its EMA weights), and an NBP tokenizer's also as
-    ``checkpoint: experiments/<name>/checkpoints`` (the newest).
+    experiments/<name>/checkpoints/checkpoint-<step>}`` (its EMA weights), or ``checkpoint:
+    experiments/<name>/checkpoints`` (the newest; see ``far.utils.checkpoints.read_autoencoder_weights``).
     """
 
     runtime_args = ('accelerator', 'autoencoder', 'datasets', 'folder', 'seed', 'config')
