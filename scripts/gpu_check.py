@@ -8,7 +8,8 @@ Workloads (bf16 on CUDA; float32 on a CPU), with the targets printed beside thei
   train     FAR-B (12 layers, width 768) training steps, batch 32 x 16 frames of 8x8x32 latents, bf16 autocast,
             fused AdamW: eager, and with regionally compiled blocks (FlexAttention block masks on CUDA). FLOPs per
             step counted from the model's structure (``far.utils.flops``), model FLOPs utilisation against the
-            device's bf16 peak, host syncs of a step, the loss of both from the same weights.
+            device's bf16 peak, the loss of both from the same weights. Host syncs per step: of train.py's loop (a
+            tiny demo run, ``trainer_host_syncs``), and of the timed step alone.
             Target: the reference's step time over ours >= 2.5 (goal 3).
   generate  FAR-B, 14 frames after 2 context frames, 25 steps, batch 8, KV cache, compiled passes; the eager sampler
             beside it (the largest difference to it); then a smaller batch and other frame counts, untimed, whose
@@ -35,17 +36,18 @@ cut short leaves a valid file that says which workloads are pending.
 
 Estimated time of a default run on one H100 (from ../shared/docs/gpu-device-notes.md: a FAR-B step 0.16 s, the eager
 sampler 6.4 s per generation, a first compiled generation 24.5 s, a FAR-B forward ~18 ms when launch bound):
-  train     ~1.5 min: two model builds, one block compiled (forward and backward, ~1 min), 2 x 11 steps.
+  train     ~1.5 min: two model builds, one block compiled (forward and backward, ~1 min), 2 x 11 steps; two tiny
+            train.py runs for the host syncs (~15 s).
   generate  ~1.5 min: eager warm-up and one timed call (~13 s), compiled warm-up (~30 s) and 3 timed calls (~3 s),
             two untimed calls at other shapes (~20 s, their engines included).
-  long      ~1.5 min: compiled warm-up at 256 frames (compiling ~40 s, one rollout <= 20 s), one timed rollout;
-            about 4 min if the passes run without CUDA graphs (~6,700 launch-bound passes of ~18 ms per rollout).
+  long      ~1.5 min: compiled warm-up at 256 frames (compiling ~40 s, one rollout <= 20 s), one timed rollout.
+            Without CUDA graphs a rollout is ~7,000 launch-bound passes of ~18 ms (~2 min): a warm-up over 150 s is
+            not followed by a timed rollout (steady_s null), so the workload stays under ~3 min.
   demo      ~1.5 min: train.py (200 steps at ~11 it/s, start-up, validation), test.py twice.
-  In all about 6 minutes (8 at worst); the reference adds up to its time boxes (2 + 4 + 7 minutes; it did not finish
+  In all about 6 minutes, 7.5 at worst; the reference adds up to its time boxes (2 + 4 + 7 minutes; it did not finish
   a cached FAR-B generation in the earlier box).
 """
 import argparse
-import contextlib
 import importlib.util
 import json
 import os
@@ -77,11 +79,11 @@ TINY = dict(FAR_B, in_channels=4, out_channels=4, num_layers=1, attention_head_d
 SIZES = {
     'paper': dict(model=FAR_B, latent=(32, 8, 8), train=dict(batch=32, frames=16, steps=10),
                   generate=dict(batch=8, context=2, new=14, steps=25, repeats=3),
-                  long=dict(frames=256, steps=25, context_patch=4, repeats=1),
+                  long=dict(frames=256, steps=25, context_patch=4, repeats=1, time_box_s=150),
                   demo=['trainer.total_steps=200'], reference_timeout=dict(train=120, generate=240, long=420)),
     'tiny': dict(model=TINY, latent=(4, 4, 4), train=dict(batch=2, frames=4, steps=3),
                  generate=dict(batch=3, context=2, new=4, steps=2, repeats=3),
-                 long=dict(frames=12, steps=2, context_patch=2, repeats=1),
+                 long=dict(frames=12, steps=2, context_patch=2, repeats=1, time_box_s=120),
                  demo=['model.num_layers=1', 'model.num_attention_heads=1', 'trainer.total_steps=4',
                        'trainer.batch_size=4', 'trainer.validation=null', 'datasets.train.num_videos=16',
                        'datasets.test.num_videos=2', 'test.protocol.num_videos=2', 'test.sampler.num_inference_steps=2',
@@ -89,6 +91,11 @@ SIZES = {
                  reference_timeout=dict(train=120, generate=120, long=120)),
 }
 REFERENCE_RUNS = 3  # timed runs of the reference after its warm-up run
+DEMO = REPO / 'options' / 'demo' / 'far_moving_shapes.yml'
+# train.py's loop at the demo config, tiny: its host syncs per step do not depend on the model's size
+TRAINER_SYNC_STEPS = (2, 5)
+TRAINER_SYNC_RUN = ['model.num_layers=1', 'trainer.batch_size=4', 'datasets.train.num_videos=16',
+                    'trainer.log.every=100000', 'trainer.checkpoint.every=100000', 'trainer.validation=null']
 # Dense bf16 tensor-core peaks (TFLOP/s) under the exact names torch.cuda.get_device_name() reports.
 PEAK_BF16_TFLOPS = {
     'NVIDIA H100 80GB HBM3': 989,   # H100 SXM
@@ -128,21 +135,27 @@ def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp(min=1e-12))
 
 
-def measure(run: Callable, device: torch.device, repeats: int) -> Tuple[list, dict]:
+def measure(run: Callable, device: torch.device, repeats: int,
+            time_box_s: Optional[float] = None) -> Tuple[list, dict]:
     """``run`` once to warm up (building and compiling for exactly the shapes timed), then ``repeats`` timed calls:
-    their outputs and the figures every workload reports."""
+    their outputs and the figures every workload reports. A warm-up longer than ``time_box_s`` is not followed by
+    timed calls (the check keeps to its time; ``steady_s`` is then null)."""
     reset_memory(device)
     with count_compilations() as warm_up:
         warm_up_s, first = benchmark.timed(run, device)
+    boxed = time_box_s is not None and warm_up_s > time_box_s
     with count_compilations() as later:
-        timed = [benchmark.timed(run, device) for _ in range(repeats)]
-    steady_s = statistics.median(seconds for seconds, _ in timed)
-    figures = {'steady_s': round(steady_s, 4), 'runs_s': [round(seconds, 4) for seconds, _ in timed],
-               'warm_up_s': round(warm_up_s, 3), 'compile_s': round(max(warm_up_s - steady_s, 0.0), 3),
+        timed = [benchmark.timed(run, device) for _ in range(0 if boxed else repeats)]
+    steady_s = statistics.median(seconds for seconds, _ in timed) if timed else None
+    figures = {'steady_s': round(steady_s, 4) if timed else None, 'runs_s': [round(seconds, 4) for seconds, _ in timed],
+               'warm_up_s': round(warm_up_s, 3),
+               'compile_s': round(max(warm_up_s - steady_s, 0.0), 3) if timed else None,
                'graphs_in_warm_up': warm_up['graphs'], 'graphs_after_warm_up': later['graphs'],
                'graph_breaks': warm_up['graph_breaks'] + later['graph_breaks'],
                'cudagraph_skips': warm_up['cudagraph_skips'] + later['cudagraph_skips'],
                'peak_memory_gb': peak_memory_gb(device)}
+    if boxed:
+        figures['not_timed'] = f'the warm-up took {warm_up_s:.0f} s, over the time box of {time_box_s} s'
     return [first] + [out for _, out in timed], figures
 
 
@@ -217,6 +230,7 @@ def training_step(model: torch.nn.Module, inputs: dict, device: torch.device, dt
 
 
 def train_workload(size: dict, device: torch.device, dtype: torch.dtype, args, workdir: Path) -> dict:
+    """The timed step eager and compiled from the same weights; FLOPs, MFU and host syncs (train.py's loop)."""
     spec, (_, height, width) = size['train'], size['latent']
     inputs = training_inputs(spec, size['latent'])
     on_device = {k: v.to(device) for k, v in inputs.items()}
@@ -229,19 +243,18 @@ def train_workload(size: dict, device: torch.device, dtype: torch.dtype, args, w
         losses, figures = measure(step, device, spec['steps'])
         modes[mode] = dict(figures, losses=[round(float(loss), 5) for loss in losses])
         if mode == 'eager':  # a dispatch mode sees every operator, which compiled blocks hide from it
-            with count_host_syncs() as syncs:
+            with count_host_syncs() as step_syncs:
                 step()
-            host_syncs = syncs
     # FlexAttention (CUDA) computes 128-token tiles; SDPA with a mask (CPU) the whole product
     flops = training_step_flops(model, batch=spec['batch'], frames=spec['frames'], height=height, width=width,
                                 attention_block=FLEX_BLOCK if device.type == 'cuda' else None)
-    peak = args.peak_tflops
     for figures in modes.values():
         figures['tflops'] = float(f"{flops / figures['steady_s'] / 1e12:.4g}")
-        figures['mfu'] = float(f"{figures['tflops'] / peak:.4g}") if peak else None
+        figures['mfu'] = float(f"{figures['tflops'] / args.peak_tflops:.4g}") if args.peak_tflops else None
+    syncs = trainer_host_syncs(device, workdir)
     result = {'setup': {'model': size['model'], **spec}, **modes.pop('compiled'), 'eager': modes['eager'],
-              'flops_per_step': flops, 'host_syncs_per_step': host_syncs['total'], 'host_syncs': dict(host_syncs),
-              'peak_tflops': peak}
+              'flops_per_step': flops, 'peak_tflops': args.peak_tflops, 'host_syncs_per_step': syncs['total'],
+              'host_syncs': syncs, 'timed_step_host_syncs': dict(step_syncs)}
     result['loss_max_abs_diff_to_eager'] = max(abs(a - b) for a, b in zip(result['losses'], modes['eager']['losses']))
     result['reference'] = reference_figures(args, size, 'train', benchmark.build_model(size['model'], device, seed=0),
                                             size['model'], 'train', inputs, workdir, device, dtype)
@@ -298,33 +311,52 @@ def long_workload(size: dict, device: torch.device, dtype: torch.dtype, args, wo
     config = dict(size['model'], context_patch_size=spec['context_patch'])
     pipe = sampler(config, device, dtype, spec['steps'])
     inputs = generation_inputs(1, 0, spec['frames'], size['latent'], device, dtype)
-    _, result = measure(generation(pipe, inputs, args.execution), device, spec['repeats'])
+    _, result = measure(generation(pipe, inputs, args.execution), device, spec['repeats'], spec['time_box_s'])
     result.update(setup={'model': config, **spec, 'cache': 'multi-level'}, execution=args.execution)
     result['reference'] = reference_figures(args, size, 'long', pipe.transformer, config, 'generate',
                                             reference_generation(spec, inputs), workdir, device, dtype)
     return result
 
 
-def script(name: str):
-    """A script of the repository as a module (train.py, test.py), to run its entry point in this process."""
+def run_script(name: str, overrides: List[str], workdir: Path, clips: str):
+    """train.py or test.py on the demo config with ``overrides``, in this process (so that what it compiles and
+    syncs is counted), its experiment and its clips (``workdir/datasets/<clips>``) in ``workdir``: its entry point's
+    return value."""
     spec = importlib.util.spec_from_file_location(f'far_script_{name}', REPO / f'{name}.py')
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module
+    roots = [f'datasets.{split}.root={workdir / "datasets" / clips}' for split in ('train', 'val', 'test')]
+    command = ['-opt', str(DEMO), *roots, *overrides, '--root', str(workdir / 'experiments')]
+    return getattr(module, name)(module.parse_args(command))
+
+
+def precision(device: torch.device) -> str:
+    return 'bf16' if device.type == 'cuda' else 'no'
+
+
+def trainer_host_syncs(device: torch.device, workdir: Path) -> Dict[str, float]:
+    """Host syncs of one non-log step of train.py's loop (objective, backward, guard, optimizer, EMA, next batch):
+    two short runs that log, checkpoint and validate only at their end, counted whole; their difference over the
+    steps between."""
+    counts = {}
+    for steps in TRAINER_SYNC_STEPS:
+        overrides = [f'name=gpu_check_syncs_{steps}', f'mixed_precision={precision(device)}',
+                     f'trainer.total_steps={steps}', *TRAINER_SYNC_RUN]
+        with count_host_syncs() as counted:
+            run_script('train', overrides, workdir, clips='host_syncs')
+        counts[steps] = counted
+    first, last = TRAINER_SYNC_STEPS
+    return {key: round((counts[last][key] - counts[first][key]) / (last - first), 2) for key in counts[last]}
 
 
 def demo_workload(size: dict, device: torch.device, dtype: torch.dtype, args, workdir: Path) -> dict:
-    """train.py then test.py of the demo, as a user runs them but in this process (so that compilations are
-    counted), in the work folder (its datasets are rendered there); test.py twice, the second timed."""
-    precision = 'bf16' if device.type == 'cuda' else 'no'
-    overrides = ['name=gpu_check_demo', f'mixed_precision={precision}', f'test.sampler.execution={args.execution}',
-                 *size['demo']]
-    command = ['-opt', str(REPO / 'options/demo/far_moving_shapes.yml'), *overrides]
-    train, test = script('train'), script('test')
+    """train.py then test.py of the demo, as a user runs them but in this process (``run_script``); test.py twice,
+    the second timed."""
+    overrides = ['name=gpu_check_demo', f'mixed_precision={precision(device)}',
+                 f'test.sampler.execution={args.execution}', *size['demo']]
     reset_memory(device)
-    with contextlib.chdir(workdir):
-        train_s = benchmark.timed(lambda: train.train(train.parse_args(command)), device)[0]
-        results, figures = measure(lambda: test.test(test.parse_args(command)), device, 1)
+    train_s = benchmark.timed(lambda: run_script('train', overrides, workdir, clips='demo'), device)[0]
+    results, figures = measure(lambda: run_script('test', overrides, workdir, clips='demo'), device, 1)
     return dict(figures, overrides=overrides, train_s=round(train_s, 2), psnr=round(results[-1]['metrics']['psnr'], 3),
                 psnr_copy_last_frame=round(results[-1]['copy_last_frame']['psnr'], 3))
 
@@ -370,7 +402,7 @@ def table(report: dict) -> str:
             rows.append(f"| {name} | {'failed: ' + error.splitlines()[0][:80] if error else 'not run'} "
                         '| | | | | | |')
             continue
-        ours = f"{r['steady_s']} s"
+        ours = f"{r['steady_s']} s" if r['steady_s'] is not None else f"not timed: {r['not_timed']}"
         if name == 'train':
             mfu = f", MFU {r['mfu']:.1%}" if r['mfu'] is not None else ', MFU –'
             ours += f" ({r['tflops']} TFLOP/s{mfu}; eager {r['eager']['steady_s']} s; {r['host_syncs_per_step']} " \
@@ -402,7 +434,8 @@ def parse_args(argv=None):
                         help='torch.compile backend of the compiled training step (aot_eager: traced, no code made)')
     parser.add_argument('--reference-path', type=Path, help='an export of the reference implementation')
     parser.add_argument('--peak-tflops', type=float,
-                        help=f'the device\'s dense bf16 peak for the MFU (default: by name, {sorted(PEAK_BF16_TFLOPS)})')
+                        help='the device\'s dense bf16 peak for the MFU (default: by its exact name, from '
+                             f'{", ".join(sorted(PEAK_BF16_TFLOPS))})')
     parser.add_argument('--out', type=Path, help='the JSON file (default: experiments/gpu_check/<time>_<size>_'
                                                  '<device>.json)')
     args = parser.parse_args(argv)
@@ -420,7 +453,6 @@ def parse_args(argv=None):
     if args.out is None:
         stamp = datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')
         args.out = Path('experiments') / 'gpu_check' / f'{stamp}_{args.size}_{args.device}.json'
-    args.out = args.out.resolve()  # the demo workload runs in another folder
     return args
 
 

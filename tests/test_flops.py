@@ -1,4 +1,4 @@
-"""far.utils.flops: FAR's FLOPs counted from its structure, checked against a hand count and PyTorch's FlopCounterMode."""
+"""far.utils.flops: FAR's FLOPs from its structure, checked against a hand count and PyTorch's FlopCounterMode."""
 import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
