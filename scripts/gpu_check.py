@@ -213,22 +213,6 @@ def training_inputs(spec: dict, latent) -> dict:
             'target': torch.randn(shape, generator=generator)}
 
 
-def training_step(model: torch.nn.Module, inputs: dict, device: torch.device, dtype: torch.dtype) -> Callable:
-    """Forward, loss, backward and AdamW, as the reference's step: nothing read on the host (a non-log step)."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == 'cuda')
-
-    def step() -> torch.Tensor:
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            out = model(inputs['latents'], timestep=inputs['timesteps'], conditions={'action': inputs['action']}).sample
-            loss = F.mse_loss(out.float(), inputs['target'])
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
-
-    return step
-
-
 def train_workload(size: dict, device: torch.device, dtype: torch.dtype, args, workdir: Path) -> dict:
     """The timed step eager and compiled from the same weights; FLOPs, MFU and host syncs (train.py's loop)."""
     spec, (_, height, width) = size['train'], size['latent']
@@ -239,9 +223,12 @@ def train_workload(size: dict, device: torch.device, dtype: torch.dtype, args, w
         model = benchmark.build_model(size['model'], device, seed=0).train()
         if mode == 'compiled':
             compile_blocks(model, backend=args.compile_backend)
-        step = training_step(model, on_device, device, dtype)
-        losses, figures = measure(step, device, spec['steps'])
-        modes[mode] = dict(figures, losses=[round(float(loss), 5) for loss in losses])
+        # fused AdamW on CUDA, as the trainer's; nothing read on the host (a non-log step)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == 'cuda')
+        step = benchmark.training_step(model, optimizer, on_device, device, dtype)
+        outs, figures = measure(step, device, spec['steps'])
+        losses = [float(F.mse_loss(out.float(), on_device['target'])) for out in outs]  # the loss of each step
+        modes[mode] = dict(figures, losses=[round(loss, 5) for loss in losses])
         if mode == 'eager':  # a dispatch mode sees every operator, which compiled blocks hide from it
             with count_host_syncs() as step_syncs:
                 step()
@@ -370,14 +357,17 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == 'cuda' else benchmark.processor_name()
 
 
+def speedup(result: dict) -> Optional[float]:
+    """The reference's median time over ours, when both were measured."""
+    reference = (result.get('reference') or {}).get('median_s')
+    return round(reference / result['steady_s'], 3) if reference and result.get('steady_s') else None
+
+
 def judge(name: str, result: dict, size: str) -> Optional[dict]:
     """The workload's target and whether its figures meet it (judged at the paper's size only)."""
     if name not in TARGETS:
         return None
     key, bound, text = TARGETS[name]
-    if name == 'train':
-        reference = (result.get('reference') or {}).get('median_s')
-        result['speedup'] = round(reference / result['steady_s'], 3) if reference else None
     value = result.get(key)
     met = None if size != 'paper' or value is None else (value >= bound if key == 'speedup' else value <= bound)
     return {'target': text, 'met': met}
@@ -391,6 +381,29 @@ def write_report(report: dict, path: Path):
     os.replace(partial, path)
 
 
+def ours_cell(name: str, r: dict) -> str:
+    """Our figures of a workload, in words for the table."""
+    if r['steady_s'] is None:
+        return f"not timed: {r['not_timed']}"
+    if name == 'train':
+        mfu = f", MFU {r['mfu']:.1%}" if r['mfu'] is not None else ', MFU –'
+        return (f"{r['steady_s']} s ({r['tflops']} TFLOP/s{mfu}; eager {r['eager']['steady_s']} s; "
+                f"{r['host_syncs_per_step']} host syncs a step)")
+    if name == 'generate':
+        return f"{r['steady_s']} s (eager {r['eager']['steady_s']} s; diff {r['max_relative_diff_to_eager']:.1e})"
+    if name == 'demo':
+        return (f"test.py {r['steady_s']} s, train.py {r['train_s']} s; PSNR {r['psnr']} "
+                f"(copy-last {r['psnr_copy_last_frame']})")
+    return f"{r['steady_s']} s"
+
+
+def reference_cell(r: dict) -> str:
+    ref = r.get('reference')
+    if not ref:
+        return '–'
+    return f"{ref['median_s']} s ({r['speedup']}x)" if ref['median_s'] is not None else f"none: {ref['error'][:60]}"
+
+
 def table(report: dict) -> str:
     """The measured figures as a markdown table, targets beside them."""
     rows = ['| workload | ours (steady) | compile | graphs after warm-up | CUDA-graph skips | peak memory | '
@@ -399,26 +412,13 @@ def table(report: dict) -> str:
         r = report.get(name)
         if r is None:
             error = report['errors'].get(name)
-            rows.append(f"| {name} | {'failed: ' + error.splitlines()[0][:80] if error else 'not run'} "
-                        '| | | | | | |')
+            rows.append(f"| {name} | {'failed: ' + error.splitlines()[0][:80] if error else 'not run'} | | | | | | |")
             continue
-        ours = f"{r['steady_s']} s" if r['steady_s'] is not None else f"not timed: {r['not_timed']}"
-        if name == 'train':
-            mfu = f", MFU {r['mfu']:.1%}" if r['mfu'] is not None else ', MFU –'
-            ours += f" ({r['tflops']} TFLOP/s{mfu}; eager {r['eager']['steady_s']} s; {r['host_syncs_per_step']} " \
-                    'host syncs a step)'
-        elif name == 'generate':
-            ours += f" (eager {r['eager']['steady_s']} s; diff {r['max_relative_diff_to_eager']:.1e})"
-        elif name == 'demo':
-            ours = (f"test.py {r['steady_s']} s, train.py {r['train_s']} s; PSNR {r['psnr']} "
-                    f"(copy-last {r['psnr_copy_last_frame']})")
-        ref = r.get('reference')
-        ref = '–' if not ref else (f"{ref['median_s']} s" if ref.get('median_s') is not None
-                                   else f"none: {ref.get('error', '')[:60]}")
-        goal = r.get('target') or {}
+        goal = r['target'] or {}
         met = {True: ' (met)', False: ' (missed)'}.get(goal.get('met'), '')
-        rows.append(f"| {name} | {ours} | {r['compile_s']} s | {r['graphs_after_warm_up']} (target 0) | "
-                    f"{r['cudagraph_skips']} | {r['peak_memory_gb']} | {ref} | {goal.get('target', '–')}{met} |")
+        rows.append(f"| {name} | {ours_cell(name, r)} | {r['compile_s']} s | {r['graphs_after_warm_up']} (target 0) | "
+                    f"{r['cudagraph_skips']} | {r['peak_memory_gb']} | {reference_cell(r)} | "
+                    f"{goal.get('target', '–')}{met} |")
     return '\n'.join(rows)
 
 
@@ -486,6 +486,7 @@ def main(argv=None):
             log(f'{name} ...')
             try:
                 result = WORKLOADS[name](size, device, dtype, args, Path(workdir))
+                result['speedup'] = speedup(result)
                 result['target'] = judge(name, result, args.size)
                 report[name] = result
             except Exception as error:  # one failing workload must not hide the others' figures
