@@ -57,6 +57,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
@@ -65,7 +66,7 @@ import torch
 import torch.nn.functional as F
 
 import benchmark
-from far.pipelines import FARPipeline, FARSampling
+from far.pipelines import FARPipeline
 from far.utils.compile import compile_blocks, count_compilations
 from far.utils.flops import FLEX_BLOCK, training_step_flops
 from far.utils.host_syncs import count_host_syncs
@@ -255,16 +256,10 @@ def generation_inputs(batch: int, context: int, new: int, latent, device, dtype)
             'action': torch.randint(0, benchmark.NUM_ACTIONS, (batch, context + new), generator=generator).to(device)}
 
 
-def sampler(config: dict, device: torch.device, dtype: torch.dtype, steps: int) -> FARPipeline:
-    pipe = FARPipeline(transformer=benchmark.inference_model(config, device, dtype),
-                       options=FARSampling(num_inference_steps=steps))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def generation(pipe: FARPipeline, inputs: dict, execution: str) -> Callable[[], torch.Tensor]:
+def generation(pipe: FARPipeline, inputs: dict, steps: int, execution: str) -> Callable[[], torch.Tensor]:
     return lambda: pipe.generate_latents(context=inputs['context'], noise=inputs['noise'],
-                                         conditions={'action': inputs['action']}, execution=execution)
+                                         conditions={'action': inputs['action']}, num_inference_steps=steps,
+                                         execution=execution)
 
 
 def reference_generation(spec: dict, inputs: dict) -> dict:
@@ -274,16 +269,16 @@ def reference_generation(spec: dict, inputs: dict) -> dict:
 
 def generate_workload(size: dict, device: torch.device, dtype: torch.dtype, args, workdir: Path) -> dict:
     spec = size['generate']
-    pipe = sampler(size['model'], device, dtype, spec['steps'])
+    pipe = benchmark.make_pipeline(benchmark.inference_model(size['model'], device, dtype))
     inputs = generation_inputs(spec['batch'], spec['context'], spec['new'], size['latent'], device, dtype)
-    eager_out, eager = measure(generation(pipe, inputs, 'eager'), device, 1)
-    outs, result = measure(generation(pipe, inputs, args.execution), device, spec['repeats'])
+    eager_out, eager = measure(generation(pipe, inputs, spec['steps'], 'eager'), device, 1)
+    outs, result = measure(generation(pipe, inputs, spec['steps'], args.execution), device, spec['repeats'])
     smaller = generation_inputs(max(spec['batch'] - 3, 1), spec['context'], spec['new'] // 2, size['latent'],
                                 device, dtype)
     shorter = {**inputs, 'context': inputs['context'][:, :1], 'action': inputs['action'][:, 1:]}
     with count_compilations() as other_shapes:  # the last batch of an evaluation, other frame counts: untimed
-        generation(pipe, smaller, args.execution)()
-        generation(pipe, shorter, args.execution)()
+        generation(pipe, smaller, spec['steps'], args.execution)()
+        generation(pipe, shorter, spec['steps'], args.execution)()
     result.update(setup={'model': size['model'], **spec}, execution=args.execution,
                   eager={k: eager[k] for k in ('steady_s', 'warm_up_s', 'peak_memory_gb')},
                   max_relative_diff_to_eager=relative_difference(outs[-1], eager_out[0]),
@@ -296,9 +291,10 @@ def generate_workload(size: dict, device: torch.device, dtype: torch.dtype, args
 def long_workload(size: dict, device: torch.device, dtype: torch.dtype, args, workdir: Path) -> dict:
     spec = size['long']
     config = dict(size['model'], context_patch_size=spec['context_patch'])
-    pipe = sampler(config, device, dtype, spec['steps'])
+    pipe = benchmark.make_pipeline(benchmark.inference_model(config, device, dtype))
     inputs = generation_inputs(1, 0, spec['frames'], size['latent'], device, dtype)
-    _, result = measure(generation(pipe, inputs, args.execution), device, spec['repeats'], spec['time_box_s'])
+    rollout = generation(pipe, inputs, spec['steps'], args.execution)
+    _, result = measure(rollout, device, spec['repeats'], spec['time_box_s'])
     result.update(setup={'model': config, **spec, 'cache': 'multi-level'}, execution=args.execution)
     result['reference'] = reference_figures(args, size, 'long', pipe.transformer, config, 'generate',
                                             reference_generation(spec, inputs), workdir, device, dtype)
@@ -459,8 +455,6 @@ def parse_args(argv=None):
 def environment(args, device: torch.device, dtype: torch.dtype) -> Tuple[dict, List[str]]:
     """What the figures were measured on, and the notes a reader needs (no peak known, tiny size)."""
     name = device_name(device)
-    if args.peak_tflops is None:
-        args.peak_tflops = PEAK_BF16_TFLOPS.get(name) if device.type == 'cuda' else None
     notes = [TINY_NOTE] if args.size == 'tiny' else []
     if args.peak_tflops is None:
         notes.append(f"no bf16 peak known for '{name}': MFU is null (pass --peak-tflops)")
@@ -474,9 +468,11 @@ def main(argv=None):
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == 'cuda' else torch.float32  # bf16 matmuls are slow on CPUs
     size = SIZES[args.size]
+    if args.peak_tflops is None and device.type == 'cuda':
+        args.peak_tflops = PEAK_BF16_TFLOPS.get(torch.cuda.get_device_name(device))
     env, notes = environment(args, device, dtype)
     report = {'environment': env, 'notes': notes, 'workloads': args.workloads, 'pending': list(args.workloads),
-              'complete': False, 'errors': {}}
+              'complete': False, 'errors': {}, 'tracebacks': {}}
     for note in notes:
         print(f'note: {note}')
     write_report(report, args.out)
@@ -491,7 +487,8 @@ def main(argv=None):
                 report[name] = result
             except Exception as error:  # one failing workload must not hide the others' figures
                 report['errors'][name] = f'{type(error).__name__}: {error}'
-                log(f'{name} failed: {error}')
+                report['tracebacks'][name] = traceback.format_exc()
+                log(f'{name} failed:\n{traceback.format_exc()}')
             report['pending'].remove(name)
             report['wall_s'] = round(time.perf_counter() - start, 1)
             write_report(report, args.out)
