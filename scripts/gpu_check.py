@@ -102,7 +102,7 @@ PEAK_BF16_TFLOPS = {
     'NVIDIA H100 80GB HBM3': 989,   # H100 SXM
     'NVIDIA H100 PCIe': 756,
     'NVIDIA H100 NVL': 835,
-    'NVIDIA H200': 989,
+    'NVIDIA H200': 989,             # H200 SXM; an H200 NVL (835) may report the same name: --peak-tflops
     'NVIDIA A100-SXM4-80GB': 312,
     'NVIDIA A100-SXM4-40GB': 312,
     'NVIDIA A100 80GB PCIe': 312,
