@@ -4,6 +4,9 @@ PSNR and SSIM are torchmetrics' functional versions with the settings FAR's eval
 PSNR ``10 log10(1/MSE)`` with the MSE over (C,H,W) of each frame; SSIM with an 11x11 Gaussian
 window (sigma 1.5, k1 0.01, k2 0.03), reflect padding and the mean over (C,H,W).
 """
+import copy
+from typing import Dict
+
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
@@ -13,7 +16,13 @@ from .base import FrameMetric
 
 @METRICS.register(aliases=('mse',))
 class MSE(FrameMetric):
-    higher_is_better = False
+    name, higher_is_better = 'mse', False
+    quirk = 'the worst trajectory of each video'
+
+    def published(self) -> Dict[str, FrameMetric]:
+        worst = copy.copy(self)
+        worst.trajectory = 'worst'
+        return {self.name: worst}
 
     def score(self, sample: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
         return (sample - gt).square().mean(dim=(1, 2, 3))
@@ -21,7 +30,7 @@ class MSE(FrameMetric):
 
 @METRICS.register(aliases=('psnr',))
 class PSNR(FrameMetric):
-    higher_is_better = True
+    name, higher_is_better = 'psnr', True
 
     def __init__(self, data_range: float = 1.0, batch_size: int = 256):
         super().__init__(batch_size)
@@ -33,7 +42,7 @@ class PSNR(FrameMetric):
 
 @METRICS.register(aliases=('ssim',))
 class SSIM(FrameMetric):
-    higher_is_better = True
+    name, higher_is_better = 'ssim', True
 
     def __init__(self, data_range: float = 1.0, batch_size: int = 256):
         super().__init__(batch_size)
