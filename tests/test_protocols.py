@@ -2,14 +2,17 @@
 import math
 import random
 from collections import Counter
+from pathlib import Path
 
 import imageio
 import pytest
 import torch
 
 import far.metrics  # noqa: F401  (registers the metrics and protocols)
+from far.experiment import load_experiment
 from far.metrics import FVD, FrameMetric, LPIPSMetric, MSE, PSNR, SSIM, frechet_distance, mp4_round_trip, paired_mp4_round_trip
 from far.metrics.protocols import LatteProtocol, MCVDProtocol, TECOProtocol
+from far.options import OptionError
 from far.video import decode_video, write_mp4
 from far.registry import METRICS, PROTOCOLS
 
@@ -151,6 +154,14 @@ def test_a_new_metric_is_scored_by_a_protocol_from_its_declaration(videos):
     assert protocol.describe()['scoring']['mae'].startswith('predicted frames; mean over frames; best trajectory')
     summary = protocol.aggregate([scores, {**scores, 'mae': 0.0}])
     assert summary['mae'] == pytest.approx(scores['mae'] / 2) and summary['buckets'][1]['mae_std'] == 0
+
+
+def test_metric_options_are_checked_when_the_yaml_is_read():
+    demo = str(Path(__file__).resolve().parents[1] / 'options/demo/far_moving_shapes.yml')
+    fvd = load_experiment(demo, ['test.protocol.metrics=[psnr, {type: fvd, frames: 16, resolution: 64}]'])
+    assert fvd.test.protocol['metrics'] == ['psnr', {'type': 'fvd', 'frames': 16, 'resolution': 64}]
+    with pytest.raises(OptionError, match=r"metrics\[1\]\.framez: unknown key for metric 'fvd' \(did you mean 'frames'"):
+        load_experiment(demo, ['test.protocol.metrics=[psnr, {type: fvd, framez: 16}]'])
 
 
 class LabelledVideos:
