@@ -51,7 +51,7 @@ from . import fvd, lpips, pixel  # noqa: F401  (register the metrics the protoco
 from .base import Metric
 from .environment import environment_info
 from .round_trip import paired_mp4_round_trip
-from .scores import Scores, bucket_means, mean_and_std
+from .scores import BUCKETS, Scores, bucket_means, mean_and_std
 from .weights import sha256_of
 
 MetricName = str  # a METRICS name or alias, e.g. 'psnr'
@@ -173,7 +173,7 @@ class Protocol:
         else:
             results = self._score(samples, gt, device)
         if self.bucket_size is not None:
-            results['buckets'] = bucket_means(results.frames, self.buckets(), self.context_length)
+            results[BUCKETS] = bucket_means(results.frames, self.buckets(), self.context_length)
         return results
 
     def _score_as_published(self, samples: torch.Tensor, gt: torch.Tensor, device) -> Scores:
@@ -215,7 +215,7 @@ class Protocol:
         """How each metric (and each bucket) is computed, in words."""
         scoring = {name: metric.aggregation for name, metric in self._metrics.items()}
         if self.bucket_size is not None:
-            scoring['buckets'] = (f"buckets of {self.bucket_size} predicted frames, {{'frames': [first, last]}} "
+            scoring[BUCKETS] = (f"buckets of {self.bucket_size} predicted frames, {{'frames': [first, last]}} "
                                   'absolute indices: each per-frame metric over those frames, pooled over videos, '
                                   'for the same trajectory')
         return scoring
