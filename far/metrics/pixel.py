@@ -28,25 +28,25 @@ class MSE(FrameMetric):
         return (sample - gt).square().mean(dim=(1, 2, 3))
 
 
-@METRICS.register(aliases=('psnr',))
-class PSNR(FrameMetric):
-    name, higher_is_better = 'psnr', True
+class RangeMetric(FrameMetric):
+    """A per-frame metric that needs the range the pixel values span, ``data_range``."""
 
     def __init__(self, data_range: float = 1.0, batch_size: int = 256):
         super().__init__(batch_size)
         self.data_range = data_range
+
+
+@METRICS.register(aliases=('psnr',))
+class PSNR(RangeMetric):
+    name, higher_is_better = 'psnr', True
 
     def score(self, sample: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
         return peak_signal_noise_ratio(sample, gt, data_range=self.data_range, reduction='none', dim=(1, 2, 3))
 
 
 @METRICS.register(aliases=('ssim',))
-class SSIM(FrameMetric):
+class SSIM(RangeMetric):
     name, higher_is_better = 'ssim', True
-
-    def __init__(self, data_range: float = 1.0, batch_size: int = 256):
-        super().__init__(batch_size)
-        self.data_range = data_range
 
     def score(self, sample: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
         return structural_similarity_index_measure(sample, gt, data_range=self.data_range, reduction='none')
