@@ -14,6 +14,7 @@ from accelerate.utils import set_seed
 from far import evaluation
 from far.experiment import ExperimentOptions, building, dataset_references, require
 from far.metrics import environment_info
+from far.metrics.scores import BUCKETS
 from far.options import OptionError, to_dict
 from far.pipelines import build_sampler
 from far.plots import write_per_frame_plot
@@ -188,7 +189,7 @@ def _write_results(results: dict, out: Path, protocol):
     if 'per_frame' in results:
         write_per_frame_plot(results, out / PER_FRAME_PLOT)
     metrics = results['metrics']
-    for key in (k for k in metrics if not k.endswith('_std')):
+    for key in (k for k in metrics if not k.endswith('_std') and k != BUCKETS):  # buckets: results.json
         spread = f' ± {metrics[key + "_std"]:.4f}' if len(protocol.seeds) > 1 else ''
         extra = ''.join(f' ({name.replace("_", " ")}: {results[name][key]:.4f})'
                         for name in results['baselines'] if key in results[name])

@@ -172,7 +172,7 @@ def test_option_differences_name_the_changed_keys():
                                                 r'is NBPTransformer'),
     (DEMO, ['test.sampler={type: NBPPipeline}'], r'test\.sampler\.type: NBPPipeline samples NBPTransformer models'),
     (NBP, ['autoencoder={type: IdentityAutoencoder}', 'trainer.validation=null', 'test=null'],
-     r'autoencoder\.type: is IdentityAutoencoder, but trainer NBPTrainer trains with a NBPTokenizer autoencoder'),
+     r'autoencoder\.type: is IdentityAutoencoder, but trainer NBPTrainer trains with a VideoTokenizer autoencoder'),
     (DEMO, ['autoencoder.type=NBPTokenizer'], r'autoencoder\.pixel_unshuffle: unknown key'),
     (NBP, ['model.type=FAR', 'model={type: FAR}', 'test=null', 'trainer.validation=null'],
      r'model\.type: is FAR, but trainer NBPTrainer trains with a NBPTransformer model'),

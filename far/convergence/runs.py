@@ -19,7 +19,7 @@ import yaml
 from far.convergence.options import CONVERGENCE, Contender, Run, StudyOptions, TrainingBudget
 from far.experiment import ExperimentOptions, load_experiment, setting
 from far.options import OptionError, to_dict
-from far.registry import PROTOCOLS
+from far.registry import METRICS, PROTOCOLS
 
 EVALUATION_DATASET = 'convergence_eval'  # the datasets key the study's evaluation clips are added under
 
@@ -47,10 +47,10 @@ def evaluation_overrides(dataset: dict, protocol: dict, batch_size: int) -> List
 
 
 def without_short_fvd(protocol: dict) -> Tuple[dict, Optional[str]]:
-    """``protocol`` without FVD when its videos are shorter than I3D takes (``fvd_min_frames``), and a note saying
+    """``protocol`` without FVD when its videos are shorter than I3D takes (FVD's ``min_frames``), and a note saying
     so; ``protocol`` itself (and no note) otherwise."""
     frames = (setting(PROTOCOLS, protocol, 'context_length') or 0) + setting(PROTOCOLS, protocol, 'unroll_length')
-    metrics, shortest = setting(PROTOCOLS, protocol, 'metrics'), setting(PROTOCOLS, protocol, 'fvd_min_frames')
+    metrics, shortest = setting(PROTOCOLS, protocol, 'metrics'), setting(METRICS, {'type': 'fvd'}, 'min_frames')
     if 'fvd' not in metrics or frames >= shortest:
         return protocol, None
     kept = [metric for metric in metrics if metric != 'fvd']
