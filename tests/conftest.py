@@ -1,6 +1,7 @@
 """Test environment (offline hubs, one thread per process, 'far' log records that reach caplog) and the helpers
 tests share, as fixtures: the shared folder and its parity fixtures, the experiment files under options/, tiny
-random FAR models and their samplers, a fresh accelerate state, and the repository's scripts run as a user runs them or imported for their functions.
+random FAR models and their samplers, a fresh accelerate state, and the repository's scripts, run as a user runs
+them or imported for their functions.
 
 Tests that take more than ~10 s on two cores (training or evaluating through the scripts several times,
 several processes, compiling) are marked `slow`: `python3 -m pytest -q -m "not slow" tests` leaves them out (the
