@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
 import far.data  # noqa: F401  (registers the datasets)
@@ -130,13 +129,6 @@ def test_the_network_saves_the_autoencoder_once_and_a_copy_runs_on_its_own_weigh
             p.mul_(0.5)
         assert before.shape == video.shape and torch.equal(network.reconstruct(video), before)
         assert not torch.allclose(ema.reconstruct(video), before)
-
-
-@pytest.fixture
-def fresh_accelerator_state():
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
 
 
 def test_trainer_end_to_end_on_the_demo_config(tmp_path, vgg_files, fresh_accelerator_state):

@@ -47,16 +47,14 @@ def tiny_study(tmp_path: Path, **changes) -> Path:
 
 def study_error(path: Path, overrides=()) -> str:
     with pytest.raises(OptionError) as info:
-        Study(study=load_study(str(path), overrides), file=str(path), root='unused', train_script=Path('train.py'),
-              test=None)
+        Study(study=load_study(str(path), overrides), file=str(path), root='unused', train_script=Path('train.py'))
     return str(info.value)
 
 
 @pytest.mark.parametrize('name', ['moving_shapes_cpu', 'moving_shapes_gpu'])
 def test_the_study_files_and_their_contenders_validate(name):
     path = REPO / 'options' / 'convergence' / f'{name}.yml'
-    study = Study(study=load_study(str(path)), file=str(path), root='unused', train_script=Path('train.py'),
-                  test=None)
+    study = Study(study=load_study(str(path)), file=str(path), root='unused', train_script=Path('train.py'))
     nbp = ['token AR (NBP k=1)', 'NBP k=4'] if name == 'moving_shapes_cpu' else []
     assert [run.label for run in study.runs['contenders']] == ['FAR', 'Video DiT', *nbp]
     far_run, dit = (run.options for run in study.runs['contenders'][:2])
@@ -65,13 +63,15 @@ def test_the_study_files_and_their_contenders_validate(name):
 
 def test_the_nbp_contenders_read_the_tokenizer_the_cpu_study_prepares():
     study = Study(study=load_study(str(CPU_STUDY)), file=str(CPU_STUDY), root='experiments',
-                  train_script=Path('train.py'), test=None)
+                  train_script=Path('train.py'))
     tokenizer, = study.runs['prepare']
     assert tokenizer.options.name == 'nbp_tokenizer_moving_shapes_16px'
-    prepared = f'experiments/{study.study.name}/{tokenizer.options.name}/checkpoints'
+    final = f"checkpoint-{tokenizer.options.trainer['total_steps']}"
+    prepared = f'experiments/{study.study.name}/{tokenizer.options.name}/checkpoints/{final}'
     nbp = [run for run in study.runs['contenders'] if run.options.model['type'] == 'NBPTransformer']
     assert [run.options.model['token_number_per_step'] for run in nbp] == [1, 4]
     assert all(run.options.autoencoder['checkpoint'] == prepared for run in nbp)
+    assert all(run.requires == (tokenizer.training_key,) for run in nbp)
 
 
 def test_errors_name_the_file_and_the_key(tmp_path):
@@ -90,8 +90,8 @@ def test_errors_name_the_file_and_the_key(tmp_path):
 
 
 class FakeRuns:
-    """train.py and test.py stand-ins: a launch publishes the checkpoints, a test returns scores (and may be
-    killed)."""
+    """train.py and far.run.evaluate stand-ins: a launch publishes the checkpoints, an evaluation returns scores
+    (and may be killed)."""
 
     def __init__(self, kill_after=None):
         self.launches, self.tests, self.kill_after = [], [], kill_after
@@ -105,11 +105,11 @@ class FakeRuns:
                     run.checkpoint(self.study.folder, step).mkdir(parents=True, exist_ok=True)
         return 0
 
-    def test(self, args):
+    def evaluate(self, *, options, file, root):
         if self.kill_after is not None and len(self.tests) == self.kill_after:
             raise Killed
-        checkpoint = next(o for o in args.overrides if o.startswith('test.checkpoint='))
-        self.tests.append((Path(args.opt).name, checkpoint.rsplit('-', 1)[1]))
+        assert options.test.dataset == 'convergence_eval' and root == str(self.study.folder)
+        self.tests.append((Path(file).name, options.test.checkpoint.rsplit('-', 1)[1]))
         psnr = 10.0 + len(self.tests)
         return {'metrics': {'psnr': psnr, 'psnr_std': 0.0, 'ssim': 0.5,
                             'buckets': [{'frames': [5, 8], 'psnr': psnr, 'psnr_std': 0.0}]},
@@ -118,7 +118,7 @@ class FakeRuns:
 
 def run_study(path: Path, root: Path, fake: FakeRuns, overrides=()) -> Study:
     study = Study(study=load_study(str(path), overrides), file=str(path), root=str(root),
-                  train_script=Path('train.py'), test=fake.test, launch=fake.launch)
+                  train_script=Path('train.py'), evaluate=fake.evaluate, launch=fake.launch)
     fake.study = study
     study.run()
     return study
@@ -172,15 +172,18 @@ def test_sampling_variants_share_one_training(tmp_path):
 def test_a_contender_reading_a_prepared_run_depends_on_it(tmp_path):
     far_file, dit_file = (str(REPO / f'options/convergence/contenders/{name}_moving_shapes_16px.yml')
                           for name in ('far', 'video_dit'))
-    warm = {'experiment': far_file, 'overrides': [*TINY, 'name=warm_start']}
+    warm = {'experiment': far_file, 'overrides': [*TINY, 'name=warm_start', 'trainer.total_steps=3']}
     path = tiny_study(tmp_path, prepare=[warm], contenders=[
-        {'label': 'Video DiT from FAR', 'experiment': dit_file,
-         'overrides': ['pretrained=experiments/tiny_study/warm_start/checkpoints/checkpoint-2000/model.safetensors']},
+        {'label': 'Video DiT from FAR', 'experiment': dit_file, 'reads': {'pretrained': 'warm_start'}},
         {'label': 'FAR', 'experiment': far_file}])
-    runs = Study(study=load_study(str(path)), file=str(path), root='unused', train_script=Path('train.py'),
-                 test=None).runs
+    runs = Study(study=load_study(str(path)), file=str(path), root='runs', train_script=Path('train.py')).runs
     assert runs['contenders'][0].requires == (runs['prepare'][0].training_key,)
+    assert runs['contenders'][0].options.pretrained == 'runs/tiny_study/warm_start/checkpoints/checkpoint-3'
     assert runs['contenders'][1].requires == ()
+    unknown = tiny_study(tmp_path, prepare=[warm], contenders=[
+        {'label': 'FAR', 'experiment': far_file, 'reads': {'pretrained': 'warm'}}])
+    assert "study.yml: contenders[0].reads.pretrained: names 'warm', which is not an experiment prepared before it " \
+           "(prepared: warm_start)" in study_error(unknown)
 
 
 def test_contenders_share_the_budget_and_the_record_has_their_cost(tmp_path):
@@ -205,7 +208,7 @@ def test_contenders_share_the_budget_and_the_record_has_their_cost(tmp_path):
 def test_short_clips_are_scored_without_fvd(tmp_path):
     path = tiny_study(tmp_path)
     study = Study(study=load_study(str(path), ['evaluation.protocol.metrics=[psnr, fvd]']), file=str(path),
-                  root=str(tmp_path), train_script=Path('train.py'), test=None)
+                  root=str(tmp_path), train_script=Path('train.py'))
     convergence = study.evaluations[0]
     assert convergence.protocol['metrics'] == ['psnr']
     assert convergence.note == 'FVD skipped: 9-frame videos, I3D takes at least 10'

@@ -1,8 +1,6 @@
 """Latent extraction: shards in the far.data.shards format, raw latents, the same output for any process count."""
-import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 import tarfile
@@ -32,13 +30,6 @@ TINY_DCAE = {
 }
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location('extract_latents', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def options_for(root: Path, output_dir: Path, **extra) -> list:
     """Command-line options: 5 MovingShapes videos (3 frames, 16 px) through a tiny DC-AE, 2 per shard."""
     overrides = {
@@ -52,13 +43,13 @@ def options_for(root: Path, output_dir: Path, **extra) -> list:
 
 
 @pytest.fixture(scope='module')
-def extraction(tmp_path_factory):
+def extraction(tmp_path_factory, scripts):
     """One in-process extraction (a single process); yields its folder and the script module."""
     root = tmp_path_factory.mktemp('extract')
     (root / 'dcae.json').write_text(json.dumps(TINY_DCAE))
     torch.manual_seed(0)
     torch.save(diffusers.AutoencoderDC.from_config(TINY_DCAE).state_dict(), root / 'dcae.pth')
-    script = load_script()
+    script = scripts.module('scripts/extract_latents.py')
     AcceleratorState._reset_state(True)  # a fresh single-process state, whatever other tests set up
     script.main(['-opt', str(write_yaml(root)), *options_for(root, root / 'one')])
     AcceleratorState._reset_state(True)
@@ -111,19 +102,13 @@ def test_existing_output_needs_overwrite_and_streams_are_refused(extraction):
         script.main(options_for(root, root / 'bad', latent_dtype='bf16'))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_two_processes_write_the_same_shards(extraction):
+def test_two_processes_write_the_same_shards(extraction, scripts):
     root, _ = extraction
     env = {**os.environ, 'ACCELERATE_USE_CPU': '1', 'OMP_NUM_THREADS': '1'}
     command = [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2',
                '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no',
-               '--main_process_port', str(free_port()), str(SCRIPT),
+               '--main_process_port', str(scripts.free_port()), str(SCRIPT),
                '-opt', str(root / 'extract.yml'), *options_for(root, root / 'two')]
     result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr

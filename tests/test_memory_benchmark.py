@@ -209,6 +209,7 @@ def test_the_benchmark_rolls_out_beyond_the_training_length():
 
 # ----- the benchmark end to end, shrunk to seconds -----
 
+@pytest.mark.slow
 def test_the_benchmark_trains_and_scores_revisits_and_first_visits(scripts, tmp_path):
     config = str(REPO / 'options' / 'long_context' / 'far_long_maze_memory.yml')
     shrink = ['model.num_layers=1', 'trainer.total_steps=4', 'trainer.batch_size=2', 'trainer.log.every=2',

@@ -1,13 +1,11 @@
 """NBP as the framework trains and evaluates it: the optimizer's parameter groups, train.py and test.py on the demo
 files (blocks of k = 4 tokens, and token by token with k = 1: the same model, one switch), the tokenizer trained by
 the autoencoder trainer, and token shards written by the extraction script and read back."""
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
 import far  # noqa: F401  (fills the registries)
@@ -65,6 +63,7 @@ def test_weight_decay_reaches_linear_weights_only():
     assert len(everything['params']) == len(list(model.parameters()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('block', [4, 1], ids=['k=4', 'k=1'])
 def test_train_and_test_through_yaml(scripts, tmp_path, tokenizer_file, block):
     """The demo files with ``model.token_number_per_step`` as the only difference between NBP and token-by-token AR."""
@@ -87,13 +86,6 @@ def test_train_and_test_through_yaml(scripts, tmp_path, tokenizer_file, block):
     opt = load_experiment(str(NBP_DEMO), overrides)
     pipe = build_sampler(opt.test.sampler, model=opt.build_model(), autoencoder=None)
     assert pipe.num_steps(48, prefix_length=32) == 16 // block  # the third latent frame of 4x4 tokens
-
-
-@pytest.fixture
-def fresh_accelerator_state():
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
 
 
 def build(opt: dict, file: Path, key: str, registry):
@@ -134,19 +126,12 @@ def test_tokenizer_trains_with_the_autoencoder_losses_and_loads_back(tmp_path, f
     assert all(torch.equal(value, ema[key]) for key, value in loaded.state_dict().items())
 
 
-def load_extraction_script():
-    spec = importlib.util.spec_from_file_location('extract_latents', REPO / 'scripts' / 'extract_latents.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_token_shards_are_written_and_read_back(tmp_path, tokenizer_file, fresh_accelerator_state):
+def test_token_shards_are_written_and_read_back(tmp_path, tokenizer_file, fresh_accelerator_state, scripts):
     autoencoder = {'type': 'NBPTokenizer', **TINY_TOKENIZER, 'checkpoint': str(tokenizer_file)}
     source = {'type': 'MovingShapes', 'root': str(tmp_path / 'data'), 'split': 'val', 'num_videos': 3,
               'num_frames': 9, 'resolution': 32}
     flat = [f'autoencoder.{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}' for k, v in autoencoder.items()]
-    load_extraction_script().main([*flat, *[f'dataset.{k}={v}' for k, v in source.items()],
+    scripts.module('scripts/extract_latents.py').main([*flat, *[f'dataset.{k}={v}' for k, v in source.items()],
                                    f'output_dir={tmp_path / "tokens"}', 'samples_per_shard=2', 'num_workers=0'])
     index = json.loads((tmp_path / 'tokens' / 'index.json').read_text())
     assert index['content'] == 'tokens' and index['codebook_size'] == 1000 and index['num_samples'] == 3

@@ -58,6 +58,7 @@ def test_test_py_writes_results_and_videos(scripts, tmp_path, random_weights):
     assert (out / 'test.log').is_file() and (out / 'options.yml').is_file()
 
 
+@pytest.mark.slow
 def test_a_second_evaluation_never_overwrites_the_first(scripts, tmp_path, random_weights):
     args = ('test.py', '-opt', str(scripts.demo), *scripts.tiny, 'name=eval', f'test.checkpoint={random_weights}')
     first = scripts.run(*args, cwd=tmp_path)
@@ -76,6 +77,7 @@ def test_a_second_evaluation_never_overwrites_the_first(scripts, tmp_path, rando
     assert 'wrote experiments/eval/results/random_far-2/results.json' in second.stdout + second.stderr
 
 
+@pytest.mark.slow
 def test_missing_or_unfit_weights_are_option_errors(scripts, tmp_path):
     missing = 'experiments/pretrained_models/FAR_Models/FAR_B.pth'
     result = scripts.run('test.py', '-opt', str(scripts.demo), *scripts.tiny, 'name=eval', f'test.checkpoint={missing}', cwd=tmp_path)
