@@ -24,6 +24,7 @@ class FARTrainer(GenerativeTrainer):
         super().__init__(**options)
         self.objective = objective
         self.window = self.model.config.short_term_ctx_winsize
+        objective.schedule_tables(self.accelerator.device)  # built before the first step, which then never waits
 
     def _random_clip(self, batch: dict) -> dict:
         """A clip of ``window..T`` frames at a random start, cut from every per-frame field (video or latent,
