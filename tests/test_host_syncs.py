@@ -1,6 +1,13 @@
 """A training step waits on the host only at log, checkpoint and validation steps, and a skipped step changes
-nothing: a real tiny FAR run through train.py and the demo YAML file, its host syncs counted step by step."""
+nothing: a real tiny FAR run through train.py and the demo YAML file, its host syncs counted step by step; the
+EMA and the lr schedule, which count on the device."""
+import pytest
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from far.trainers.ema import EMA
+from far.trainers.lr_schedule import AppliedStepsSchedule, LRScheduleOptions
+from far.utils.host_syncs import count_host_syncs
 
 SYNC_SPY = '''
 import sys
@@ -72,3 +79,44 @@ def test_training_steps_wait_on_the_host_only_to_log_save_and_validate(scripts, 
         # weights, EMA, AdamW's moments and step counts, the lr schedule and the EMA's count: all kept at step 6
         kept = [same(a, b) for a, b in zip(prior, after)]
         assert kept == [step == 6] * 5, step
+
+
+def test_the_ema_averages_as_torchs_averaged_model_and_keeps_still_on_skipped_steps():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 3)
+    ema, reference = EMA(model, decay=0.9), AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9))
+    for applied in (False, True, True, False, True):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        with count_host_syncs() as syncs:
+            ema.update_parameters(model, torch.tensor(applied))
+        assert syncs['total'] == 0
+        if applied:
+            reference.update_parameters(model)
+        assert same(ema.state_dict(), reference.state_dict())  # the same state: checkpoints load either way
+    assert ema.n_averaged == 3
+
+
+@pytest.mark.filterwarnings('ignore:Detected call of `lr_scheduler.step()`')  # the reference steps no optimizer
+@pytest.mark.parametrize('name', ['constant', 'cosine'])
+def test_the_lr_schedule_advances_on_applied_steps_only_and_resumes(name):
+    options, model = LRScheduleOptions(name=name, warmup_steps=3), torch.nn.Linear(2, 2)
+    reference = options.build(torch.optim.AdamW(model.parameters(), lr=0.1), 10)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    schedule = AppliedStepsSchedule(options.build(optimizer, 10), optimizer, total_steps=10, device='cpu')
+    for applied in (True, False, True, True, False, True, True):
+        assert schedule.last_lr() == pytest.approx(reference.get_last_lr()[0], rel=1e-6)
+        with count_host_syncs() as syncs:
+            schedule.advance(torch.tensor(applied))
+        assert syncs['total'] == 0
+        if applied:
+            reference.step()
+    schedule.sync()
+    assert schedule.schedule.last_epoch == reference.last_epoch == 5
+    resumed_optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    resumed = options.build(resumed_optimizer, 10)
+    resumed.load_state_dict(schedule.schedule.state_dict())
+    resumed_optimizer.load_state_dict(optimizer.state_dict())
+    resumed = AppliedStepsSchedule(resumed, resumed_optimizer, total_steps=10, device='cpu')
+    assert resumed.last_lr() == schedule.last_lr() == pytest.approx(reference.get_last_lr()[0], rel=1e-6)
