@@ -98,7 +98,7 @@ def test_the_ema_averages_as_torchs_averaged_model_and_keeps_still_on_skipped_st
     assert ema.n_averaged == 3
 
 
-@pytest.mark.filterwarnings('ignore:Detected call of `lr_scheduler.step()`')  # the reference steps no optimizer
+@pytest.mark.filterwarnings('ignore:Detected call of:UserWarning')  # the reference steps no optimizer
 @pytest.mark.parametrize('name', ['constant', 'cosine'])
 def test_the_lr_schedule_advances_on_applied_steps_only_and_resumes(name):
     options, model = LRScheduleOptions(name=name, warmup_steps=3), torch.nn.Linear(2, 2)
