@@ -87,8 +87,8 @@ lengths = []
 random_clip = FARTrainer._random_clip
 
 
-def recording(self, batch):
-    batch = random_clip(self, batch)
+def recording(self, batch, step):
+    batch = random_clip(self, batch, step)
     lengths.append(batch['video'].shape[1])
     return batch
 

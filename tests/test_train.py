@@ -8,12 +8,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from far.trainers import FARTrainer
 from far.trainers.curves import CURVES_FILE, METRICS_FILE, read_metrics
 from far.utils.checkpoints import checkpoint_problem, latest_checkpoint, list_checkpoints, load_weights, resolve_weights
 
@@ -137,6 +139,14 @@ def test_bad_key_stops_before_any_work(scripts, tmp_path):
     assert (f'error: {scripts.demo}: trainer.optimizer.lrr: unknown key for OptimizerOptions (did you mean \'lr\'?); '
             'allowed keys: betas, decayed_modules, eps, lr, weight_decay') in result.stderr
     assert not (tmp_path / 'experiments').exists() and not (tmp_path / 'datasets').exists()
+
+
+def test_long_context_clip_lengths_are_evenly_spaced_buckets():
+    def lengths(buckets, frames=48):
+        return FARTrainer.clip_lengths(SimpleNamespace(window=8, clip_length_buckets=buckets), frames)
+
+    assert lengths(4) == [8, 21, 35, 48] and sum(lengths(4)) / 4 == (8 + 48) / 2  # the mean length is kept
+    assert lengths(None) == list(range(8, 49)) and lengths(1) == [48] and lengths(8, frames=10) == [8, 9, 10]
 
 
 # ---- checkpoint files ----
