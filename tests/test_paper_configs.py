@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import far  # noqa: F401  (fills the registries)
-from far.experiment import load_experiment, setting
+from far.experiment import load_experiment
 from far.pipelines import FARSampling
-from far.registry import AUTOENCODERS, PROTOCOLS, TRAINERS
+from far.registry import AUTOENCODERS, TRAINERS
 
 REPO = Path(__file__).resolve().parents[1]
 OPTIONS = REPO / 'options'
@@ -232,7 +232,7 @@ def protocol_settings(block: dict) -> dict:
     fixed = {'context_length': 0, 'num_trajectories': 1, 'every': 1, 'annotate_context': False}
     keys = ('context_length', 'unroll_length', 'num_trajectories', 'num_videos', 'every', 'seeds', 'metrics',
             'annotate_context', 'reference_quirks')
-    found = {key: setting(PROTOCOLS, block, key) for key in keys}
+    found = {key: block.settings.get(key) for key in keys}
     return {**fixed, **{key: value for key, value in found.items() if value is not None}}
 
 

@@ -16,3 +16,5 @@ BAIR = DATASETS.register(variant(
     video_dataset, 'BAIR', dataset='BAIR', fields=(), pad_short=True,
     doc='BAIR robot pushing videos (no actions); keys as far.data.layouts.video_dataset.'))
 BAIR.conditions = {}  # no condition: BAIR is predicted unconditionally
+BAIR.clip_length_option, BAIR.resolution_option = 'num_frames', 'resolution'
+

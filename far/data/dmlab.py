@@ -21,3 +21,5 @@ DMLab = DATASETS.register(variant(
     video_dataset, 'DMLab', dataset='DMLab', fields=('action',), pad_short=False,
     doc='DMLab videos or latents with per-frame actions; keys as far.data.layouts.video_dataset.'))
 DMLab.conditions = {'action': NUM_ACTIONS}  # what items carry (checked against the model's)
+DMLab.clip_length_option, DMLab.resolution_option = 'num_frames', 'resolution'
+

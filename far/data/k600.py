@@ -17,3 +17,5 @@ K600 = DATASETS.register(variant(
     video_dataset, 'K600', dataset='K600', fields=(), pad_short=False,
     doc='Kinetics-600 clips (no labels: predicted unconditionally); keys as far.data.layouts.video_dataset.'))
 K600.conditions = {}  # no condition
+K600.clip_length_option, K600.resolution_option = 'num_frames', 'resolution'
+

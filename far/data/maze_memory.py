@@ -199,4 +199,17 @@ def MazeMemory(
 
 
 MazeMemory.conditions = {'action': NUM_ACTIONS}  # what items carry (checked against the model's)
-MazeMemory.clip_length_arg = 'episode_length'  # items are whole episodes
+MazeMemory.clip_length_option, MazeMemory.resolution_option = 'episode_length', 'resolution'  # whole episodes
+
+
+def check_window(experiment, path: str):
+    """The revisit frames are those beyond a long-context model's short-term window: both windows agree."""
+    window, model = experiment.settings(path)['window'], experiment.settings('model') or {}
+    model_window = model.get('short_term_ctx_winsize')
+    if model_window is not None and window != model_window:
+        experiment.fail(f'{path}.window', f"is {window}, but model.short_term_ctx_winsize is {model_window}: the "
+                                          f"dataset's revisit frames are defined by the model's short-term window; "
+                                          f"set both to the same number of frames")
+
+
+MazeMemory.check_experiment = check_window

@@ -18,3 +18,5 @@ Minecraft = DATASETS.register(variant(
     video_dataset, 'Minecraft', dataset='Minecraft', fields=('action',), pad_short=False,
     doc='Minecraft videos or latents with per-frame actions; keys as far.data.layouts.video_dataset.'))
 Minecraft.conditions = {'action': NUM_ACTIONS}  # what items carry (checked against the model's)
+Minecraft.clip_length_option, Minecraft.resolution_option = 'num_frames', 'resolution'
+

@@ -128,3 +128,4 @@ def MovingShapes(
 
 
 MovingShapes.conditions = {'label': NUM_CLASSES}  # what items carry (checked against the model's)
+MovingShapes.clip_length_option, MovingShapes.resolution_option = 'num_frames', 'resolution'

@@ -19,3 +19,5 @@ UCF101 = DATASETS.register(variant(
     video_dataset, 'UCF101', dataset='UCF101', fields=('label',), pad_short=True,
     doc='UCF-101 clips with class labels; keys as far.data.layouts.video_dataset.'))
 UCF101.conditions = {'label': NUM_CLASSES}  # what items carry (checked against the model's)
+UCF101.clip_length_option, UCF101.resolution_option = 'num_frames', 'resolution'
+

@@ -4,6 +4,7 @@ from typing import Dict
 import torch
 from accelerate.utils import broadcast
 
+from far.models.autoencoders import LATENT_FAMILIES
 from far.objectives import FlowMatchingObjective
 from far.registry import TRAINERS
 from far.trainers.generative import GenerativeTrainer
@@ -19,6 +20,9 @@ class FARTrainer(GenerativeTrainer):
     long_context`` every step trains on a clip of random length between that window and the whole video
     (the same length on every rank) at a random start. Other options: see ``GenerativeTrainer`` and ``Trainer``.
     """
+
+    model_families = ('FAR',)
+    autoencoder_families = LATENT_FAMILIES
 
     def __init__(self, *, objective: FlowMatchingObjective = FlowMatchingObjective(), **options):
         super().__init__(**options)

@@ -3,8 +3,6 @@ from typing import Dict
 
 import torch
 
-from far.models.nbp import NBPTransformer
-from far.models.nbp_tokenizer import NBPTokenizer
 from far.registry import TRAINERS
 from far.trainers.base import OptimizerOptions
 from far.trainers.generative import GenerativeTrainer
@@ -25,8 +23,8 @@ class NBPTrainer(GenerativeTrainer):
     ``GenerativeTrainer`` and ``Trainer``.
     """
 
-    model_class = NBPTransformer
-    autoencoder_class = NBPTokenizer
+    model_families = ('NBP',)
+    autoencoder_families = ('NBP-tokenizer',)
 
     def __init__(self, *, optimizer: OptimizerOptions = OptimizerOptions(
             betas=(0.9, 0.95), weight_decay=0.01, decayed_modules=('Linear',)), **options):
