@@ -49,8 +49,8 @@ SIZES = {
     'tiny': dict(model=TINY, latent=(4, 4, 4), train=dict(batch=2, frames=4, steps=3),
                  generate=dict(batch=3, context=2, new=4, steps=2), long=dict(frames=12, steps=2, context_patch=2),
                  demo=['model.num_layers=1', 'model.num_attention_heads=1', 'trainer.total_steps=4',
-                       'trainer.batch_size=4', 'trainer.validation=null', 'datasets.train.num_videos=16',
-                       'datasets.test.num_videos=4', 'test.protocol.num_videos=4', 'test.sampler.num_inference_steps=2',
+                       'trainer.batch_size=4', 'trainer.validation=null', 'datasets.train.source.num_videos=16',
+                       'datasets.test.source.num_videos=4', 'test.protocol.num_videos=4', 'test.sampler.num_inference_steps=2',
                        'test.batch_size=2'],
                  reference_timeout=120),
 }

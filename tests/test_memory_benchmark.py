@@ -211,9 +211,9 @@ def test_the_benchmark_rolls_out_beyond_the_training_length():
 def test_the_benchmark_trains_and_scores_revisits_and_first_visits(scripts, tmp_path):
     config = str(REPO / 'options' / 'long_context' / 'far_long_maze_memory.yml')
     shrink = ['model.num_layers=1', 'trainer.total_steps=4', 'trainer.batch_size=2', 'trainer.log.every=2',
-              'trainer.checkpoint.every=4', 'datasets.train.num_episodes=4', 'datasets.test.num_episodes=2',
-              'datasets.train.episode_length=20', 'datasets.test.episode_length=20', 'datasets.train.period=12',
-              'datasets.test.period=12', 'test.protocol.context_length=6', 'test.protocol.unroll_length=14',
+              'trainer.checkpoint.every=4', 'datasets.train.source.num_episodes=4', 'datasets.test.source.num_episodes=2',
+              'datasets.train.source.episode_length=20', 'datasets.test.source.episode_length=20', 'datasets.train.source.period=12',
+              'datasets.test.source.period=12', 'test.protocol.context_length=6', 'test.protocol.unroll_length=14',
               'test.protocol.metrics=[psnr]', 'test.sampler.num_inference_steps=2']
     trained = scripts.run('train.py', '-opt', config, *shrink, cwd=tmp_path)
     assert trained.returncode == 0, trained.stdout + trained.stderr

@@ -45,7 +45,7 @@ def tiny_nbp(tokenizer_file: Path) -> list:
         'trainer.total_steps=4', 'trainer.batch_size=2', 'trainer.lr_schedule.warmup_steps=1',
         'trainer.checkpoint.every=4', 'trainer.log.every=2', 'trainer.validation.every=4',
         'trainer.validation.num_videos=2', 'trainer.validation.batch_size=2',
-        'datasets.train.num_videos=8', 'datasets.val.num_videos=2', 'datasets.test.num_videos=3',
+        'datasets.train.source.num_videos=8', 'datasets.val.source.num_videos=2', 'datasets.test.source.num_videos=3',
         'test.protocol.num_videos=3', 'test.batch_size=2',
     ]
 
@@ -102,8 +102,8 @@ def build(opt: dict, file: Path, key: str, registry):
 
 def test_tokenizer_trains_with_the_autoencoder_losses_and_loads_back(tmp_path, fresh_accelerator_state):
     opt = apply_overrides(load_yaml(str(TOKENIZER_DEMO)), [
-        *TINY_TOKENIZER_OVERRIDES, f'datasets.train.root={tmp_path / "data"}', 'datasets.train.num_videos=4',
-        f'datasets.val.root={tmp_path / "data"}', 'datasets.val.num_videos=2', 'trainer.total_steps=4',
+        *TINY_TOKENIZER_OVERRIDES, f'datasets.train.source.root={tmp_path / "data"}', 'datasets.train.source.num_videos=4',
+        f'datasets.val.source.root={tmp_path / "data"}', 'datasets.val.source.num_videos=2', 'trainer.total_steps=4',
         'trainer.batch_size=1', 'trainer.ema_decay=0.5', 'trainer.loss.disc_weight=0.5', 'trainer.loss.disc_start=2',
         'trainer.loss.disc_channels=8', 'trainer.checkpoint.every=2', 'trainer.checkpoint.keep=2',
         'trainer.log.every=1', 'trainer.validation.every=4', 'trainer.validation.num_videos=2',

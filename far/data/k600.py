@@ -10,12 +10,8 @@ NBP's settings: clips of 17 frames at 128x128. Its loader resizes whole frames t
 kept) and reads the training videos at 16 fps; here ``resolution`` resizes the shorter side and crops a
 square, and every ``frame_interval``-th stored frame is read: store the videos at the frame rate to train on.
 """
-from far.data.layouts import video_dataset
-from far.registry import DATASETS, variant
+from far.data.dataset import VideoDataset
+from far.registry import DATASETS
 
-K600 = DATASETS.register(variant(
-    video_dataset, 'K600', dataset='K600', fields=(), pad_short=False,
-    doc='Kinetics-600 clips (no labels: predicted unconditionally); keys as far.data.layouts.video_dataset.'))
-K600.conditions = {}  # no condition
-K600.clip_length_option, K600.resolution_option = 'num_frames', 'resolution'
-
+K600 = DATASETS.register(VideoDataset(name='K600', fields=(), pad_short=False,
+                                      conditions={}), name='K600')
