@@ -117,7 +117,7 @@ def test(args):
         results = evaluate(sampler, dataset, protocol, accelerator, batch_size=topt.batch_size,
                            video_dir=out / 'videos', num_grid_videos=topt.num_grid_videos)
     if accelerator.is_main_process:
-        results = {'name': opt.name, 'weights': str(weights), 'dataset': opt.datasets[topt.dataset],
+        results = {'name': opt.name, 'weights': str(weights), 'dataset': to_dict(opt.datasets[topt.dataset]),
                    'protocol': protocol.describe(), 'sampling': {**sampler.describe(), 'batch_size': topt.batch_size},
                    'num_processes': accelerator.num_processes, 'mixed_precision': opt.mixed_precision, **results,
                    'environment': environment_info()}

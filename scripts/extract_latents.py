@@ -31,8 +31,9 @@ autoencoder block: the trainer scales the raw latents with its ``scale_latents``
 
 A video tokenizer (``autoencoder: {type: NBPTokenizer, ...}``) writes ``{key}.tokens.npy`` instead: the token ids
 ``[T', h, w]`` of the item's whole clip (uint16 for codebooks up to 65536 codes, else int32), read back with
-``source: {type: shards, path: <output_dir>, use_tokens: true}`` and the same ``read.num_frames``. The clip is the dataset's (``split: val``: frames from 0, centre
-crop), so training on token shards sees one fixed clip per video, without random starts, crops or flips.
+``source: {type: shards, path: <output_dir>, use_tokens: true}`` and the same ``read.num_frames``. The clip is the
+dataset's (``split: val``: frames from 0, centre crop), so training on token shards sees one fixed clip per video,
+without random starts, crops or flips.
 """
 import argparse
 import json

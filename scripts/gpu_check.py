@@ -50,8 +50,8 @@ SIZES = {
                  generate=dict(batch=3, context=2, new=4, steps=2), long=dict(frames=12, steps=2, context_patch=2),
                  demo=['model.num_layers=1', 'model.num_attention_heads=1', 'trainer.total_steps=4',
                        'trainer.batch_size=4', 'trainer.validation=null', 'datasets.train.source.num_videos=16',
-                       'datasets.test.source.num_videos=4', 'test.protocol.num_videos=4', 'test.sampler.num_inference_steps=2',
-                       'test.batch_size=2'],
+                       'datasets.test.source.num_videos=4', 'test.protocol.num_videos=4',
+                       'test.sampler.num_inference_steps=2', 'test.batch_size=2'],
                  reference_timeout=120),
 }
 PEAK_BF16_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12}  # dense bf16 tensor-core peaks

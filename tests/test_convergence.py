@@ -35,8 +35,8 @@ def tiny_study(tmp_path: Path, **changes) -> Path:
     evaluation = study['evaluation']
     evaluation['batch_size'] = 2
     for scored in [evaluation, *evaluation['rollouts']]:
-        frames = scored['dataset']['num_frames']
-        scored['dataset'].update(num_videos=4, root=f'{tmp_path}/data{frames}')
+        source = scored['dataset']['source']
+        source.update(num_videos=4, root=f"{tmp_path}/data{source['num_frames']}")
         scored['protocol'].update(num_videos=4)
     evaluation['rollouts'] = evaluation['rollouts'][:1]
     study.update(name='tiny_study', **changes)

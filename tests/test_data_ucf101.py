@@ -64,7 +64,8 @@ def test_short_videos_are_padded_with_black_frames(dataset_of, ucf):
 
 def test_training_samples_random_starts_crops_and_flips(dataset_of, ucf, monkeypatch):
     random.seed(0)
-    ds = dataset_of('UCF101', 'train', {'type': 'data_list', 'path': str(ucf)}, num_frames=4, frame_interval=3, resolution=32, flip=True)
+    ds = dataset_of('UCF101', 'train', {'type': 'data_list', 'path': str(ucf)},
+                    num_frames=4, frame_interval=3, resolution=32, flip=True)
     starts = set()
     for _ in range(60):
         numbers = frame_numbers(ds[1]['video'])
@@ -86,7 +87,8 @@ def test_paths_relative_to_the_working_directory(dataset_of, ucf, tmp_path, monk
         r['video_path'] = f'{tmp_path.name}/{r["video_path"]}'
     (tmp_path / 'cwd.json').write_text(json.dumps(records))
     monkeypatch.chdir(tmp_path.parent)
-    assert dataset_of('UCF101', 'val', {'type': 'data_list', 'path': str(tmp_path / 'cwd.json')}, num_frames=16)[1]['label'] == 3
+    assert dataset_of('UCF101', 'val', {'type': 'data_list', 'path': str(tmp_path / 'cwd.json')},
+                      num_frames=16)[1]['label'] == 3
 
 
 def test_missing_files_fail_before_work(dataset_of, tmp_path, ucf):

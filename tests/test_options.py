@@ -154,23 +154,29 @@ def test_option_differences_name_the_changed_keys():
      r'test\.sampler\.guidance_scale: is 2\.0, but model\.condition_cfg is null'),
     (DEMO, ['test.sampler.scheduler.num_train_timesteps=500'],
      r'test\.sampler\.scheduler\.num_train_timesteps: is 500, but trainer\.objective\.scheduler'),
-    (MEMORY, ['datasets.test.source.window=4'], r'datasets\.test\.source\.window: is 4, but model\.short_term_ctx_winsize is 8'),
+    (MEMORY, ['datasets.test.source.window=4'],
+     r'datasets\.test\.source\.window: is 4, but model\.short_term_ctx_winsize is 8'),
     (MEMORY, ['test.protocol.sliding_window_baseline=48'],
      r'test\.protocol\.sliding_window_baseline: is 48 frames, but the protocol samples only 48'),
-    (MEMORY, ['test.protocol.unroll_length=17'], r'datasets\.test\.source\.episode_length: is 48, but test\.protocol needs clips of 49'),
+    (MEMORY, ['test.protocol.unroll_length=17'],
+     r'datasets\.test\.source\.episode_length: is 48, but test\.protocol needs clips of 49'),
     # a tokenizer that compresses time by 4 encodes 1 + 4 m frames: training clips, context, whole videos
-    (NBP, ['datasets.train.source.num_frames=8'], r'datasets\.train\.source\.num_frames: is 8 frames, but autoencoder NBPTokenizer '
-                                           r'compresses time by 4 and encodes 1 \+ 4 m frames'),
+    (NBP, ['datasets.train.source.num_frames=8'],
+     r'datasets\.train\.source\.num_frames: is 8 frames, but autoencoder NBPTokenizer '
+     r'compresses time by 4 and encodes 1 \+ 4 m frames'),
     (NBP_TOKENIZER, ['datasets.val.source.num_frames=10'], r'datasets\.val\.source\.num_frames: is 10 frames'),
     (NBP, ['test.protocol.context_length=4'], r'test\.protocol\.context_length: gives a context of 4 frames'),
     (NBP, ['trainer.validation.unroll_length=3'],
      r'trainer\.validation\.unroll_length: makes \(with context_length\) videos of 8 frames'),
     (NBP, ['model.video_vocab_size=64000'],
      r'model\.video_vocab_size: is 64000, but the codebook of autoencoder\.fsq_levels \[8, 5, 5, 5\] has 1000 codes'),
-    (NBP, ['datasets.test.source.resolution=16'], r'datasets\.test\.source\.resolution: is 16, but autoencoder\.image_size is 32'),
-    (NBP, ['test.sampler={type: FARPipeline}'], r'test\.sampler\.type: FARPipeline samples FAR models, but model\.type '
-                                                r'is NBPTransformer; choose the sampler of that model family: NBPPipeline'),
-    (DEMO, ['test.sampler={type: NBPPipeline}'], r'test\.sampler\.type: NBPPipeline samples NBP models, but model\.type is FAR'),
+    (NBP, ['datasets.test.source.resolution=16'],
+     r'datasets\.test\.source\.resolution: is 16, but autoencoder\.image_size is 32'),
+    (NBP, ['test.sampler={type: FARPipeline}'],
+     r'test\.sampler\.type: FARPipeline samples FAR models, but model\.type is NBPTransformer; choose the sampler of '
+     r'that model family: NBPPipeline'),
+    (DEMO, ['test.sampler={type: NBPPipeline}'],
+     r'test\.sampler\.type: NBPPipeline samples NBP models, but model\.type is FAR'),
     (NBP, ['autoencoder={type: IdentityAutoencoder}', 'trainer.validation=null', 'test=null'],
      r'autoencoder\.type: is IdentityAutoencoder \(family identity\), but trainer\.type NBPTrainer trains '
      r'NBP-tokenizer autoencoders'),

@@ -8,7 +8,7 @@ and where its block sets the frames of a clip and their size (``clip_length_opti
 see ``far.checks``).
 """
 import abc
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, make_dataclass
 from pathlib import Path
 from typing import ClassVar, Dict, Iterable, Literal, Tuple, Union
 
@@ -57,30 +57,47 @@ class VideoDataset:
 
 @dataclass(frozen=True, kw_only=True)
 class GeneratedOptions:
-    """A subclass adds ``source``: a dataclass of what is rendered, with ``root`` (rendered into ``root/<split>``)."""
+    """The block of a generated dataset; its ``source_class`` adds ``source``."""
     split: Split = 'train'
     read: ReadOptions = field(default_factory=ReadOptions)
 
 
 class GeneratedDataset(abc.ABC):
     """A dataset rendered once into ``source.root/<split>`` shards (lossless frames), then read like recorded ones;
-    items are whole generated videos. A subclass declares ``options_class`` (a :class:`GeneratedOptions` with its
-    ``source`` group), ``name``, ``fields``, ``conditions``, the source options holding the frames of every video
-    (``length_key``) and the videos per shard (``shard_key``), and renders the samples."""
+    items are whole generated videos.
+
+    A subclass declares ``name``, ``fields``, ``conditions``, its ``source_class`` (a dataclass of what is rendered,
+    with ``root``), and which source options hold the number of videos (``count_key``, ``None`` for the split's
+    ``default_counts``), the frames of every video (``length_key``) and the videos per shard (``shard_key``).
+    """
     name: ClassVar[str]
     fields: ClassVar[Tuple[str, ...]]
     conditions: ClassVar[Dict[str, int]]
+    source_class: ClassVar[type]
+    count_key: ClassVar[str]
+    default_counts: ClassVar[Dict[str, int]]
     length_key: ClassVar[str]
     shard_key: ClassVar[str]
+    options_class: ClassVar[type]
     resolution_option: ClassVar[str] = 'source.resolution'
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.options_class = make_dataclass(f'{cls.name}Options', [
+            ('source', cls.source_class, field(default_factory=cls.source_class))], bases=(GeneratedOptions,),
+            frozen=True, kw_only=True)
 
     @property
     def clip_length_option(self) -> str:
         return f'source.{self.length_key}'
 
     def generation(self, split: str, source) -> dict:
-        """What the rendered split depends on (recorded beside it): the source options but ``root``."""
-        return {key: value for key, value in asdict(source).items() if key != 'root'}
+        """What the rendered split depends on (recorded beside it): the source options but ``root``, the number of
+        videos resolved."""
+        generation = {key: value for key, value in asdict(source).items() if key != 'root'}
+        if generation[self.count_key] is None:
+            generation[self.count_key] = self.default_counts[split]
+        return generation
 
     @abc.abstractmethod
     def samples(self, split: str, generation: dict) -> Iterable[dict]:

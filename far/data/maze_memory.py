@@ -23,12 +23,12 @@ On first use a split is rendered into ``root/<split>/shard-*.tar`` (lossless ``f
 the json) and then read like every real dataset.
 """
 import colorsys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, Iterator, List, Literal, Optional, Sequence, Tuple
 
 import numpy as np
 
-from far.data.dataset import GeneratedDataset, GeneratedOptions
+from far.data.dataset import GeneratedDataset
 from far.registry import DATASETS
 
 MOVES = {0: (0, -1), 1: (1, 0), 2: (0, 1), 3: (-1, 0)}  # action -> (dx, dy): north, east, south, west
@@ -170,23 +170,13 @@ class MazeMemorySource:
                              f'{4 * (self.grid - 1)} (a lap around a block inside the grid), got {self.period}')
 
 
-@dataclass(frozen=True, kw_only=True)
-class MazeMemoryOptions(GeneratedOptions):
-    source: MazeMemorySource = field(default_factory=MazeMemorySource)
-
-
 class MazeMemoryDataset(GeneratedDataset):
     """Action-conditioned episodes of a partially observed world. Items are whole episodes: ``'video'``
     ``[episode_length, 3, resolution, resolution]``, ``'action'``, ``'revisit'``, ``'first_visit'``, ``'index'``."""
-    name = 'MazeMemory'
-    options_class = MazeMemoryOptions
-    fields = ('action', 'revisit', 'first_visit')
-    conditions = {'action': NUM_ACTIONS}
+    name, source_class = 'MazeMemory', MazeMemorySource
+    fields, conditions = ('action', 'revisit', 'first_visit'), {'action': NUM_ACTIONS}
+    count_key, default_counts = 'num_episodes', DEFAULT_NUM_EPISODES
     length_key, shard_key = 'episode_length', 'episodes_per_shard'
-
-    def generation(self, split: str, source: MazeMemorySource) -> dict:
-        generation = super().generation(split, source)
-        return {**generation, 'num_episodes': source.num_episodes or DEFAULT_NUM_EPISODES[split]}
 
     def samples(self, split: str, generation: dict) -> Iterator[Dict]:
         g = generation
@@ -199,9 +189,10 @@ class MazeMemoryDataset(GeneratedDataset):
         window, model = experiment.settings(path)['source'].window, experiment.settings('model') or {}
         model_window = model.get('short_term_ctx_winsize')
         if model_window is not None and window != model_window:
-            experiment.fail(f'{path}.source.window', f"is {window}, but model.short_term_ctx_winsize is {model_window}: "
-                                                     f"the dataset's revisit frames are defined by the model's "
-                                                     f"short-term window; set both to the same number of frames")
+            experiment.fail(f'{path}.source.window',
+                            f"is {window}, but model.short_term_ctx_winsize is {model_window}: the dataset's revisit "
+                            f"frames are defined by the model's short-term window; set both to the same number of "
+                            f"frames")
 
 
 MazeMemory = DATASETS.register(MazeMemoryDataset(), name='MazeMemory')

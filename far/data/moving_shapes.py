@@ -9,12 +9,12 @@ position and velocity. Label-conditional generation and prediction are both lear
 On first use a split is rendered into ``root/<split>/shard-*.tar`` (lossless ``frames.npy`` samples) and
 then read like every real dataset. Splits use disjoint seeds; everything is deterministic given ``seed``.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, Iterator, Literal, Optional
 
 import numpy as np
 
-from far.data.dataset import GeneratedDataset, GeneratedOptions
+from far.data.dataset import GeneratedDataset
 from far.registry import DATASETS
 
 SHAPES = ('square', 'circle', 'triangle')
@@ -105,23 +105,13 @@ class MovingShapesSource:
                              f'got {self.num_videos}, {self.max_shapes}, {self.num_frames}')
 
 
-@dataclass(frozen=True, kw_only=True)
-class MovingShapesOptions(GeneratedOptions):
-    source: MovingShapesSource = field(default_factory=MovingShapesSource)
-
-
 class MovingShapesDataset(GeneratedDataset):
     """Class-labelled moving shapes (``NUM_CLASSES`` classes). Items: ``'video'`` ``[num_frames, 3, resolution,
     resolution]``, ``'label'``, ``'index'``."""
-    name = 'MovingShapes'
-    options_class = MovingShapesOptions
-    fields = ('label',)
-    conditions = {'label': NUM_CLASSES}
+    name, source_class = 'MovingShapes', MovingShapesSource
+    fields, conditions = ('label',), {'label': NUM_CLASSES}
+    count_key, default_counts = 'num_videos', DEFAULT_NUM_VIDEOS
     length_key, shard_key = 'num_frames', 'videos_per_shard'
-
-    def generation(self, split: str, source: MovingShapesSource) -> dict:
-        generation = super().generation(split, source)
-        return {**generation, 'num_videos': source.num_videos or DEFAULT_NUM_VIDEOS[split]}
 
     def samples(self, split: str, generation: dict) -> Iterator[Dict]:
         return generate_samples(split, generation['num_videos'], generation['num_frames'], generation['resolution'],
