@@ -125,7 +125,7 @@ def test(args):
         if 'per_frame' in results:
             write_per_frame_plot(results, out / PER_FRAME_PLOT)
         metrics = results['metrics']
-        for key in (k for k in metrics if not k.endswith('_std')):
+        for key in (k for k in metrics if not k.endswith('_std') and k != 'buckets'):  # buckets: results.json
             spread = f' ± {metrics[key + "_std"]:.4f}' if len(protocol.seeds) > 1 else ''
             extra = ''.join(f' ({name.replace("_", " ")}: {results[name][key]:.4f})'
                             for name in results['baselines'] if key in results[name])

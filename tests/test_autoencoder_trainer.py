@@ -1,8 +1,8 @@
 """Autoencoder training: PatchGAN, the loss and its phases, the trainer end to end, the shipped configs."""
+import copy
 import json
 from pathlib import Path
 
-import diffusers
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,10 +14,12 @@ import far.models.autoencoders  # noqa: F401  (registers the autoencoders)
 import far.trainers.autoencoder_trainer  # noqa: F401  (registers the trainer)
 from far.losses import AutoencoderLoss, adaptive_weight, hinge_d_loss
 from far.metrics.lpips import LPIPS
+from far.models import NBPTokenizer
+from far.models.autoencoders import DCAutoencoder
 from far.models.discriminator import PatchDiscriminator
 from far.options import apply_overrides, load_yaml, validate_block
 from far.registry import AUTOENCODERS, DATASETS, TRAINERS
-from far.trainers.autoencoder_networks import DCAEWithDiscriminator
+from far.trainers.autoencoder_networks import AutoencoderWithDiscriminator
 from far.trainers.curves import CURVES_FILE, METRICS_FILE, read_metrics
 from far.utils.distributed import make_accelerator
 
@@ -70,7 +72,7 @@ def test_loss_phases_and_where_their_gradients_go(tiny_dcae_config, vgg_files):
                            vgg_weights=vgg_files[0], lpips_weights=vgg_files[1])
     assert not loss.adversarial(9) and loss.adversarial(10)
     assert not AutoencoderLoss(disc_weight=0.0, disc_start=0).adversarial(5)
-    model = DCAEWithDiscriminator(diffusers.AutoencoderDC.from_config(tiny_dcae_config), loss.discriminator())
+    model = AutoencoderWithDiscriminator(DCAutoencoder(config=tiny_dcae_config), loss.discriminator())
     perceptual = loss.perceptual_network()
     assert isinstance(perceptual, LPIPS) and perceptual.net == 'vgg'
     video = torch.rand(2, 2, 3, 32, 32) * 2 - 1
@@ -105,6 +107,29 @@ def test_loss_phases_and_where_their_gradients_go(tiny_dcae_config, vgg_files):
     hinge_d_loss(discriminator(frames), discriminator(recon.detach())).backward()
     for got, expected in zip(discriminator_grads, (p.grad for p in discriminator.parameters())):
         torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize('kind', ['dcae', 'tokenizer'])
+def test_the_network_saves_the_autoencoder_once_and_a_copy_runs_on_its_own_weights(kind, tiny_dcae_config):
+    torch.manual_seed(0)
+    if kind == 'dcae':
+        autoencoder, video = DCAutoencoder(config=tiny_dcae_config), torch.rand(1, 2, 3, 16, 16) * 2 - 1
+        weights = autoencoder.model
+    else:
+        autoencoder = NBPTokenizer(image_size=16, channels=(4, 6, 8), num_groups=2, residual_units=(1, 1, 1, 1))
+        video, weights = torch.rand(1, 5, 3, 16, 16) * 2 - 1, autoencoder
+    network = AutoencoderWithDiscriminator(autoencoder, PatchDiscriminator(base_channels=4, num_layers=1))
+    names = list(network.state_dict())
+    assert [n for n in names if n.startswith('autoencoder.')] == [f'autoencoder.{n}' for n in weights.state_dict()]
+    assert all(n.startswith(('autoencoder.', 'discriminator.')) for n in names)
+    assert all(p.requires_grad for p in network.autoencoder.parameters())
+    ema = copy.deepcopy(network)  # as the trainer's EMA model is made
+    with torch.no_grad():
+        before = network.reconstruct(video)
+        for p in ema.autoencoder.parameters():
+            p.mul_(0.5)
+        assert before.shape == video.shape and torch.equal(network.reconstruct(video), before)
+        assert not torch.allclose(ema.reconstruct(video), before)
 
 
 @pytest.fixture

@@ -111,7 +111,8 @@ class FakeRuns:
         checkpoint = next(o for o in args.overrides if o.startswith('test.checkpoint='))
         self.tests.append((Path(args.opt).name, checkpoint.rsplit('-', 1)[1]))
         psnr = 10.0 + len(self.tests)
-        return {'metrics': {'psnr': psnr, 'psnr_std': 0.0, 'ssim': 0.5, 'psnr_frames_5-8': psnr},
+        return {'metrics': {'psnr': psnr, 'psnr_std': 0.0, 'ssim': 0.5,
+                            'buckets': [{'frames': [5, 8], 'psnr': psnr, 'psnr_std': 0.0}]},
                 'baselines': ['copy_last_frame'], 'copy_last_frame': {'psnr': 9.0, 'ssim': 0.4}}
 
 
@@ -198,6 +199,7 @@ def test_contenders_share_the_budget_and_the_record_has_their_cost(tmp_path):
     report = (study.folder / 'report.md').read_text()
     assert '| FAR | ' in report and '| Video DiT | ' in report and 'copying the last context frame' in report
     assert 'Length generalisation' in report and (study.folder / 'convergence.png').stat().st_size > 10_000
+    assert '| contender | evaluation | frames 5-8 |' in report  # the buckets' frames, read from the scores
 
 
 def test_short_clips_are_scored_without_fvd(tmp_path):
@@ -220,7 +222,7 @@ def test_the_script_trains_scores_and_resumes(tmp_path):
     folder = tmp_path / 'runs' / 'tiny_study'
     points = json.loads((folder / 'points.json').read_text())['points']
     assert [(p['evaluation'], p['step']) for p in points] == [('convergence', 2), ('convergence', 4), ('2x', 4)]
-    assert 'psnr_frames_5-16' not in points[2]['metrics'] and 'psnr_frames_13-16' in points[2]['metrics']
+    assert [bucket['frames'] for bucket in points[2]['metrics']['buckets']] == [[5, 8], [9, 12], [13, 16]]
     assert (folder / 'far_moving_shapes_16px' / 'checkpoints' / 'checkpoint-2').is_dir()
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and 'training:' not in again.stdout and 'at step' not in again.stdout

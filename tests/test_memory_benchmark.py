@@ -42,8 +42,9 @@ def test_metrics_are_split_by_the_revisit_mask():
     # overall: per video the mean over its predicted frames (video 0: 2 of 4 revisits, video 1: 3 of 4)
     assert results['psnr'] == pytest.approx(((20 + 20 + 40 + 40) / 4 + (20 + 40 + 40 + 40) / 4) / 2, abs=1e-3)
     # buckets by absolute frame index: frames 2-4 and the last one, 5
-    assert results['psnr_frames_2-4'] == pytest.approx((40 + 40 + 20 + 20 + 40 + 40) / 6, abs=1e-3)
-    assert results['psnr_frames_5-5'] == pytest.approx((20 + 40) / 2, abs=1e-3)
+    assert [bucket['frames'] for bucket in results['buckets']] == [[2, 4], [5, 5]]
+    assert results['buckets'][0]['psnr'] == pytest.approx((40 + 40 + 20 + 20 + 40 + 40) / 6, abs=1e-3)
+    assert results['buckets'][1]['psnr'] == pytest.approx((20 + 40) / 2, abs=1e-3)
 
 
 def test_first_visits_are_scored_apart_when_the_mask_is_given():
@@ -112,7 +113,7 @@ def test_bad_masks_and_options_are_refused():
         protocol.evaluate(samples, gt, torch.zeros(2, 6))
     with pytest.raises(ValueError, match='revisit must be'):
         protocol.evaluate(samples, gt, torch.zeros(2, 4, dtype=torch.bool))
-    with pytest.raises(ValueError, match='teco_fvd'):
+    with pytest.raises(ValueError, match='fvd needs videos; the memory protocol scores metrics of frames only'):
         MemoryProtocol(metrics=['psnr', 'fvd'])
     with pytest.raises(ValueError, match='sliding_window_baseline'):
         MemoryProtocol(sliding_window_baseline=0)

@@ -126,10 +126,11 @@ def test_evaluation_follows_the_paper(name):
     sampler = NBPSampling(**{k: v for k, v in test.sampler.items() if k != 'type'})
     assert test.sampler['type'] == 'NBPPipeline' and sampler == NBPSampling(top_k=16000, top_p=0.9)
     protocol = PROTOCOLS.build({**test.protocol, 'metrics': ['psnr']})  # the same settings without loading I3D
-    assert test.protocol['type'] == row.protocol and test.protocol['metrics'] == ['fvd']
+    [fvd] = test.protocol['metrics']
+    assert test.protocol['type'] == row.protocol and fvd['type'] == 'fvd'
     assert (protocol.context_length, protocol.context_length + protocol.unroll_length) == (row.context, 17)
     assert (protocol.num_videos, protocol.num_trajectories, protocol.seeds) == (row.num_videos, 1, [0])
-    assert (protocol.fvd_frames, protocol.fvd_resolution) == (16, row.fvd_resolution)  # gFVD: 16 of 17 frames
+    assert (fvd['frames'], fvd.get('resolution')) == (16, row.fvd_resolution)  # gFVD: 16 of 17 frames
     data = opt.datasets[test.dataset]
     assert (data['type'], data['split'], data['read'].num_frames, data['read'].resolution) == (row.data, 'val', 17, 128)
 

@@ -64,10 +64,15 @@ def test_a_second_evaluation_never_overwrites_the_first(scripts, tmp_path, rando
     assert first.returncode == 0, first.stdout + first.stderr
     results = tmp_path / 'experiments' / 'eval' / 'results'
     before = (results / 'random_far' / 'results.json').read_text()
-    second = scripts.run(*args, 'test.protocol.unroll_length=2', cwd=tmp_path)
+    second = scripts.run(*args, 'test.protocol.unroll_length=2', 'test.protocol.bucket_size=1', cwd=tmp_path)
     assert second.returncode == 0, second.stdout + second.stderr
     assert (results / 'random_far' / 'results.json').read_text() == before
-    assert json.loads((results / 'random_far-2' / 'results.json').read_text())['protocol']['predicted_frames'] == 2
+    scored = json.loads((results / 'random_far-2' / 'results.json').read_text())
+    assert scored['protocol']['predicted_frames'] == 2
+    for key in ('metrics', 'copy_last_frame'):  # one-frame buckets: the per-frame curve
+        buckets = scored[key]['buckets']
+        assert [bucket['frames'] for bucket in buckets] == [[2, 2], [3, 3]] and 'psnr_std' in buckets[0]
+        assert [bucket['psnr'] for bucket in buckets] == pytest.approx(scored['per_frame'][key]['psnr'], rel=1e-9)
     assert 'wrote experiments/eval/results/random_far-2/results.json' in second.stdout + second.stderr
 
 

@@ -11,8 +11,9 @@ from accelerate.utils import DistributedDataParallelKwargs, gather_object
 from torch.utils.data import default_collate
 
 from far.losses.autoencoder_loss import AutoencoderLoss
+from far.models.interfaces import Autoencoder
 from far.registry import METRICS, TRAINERS
-from far.trainers.autoencoder_networks import trainable
+from far.trainers.autoencoder_networks import AutoencoderWithDiscriminator
 from far.trainers.base import OptimizerOptions, Trainer
 from far.utils.distributed import split_batches
 from far.grids import save_grid
@@ -51,8 +52,8 @@ class AutoencoderTrainer(Trainer):
     ``disc_start``). ``batch_size`` counts clips.
 
     A checkpoint loads back as ``autoencoder: {type: DCAutoencoder, config: ..., checkpoint:
-    experiments/<name>/checkpoints/checkpoint-<step>}`` (its EMA weights), and an NBP tokenizer's also as
-    ``checkpoint: experiments/<name>/checkpoints`` (the newest).
+    experiments/<name>/checkpoints/checkpoint-<step>}`` (its EMA weights), or ``checkpoint:
+    experiments/<name>/checkpoints`` (the newest; see ``far.utils.checkpoints.read_autoencoder_weights``).
     """
 
     runtime_args = ('accelerator', 'autoencoder', 'datasets', 'folder', 'seed', 'config')
@@ -63,13 +64,13 @@ class AutoencoderTrainer(Trainer):
         self,
         *,
         accelerator,
-        autoencoder: nn.Module,
+        autoencoder: Autoencoder,
         optimizer: OptimizerOptions = OptimizerOptions(betas=(0.5, 0.9)),
         loss: AutoencoderLoss = AutoencoderLoss(),
         validation: Optional[ReconstructionValidation] = None,
         **options,
     ):
-        model = trainable(autoencoder, loss.discriminator())
+        model = AutoencoderWithDiscriminator(autoencoder, loss.discriminator())
         if accelerator.num_processes > 1 and loss.disc_weight > 0:
             # Each phase leaves some parameters without gradient (the discriminator before disc_start,
             # the encoder after it), which DDP must be told about.
