@@ -306,7 +306,7 @@ def validate(opt: dict, schema, file: str):
     return Validator(file).group(opt, schema, '')
 
 
-def validate_block(cfg: dict, registry: Registry, file: str, path: str = '') -> dict:
+def validate_block(cfg: dict, registry: Registry, file: str, path: str = '') -> ValidBlock:
     """Validate one registry block on its own (e.g. a model config loaded from a separate file)."""
     return Validator(file).block(cfg, registry, path)
 
