@@ -174,7 +174,7 @@ def evaluate(*, options: ExperimentOptions, file: str, root: str = 'experiments'
         results = evaluation.evaluate(sampler, dataset, protocol, accelerator, batch_size=topt.batch_size,
                                       video_dir=out / 'videos', num_grid_videos=topt.num_grid_videos)
     if accelerator.is_main_process:
-        results = {'name': options.name, 'weights': str(weights), 'dataset': options.datasets[topt.dataset],
+        results = {'name': options.name, 'weights': str(weights), 'dataset': to_dict(options.datasets[topt.dataset]),
                    'protocol': protocol.describe(), 'sampling': {**sampler.describe(), 'batch_size': topt.batch_size},
                    'num_processes': accelerator.num_processes, 'mixed_precision': options.mixed_precision,
                    **results, 'environment': environment_info()}

@@ -12,9 +12,9 @@ CONFIG (every key can also be given, or overridden, as ``key.path=value`` on the
       checkpoint: experiments/pretrained_models/FAR_Models/dcae/DCAE_DMLab_Res64-17035ae5.pth
     dataset:                      # a DATASETS block (not streaming): each item's clip is encoded whole
       type: DMLab
-      data_list: datasets/dmlab/dmlab_train.json
       split: val                  # frames from 0, centre crop: the same clip on every run
-      num_frames: 300
+      source: {type: data_list, path: datasets/dmlab/dmlab_train.json}
+      read: {num_frames: 300}
     output_dir: datasets/dmlab_latent/train
     samples_per_shard: 256
 
@@ -26,13 +26,14 @@ written by process ``s % num_processes``, so the output is the same for any numb
 every process is done, the main one writes ``index.json``: the shards and their sample counts, and the
 autoencoder and dataset blocks used.
 
-Train from them with the dataset keys ``shards: <output_dir>`` and ``use_latent: true``, and the same
+Train from them with the dataset source ``{type: shards, path: <output_dir>, use_latent: true}``, and the same
 autoencoder block: the trainer scales the raw latents with its ``scale_latents``.
 
 A video tokenizer (``autoencoder: {type: NBPTokenizer, ...}``) writes ``{key}.tokens.npy`` instead: the token ids
 ``[T', h, w]`` of the item's whole clip (uint16 for codebooks up to 65536 codes, else int32), read back with
-``use_tokens: true`` and the same ``num_frames``. The clip is the dataset's (``split: val``: frames from 0, centre
-crop), so training on token shards sees one fixed clip per video, without random starts, crops or flips.
+``source: {type: shards, path: <output_dir>, use_tokens: true}`` and the same ``read.num_frames``. The clip is the
+dataset's (``split: val``: frames from 0, centre crop), so training on token shards sees one fixed clip per video,
+without random starts, crops or flips.
 """
 import argparse
 import json

@@ -86,8 +86,8 @@ SIZES = {
                  generate=dict(batch=3, context=2, new=4, steps=2, repeats=3),
                  long=dict(frames=12, steps=2, context_patch=2, repeats=1, time_box_s=120),
                  demo=['model.num_layers=1', 'model.num_attention_heads=1', 'trainer.total_steps=4',
-                       'trainer.batch_size=4', 'trainer.validation=null', 'datasets.train.num_videos=16',
-                       'datasets.test.num_videos=2', 'test.protocol.num_videos=2', 'test.sampler.num_inference_steps=2',
+                       'trainer.batch_size=4', 'trainer.validation=null', 'datasets.train.source.num_videos=16',
+                       'datasets.test.source.num_videos=2', 'test.protocol.num_videos=2', 'test.sampler.num_inference_steps=2',
                        'test.batch_size=2'],
                  reference_timeout=dict(train=120, generate=120, long=120)),
 }
@@ -95,7 +95,7 @@ REFERENCE_RUNS = 3  # timed runs of the reference after its warm-up run
 DEMO = REPO / 'options' / 'demo' / 'far_moving_shapes.yml'
 # train.py's loop at the demo config, tiny: its host syncs per step do not depend on the model's size
 TRAINER_SYNC_STEPS = (2, 5)
-TRAINER_SYNC_RUN = ['model.num_layers=1', 'trainer.batch_size=4', 'datasets.train.num_videos=16',
+TRAINER_SYNC_RUN = ['model.num_layers=1', 'trainer.batch_size=4', 'datasets.train.source.num_videos=16',
                     'trainer.log.every=100000', 'trainer.checkpoint.every=100000', 'trainer.validation=null']
 # Dense bf16 tensor-core peaks (TFLOP/s) under the exact names torch.cuda.get_device_name() reports.
 PEAK_BF16_TFLOPS = {

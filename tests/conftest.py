@@ -29,13 +29,25 @@ from accelerate.state import AcceleratorState  # noqa: E402
 
 from far.experiment import ExperimentOptions, load_experiment  # noqa: E402
 from far.models import FAR, FAR_Long  # noqa: E402
+from far.options import validate_block  # noqa: E402
 from far.pipelines import FARPipeline, FARSampling  # noqa: E402
+from far.registry import DATASETS  # noqa: E402
 
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / 'shared'
 OPTIONS = REPO / 'options'
+
+
+@pytest.fixture(scope='session')
+def dataset_of():
+    """``dataset_of(type, split, source, **read)``: the dataset of the YAML block ``{type, split, source, read}``,
+    validated as in an experiment file."""
+    def build(name: str, split: str, source: dict, **read):
+        block = {'type': name, 'split': split, 'source': source, **({'read': read} if read else {})}
+        return DATASETS.build(validate_block(block, DATASETS, 'test.yml', 'datasets.test'))
+    return build
 
 
 @pytest.fixture(autouse=True)
@@ -154,7 +166,7 @@ class Scripts:
         'trainer.validation.every=10', 'trainer.validation.num_videos=2',
         'trainer.validation.sampler.num_inference_steps=2', 'trainer.validation.unroll_length=3',
         'trainer.validation.batch_size=2',
-        'datasets.train.num_videos=24', 'datasets.val.num_videos=4', 'datasets.test.num_videos=5',
+        'datasets.train.source.num_videos=24', 'datasets.val.source.num_videos=4', 'datasets.test.source.num_videos=5',
         'test.protocol.num_videos=5', 'test.protocol.unroll_length=3', 'test.sampler.num_inference_steps=2',
         'test.batch_size=2',
     ]

@@ -133,8 +133,9 @@ def test_the_network_saves_the_autoencoder_once_and_a_copy_runs_on_its_own_weigh
 
 def test_trainer_end_to_end_on_the_demo_config(tmp_path, vgg_files, fresh_accelerator_state):
     opt = apply_overrides(load_yaml(str(DEMO)), [
-        f'datasets.train.root={tmp_path / "data"}', 'datasets.train.num_videos=8', 'datasets.train.num_frames=4',
-        f'datasets.val.root={tmp_path / "data"}', 'datasets.val.num_videos=3', 'datasets.val.num_frames=4',
+        f'datasets.train.source.root={tmp_path / "data"}', 'datasets.train.source.num_videos=8',
+        'datasets.train.source.num_frames=4', f'datasets.val.source.root={tmp_path / "data"}',
+        'datasets.val.source.num_videos=3', 'datasets.val.source.num_frames=4',
         'trainer.total_steps=4', 'trainer.batch_size=2', 'trainer.ema_decay=0.5',
         'trainer.loss.disc_start=2', 'trainer.loss.disc_channels=8',
         f'trainer.loss.vgg_weights={vgg_files[0]}', f'trainer.loss.lpips_weights={vgg_files[1]}',

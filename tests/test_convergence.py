@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 CPU_STUDY = REPO / 'options' / 'convergence' / 'moving_shapes_cpu.yml'
 NBP = REPO / 'options' / 'convergence' / 'nbp'
 TINY = ['model.num_layers=1', 'model.num_attention_heads=1', 'trainer.lr_schedule.warmup_steps=1',
-        'trainer.log.every=1', 'datasets.train.num_videos=8']
+        'trainer.log.every=1', 'datasets.train.source.num_videos=8']
 
 
 class Killed(Exception):
@@ -30,13 +30,13 @@ def tiny_study(tmp_path: Path, **changes) -> Path:
     study['contenders'] = study['contenders'][:2]  # FAR and the Video DiT
     for contender in study['contenders']:
         contender['experiment'] = str(REPO / contender['experiment'])
-        contender['overrides'] = [*TINY, f'datasets.train.root={tmp_path}/data9']
+        contender['overrides'] = [*TINY, f'datasets.train.source.root={tmp_path}/data9']
     study['training'].update(total_steps=4, batch_size=2, processes=1, evaluate_every=2)
     evaluation = study['evaluation']
     evaluation['batch_size'] = 2
     for scored in [evaluation, *evaluation['rollouts']]:
-        frames = scored['dataset']['num_frames']
-        scored['dataset'].update(num_videos=4, root=f'{tmp_path}/data{frames}')
+        source = scored['dataset']['source']
+        source.update(num_videos=4, root=f"{tmp_path}/data{source['num_frames']}")
         scored['protocol'].update(num_videos=4)
     evaluation['rollouts'] = evaluation['rollouts'][:1]
     study.update(name='tiny_study', **changes)
@@ -218,7 +218,7 @@ def test_short_clips_are_scored_without_fvd(tmp_path):
 def test_the_script_trains_scores_and_resumes(tmp_path):
     path = tiny_study(tmp_path, contenders=[{
         'label': 'FAR', 'experiment': str(REPO / 'options/convergence/contenders/far_moving_shapes_16px.yml'),
-        'overrides': [*TINY, f'datasets.train.root={tmp_path}/data9']}])
+        'overrides': [*TINY, f'datasets.train.source.root={tmp_path}/data9']}])
     command = [sys.executable, '-m', 'scripts.convergence', '-opt', str(path), '--root', str(tmp_path / 'runs')]
     first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout + first.stderr

@@ -13,7 +13,9 @@ from accelerate.state import AcceleratorState
 
 import far.data  # noqa: F401  (registers the datasets)
 import far.models.autoencoders  # noqa: F401  (registers the autoencoders)
-from far.data.layouts import video_dataset
+from far.data import ClipOptions, VideoDataset
+from far.data.dataset import VideoDatasetOptions
+from far.options import validate_block
 from far.registry import AUTOENCODERS, DATASETS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,8 +37,8 @@ def options_for(root: Path, output_dir: Path, **extra) -> list:
     overrides = {
         'autoencoder.type': 'AutoencoderDC', 'autoencoder.config': root / 'dcae.json',
         'autoencoder.checkpoint': root / 'dcae.pth',
-        'dataset.type': 'MovingShapes', 'dataset.root': root / 'data', 'dataset.split': 'val',
-        'dataset.num_videos': 5, 'dataset.num_frames': 3, 'dataset.resolution': 16,
+        'dataset.type': 'MovingShapes', 'dataset.source.root': root / 'data', 'dataset.split': 'val',
+        'dataset.source.num_videos': 5, 'dataset.source.num_frames': 3, 'dataset.source.resolution': 16,
         'output_dir': output_dir, 'samples_per_shard': 2, 'latent_dtype': 'float32', 'num_workers': 0, **extra,
     }
     return [f'{k}={v}' for k, v in overrides.items()]
@@ -75,11 +77,12 @@ def test_shards_hold_the_raw_latents_and_metadata(extraction):
 
     autoencoder = AUTOENCODERS.build({'type': 'AutoencoderDC', 'config': str(root / 'dcae.json'),
                                       'checkpoint': str(root / 'dcae.pth')})
-    pixels = DATASETS.build({'type': 'MovingShapes', 'root': str(root / 'data'), 'split': 'val', 'num_videos': 5,
-                             'num_frames': 3, 'resolution': 16})
-    # What training with `shards: <output_dir>, use_latent: true` reads, checksums checked.
-    latents = video_dataset('val', 3, shards=str(out), use_latent=True, dataset='latents', fields=('label',),
-                            pad_short=False, strict=True)
+    pixels = DATASETS.build(validate_block({'type': 'MovingShapes', 'split': 'val', 'source': {
+        'root': str(root / 'data'), 'num_videos': 5, 'num_frames': 3, 'resolution': 16}}, DATASETS, 'test.yml'))
+    # What training with `source: {type: shards, path: <output_dir>, use_latent: true}` reads, checksums checked.
+    latents = VideoDataset(name='latents', fields=('label',), pad_short=False, conditions={})(
+        options=VideoDatasetOptions(split='val', source={'type': 'shards', 'path': str(out), 'use_latent': True},
+                                    read=ClipOptions(num_frames=3, strict=True)))
     assert len(latents) == 5
     with tarfile.open(out / 'shard-000000.tar') as tar:
         assert set(json.loads(tar.extractfile('00000000.json').read())['crc32']) == {'latent.npy'}
@@ -97,7 +100,7 @@ def test_existing_output_needs_overwrite_and_streams_are_refused(extraction):
     with pytest.raises(FileExistsError, match='overwrite: true'):
         script.main(options_for(root, root / 'one'))
     with pytest.raises(ValueError, match='streaming: false'):
-        script.main(options_for(root, root / 'stream', **{'dataset.split': 'train', 'dataset.streaming': 'true'}))
+        script.main(options_for(root, root / 'stream', **{'dataset.split': 'train', 'dataset.read.streaming': 'true'}))
     with pytest.raises(ValueError, match=r"latent_dtype: got 'bf16'"):
         script.main(options_for(root, root / 'bad', latent_dtype='bf16'))
 

@@ -184,13 +184,13 @@ def test_long_context_configs_validate_and_fit_together(config):
     opt = load_experiment(str(config))
     model, protocol = opt.model, opt.test.protocol
     assert model['type'] == 'FAR_Long' and opt.datasets[opt.test.dataset]['split'] == 'test'
-    test_set = opt.datasets[opt.test.dataset]
-    assert protocol['context_length'] + protocol['unroll_length'] <= test_set['episode_length']
-    assert test_set['window'] == model['short_term_ctx_winsize']  # the revisit mask is relative to the window
+    test_set = opt.datasets[opt.test.dataset]['source']
+    assert protocol['context_length'] + protocol['unroll_length'] <= test_set.episode_length
+    assert test_set.window == model['short_term_ctx_winsize']  # the revisit mask is relative to the window
     if opt.trainer is not None:
         assert protocol['sliding_window_baseline'] == model['short_term_ctx_winsize']
         assert opt.trainer['objective'].training_type == 'long_context'
-        assert opt.datasets['train']['window'] == model['short_term_ctx_winsize']
+        assert opt.datasets['train']['source'].window == model['short_term_ctx_winsize']
 
 
 def test_the_benchmark_rolls_out_beyond_the_training_length():
@@ -198,13 +198,14 @@ def test_the_benchmark_rolls_out_beyond_the_training_length():
     rollout = load_experiment(str(REPO / 'options' / 'long_context' / 'far_long_maze_memory_rollout.yml'))
     assert rollout.model == train.model and rollout.autoencoder == train.autoencoder
     assert rollout.test.sampler == train.test.sampler
-    protocol, train_length = rollout.test.protocol, train.datasets['train']['episode_length']
+    protocol, train_length = rollout.test.protocol, train.datasets['train']['source'].episode_length
     assert protocol['context_length'] + protocol['unroll_length'] >= 2 * train_length
     assert protocol['sliding_window_baseline'] == train_length  # the other remedy: the training length
     assert rollout.test.checkpoint == f'experiments/{train.name}/checkpoints/checkpoint-{train.trainer["total_steps"]}'
     assert math.isclose(rollout.model['slope_scale'], 0.0)
     world = ('route', 'period', 'grid', 'view', 'stride', 'resolution', 'window')
-    assert {k: rollout.datasets['test'][k] for k in world} == {k: train.datasets['train'][k] for k in world}
+    assert {k: getattr(rollout.datasets['test']['source'], k) for k in world} == \
+        {k: getattr(train.datasets['train']['source'], k) for k in world}
 
 
 # ----- the benchmark end to end, shrunk to seconds -----
@@ -213,9 +214,10 @@ def test_the_benchmark_rolls_out_beyond_the_training_length():
 def test_the_benchmark_trains_and_scores_revisits_and_first_visits(scripts, tmp_path):
     config = str(REPO / 'options' / 'long_context' / 'far_long_maze_memory.yml')
     shrink = ['model.num_layers=1', 'trainer.total_steps=4', 'trainer.batch_size=2', 'trainer.log.every=2',
-              'trainer.checkpoint.every=4', 'datasets.train.num_episodes=4', 'datasets.test.num_episodes=2',
-              'datasets.train.episode_length=20', 'datasets.test.episode_length=20', 'datasets.train.period=12',
-              'datasets.test.period=12', 'test.protocol.context_length=6', 'test.protocol.unroll_length=14',
+              'trainer.checkpoint.every=4', 'datasets.train.source.num_episodes=4',
+              'datasets.test.source.num_episodes=2', 'datasets.train.source.episode_length=20',
+              'datasets.test.source.episode_length=20', 'datasets.train.source.period=12',
+              'datasets.test.source.period=12', 'test.protocol.context_length=6', 'test.protocol.unroll_length=14',
               'test.protocol.metrics=[psnr]', 'test.sampler.num_inference_steps=2']
     trained = scripts.run('train.py', '-opt', config, *shrink, cwd=tmp_path)
     assert trained.returncode == 0, trained.stdout + trained.stderr

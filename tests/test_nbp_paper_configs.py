@@ -109,8 +109,8 @@ def test_training_follows_the_nbp_scripts(name, experiment_file):
                                                                                          recipe.batch_per_process, 1.0)
     assert trainer['ema_decay'] is None and opt.model['dropout'] == 0.1
     train = opt.datasets['train']
-    assert (train['type'], train['num_frames'], train['resolution'], train.get('flip', False)) == (row.data, 17, 128,
-                                                                                                  False)
+    read = train['read']
+    assert (train['type'], read.num_frames, read.resolution, read.flip) == (row.data, 17, 128, False)
     validation = trainer['validation']
     assert (validation.context_length, validation.context_length + validation.unroll_length) == (row.context, 17)
 
@@ -129,7 +129,7 @@ def test_evaluation_follows_the_paper(name, experiment_file):
     assert (protocol.num_videos, protocol.num_trajectories, protocol.seeds) == (row.num_videos, 1, [0])
     assert (fvd['frames'], fvd.get('resolution')) == (16, row.fvd_resolution)  # gFVD: 16 of 17 frames
     data = opt.datasets[test.dataset]
-    assert (data['type'], data['split'], data['num_frames'], data['resolution']) == (row.data, 'val', 17, 128)
+    assert (data['type'], data['split'], data['read'].num_frames, data['read'].resolution) == (row.data, 'val', 17, 128)
 
 
 @pytest.mark.parametrize('path', TOKENIZER_FILES, ids=key)
@@ -140,7 +140,7 @@ def test_tokenizer_configs_train_the_released_layout(path, experiment_file):
     assert trainer['type'] == 'AutoencoderTrainer' and trainer['loss'].reconstruction == 'l2'
     assert (trainer['loss'].perceptual_weight, trainer['loss'].disc_weight) == (0.1, 0.1)
     for block in opt.datasets.values():
-        assert (block['num_frames'], block['resolution']) == (17, 128)
+        assert (block['read'].num_frames, block['read'].resolution) == (17, 128)
     with torch.device('meta'):
         tokenizer = opt.build_autoencoder()
     assert tokenizer.codebook_size == 64000 and sum(p.numel() for p in tokenizer.parameters()) == 370_372_105

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import far  # noqa: F401  (fills the registries)
-from far.experiment import load_experiment, setting
+from far.experiment import load_experiment
 from far.pipelines import FARSampling
-from far.registry import AUTOENCODERS, PROTOCOLS, TRAINERS
+from far.registry import AUTOENCODERS, TRAINERS
 
 REPO = Path(__file__).resolve().parents[1]
 OPTIONS = REPO / 'options'
@@ -207,11 +207,11 @@ def test_training_follows_the_paper(name, experiment_file):
     assert (sampler.num_inference_steps, sampler.guidance_scale, sampler.use_kv_cache) == \
         (50, row.guidance, row.kv_cache)
 
-    train = opt.datasets['train']
-    assert (train['data_list'], train['num_frames'], train.get('frame_interval', 1)) == \
-        (row.data.train, row.data.frames, row.data.interval)
-    assert (train.get('use_latent', False), train.get('flip', False)) == (row.data.latent, row.data.flip)
-    assert train.get('resolution', row.frame_size) == row.frame_size
+    source, read = opt.datasets['train']['source'], opt.datasets['train']['read']
+    assert (source['type'], source['path'], read.num_frames, read.frame_interval) == \
+        ('data_list', row.data.train, row.data.frames, row.data.interval)
+    assert (source.settings['use_latent'], read.flip) == (row.data.latent, row.data.flip)
+    assert read.resolution in (None, row.frame_size)
 
 
 def protocol_settings(block: dict) -> dict:
@@ -220,7 +220,7 @@ def protocol_settings(block: dict) -> dict:
     fixed = {'context_length': 0, 'num_trajectories': 1, 'every': 1, 'annotate_context': False}
     keys = ('context_length', 'unroll_length', 'num_trajectories', 'num_videos', 'every', 'seeds', 'metrics',
             'annotate_context', 'reference_quirks')
-    found = {key: setting(PROTOCOLS, block, key) for key in keys}
+    found = {key: block.settings.get(key) for key in keys}
     return {**fixed, **{key: value for key, value in found.items() if value is not None}}
 
 
@@ -243,7 +243,8 @@ def test_evaluation_follows_the_paper(name, experiment_file):
     assert settings['reference_quirks']  # scored like the published numbers
 
     data = opt.datasets[test.dataset]
-    assert data['data_list'] == row.data.eval and data['split'] != 'train'  # frames from 0, centre crop
-    assert data['num_frames'] == expected.context + expected.predicted
-    assert data.get('frame_interval', 1) == row.data.interval and not data.get('use_latent', False)
-    assert data.get('resolution', row.frame_size) == row.frame_size
+    source, read = data['source'], data['read']
+    assert source['path'] == row.data.eval and data['split'] != 'train'  # frames from 0, centre crop
+    assert read.num_frames == expected.context + expected.predicted
+    assert read.frame_interval == row.data.interval and not source.settings['use_latent']
+    assert read.resolution in (None, row.frame_size)

@@ -17,9 +17,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import yaml
 
 from far.convergence.options import CONVERGENCE, Contender, Run, StudyOptions, TrainingBudget
-from far.experiment import ExperimentOptions, load_experiment, setting
-from far.options import OptionError, to_dict
-from far.registry import METRICS, PROTOCOLS
+from far.experiment import ExperimentOptions, load_experiment
+from far.options import OptionError, ValidBlock, to_dict, validate_block
+from far.registry import METRICS
 
 EVALUATION_DATASET = 'convergence_eval'  # the datasets key the study's evaluation clips are added under
 
@@ -46,11 +46,12 @@ def evaluation_overrides(dataset: dict, protocol: dict, batch_size: int) -> List
             f'test.protocol={flow(protocol)}', f'test.batch_size={batch_size}']
 
 
-def without_short_fvd(protocol: dict) -> Tuple[dict, Optional[str]]:
+def without_short_fvd(protocol: ValidBlock) -> Tuple[dict, Optional[str]]:
     """``protocol`` without FVD when its videos are shorter than I3D takes (FVD's ``min_frames``), and a note saying
     so; ``protocol`` itself (and no note) otherwise."""
-    frames = (setting(PROTOCOLS, protocol, 'context_length') or 0) + setting(PROTOCOLS, protocol, 'unroll_length')
-    metrics, shortest = setting(PROTOCOLS, protocol, 'metrics'), setting(METRICS, {'type': 'fvd'}, 'min_frames')
+    settings = protocol.settings
+    frames = (settings.get('context_length') or 0) + settings['unroll_length']
+    metrics, shortest = settings['metrics'], validate_block({'type': 'fvd'}, METRICS, 'fvd').settings['min_frames']
     if 'fvd' not in metrics or frames >= shortest:
         return protocol, None
     kept = [metric for metric in metrics if metric != 'fvd']

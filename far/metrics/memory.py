@@ -75,6 +75,24 @@ class MemoryProtocol(Protocol):
                          metrics=metrics, **options)
         self.sliding_window_baseline = sliding_window_baseline
 
+    @staticmethod
+    def check_experiment(experiment, path: str):
+        """A sliding-window baseline needs a sampler with a sliding window (``context_window``), narrower than the
+        videos sampled (see ``far.checks``)."""
+        settings = experiment.settings(path)
+        window, sampler = settings['sliding_window_baseline'], experiment.options.test.sampler
+        if window is None:
+            return
+        if 'context_window' not in sampler.settings:
+            experiment.fail(f'{path}.sliding_window_baseline',
+                            f"needs a sampler with a sliding window (context_window); test.sampler.type "
+                            f"{sampler['type']} has none: remove the baseline or change the sampler")
+        frames = settings['context_length'] + settings['unroll_length']
+        if window >= frames:
+            experiment.fail(f'{path}.sliding_window_baseline',
+                            f'is {window} frames, but the protocol samples only {frames} (context_length + '
+                            f'unroll_length): such a window sees everything and is no baseline; make it smaller')
+
     def sampler_baselines(self) -> Dict[str, dict]:
         """The same sampler restricted to the last ``sliding_window_baseline`` frames (no long-term memory)."""
         if self.sliding_window_baseline is None:

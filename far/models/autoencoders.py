@@ -52,6 +52,9 @@ def cast(model: diffusers.ModelMixin, dtype: str):
         model.to(DTYPES[dtype])
 
 
+LATENT_FAMILIES = ('DC-AE', 'KL', 'identity')  # the ``family`` of each latent autoencoder below
+
+
 @AUTOENCODERS.register(aliases=('AutoencoderDC',))
 class DCAutoencoder(LatentAutoencoder):
     """FAR's DC-AE (diffusers ``AutoencoderDC``).
@@ -66,6 +69,8 @@ class DCAutoencoder(LatentAutoencoder):
         dtype: weights' dtype.
         slicing: frames per autoencoder call (``None``: all at once).
     """
+
+    family = 'DC-AE'
 
     def __init__(self, config: Union[str, dict], checkpoint: Optional[str] = None,
                  scaling_factor: Optional[float] = None, dtype: DType = 'float32', slicing: Optional[int] = None):
@@ -119,6 +124,8 @@ class KLAutoencoder(LatentAutoencoder):
         slicing: frames per autoencoder call (``None``: all at once).
     """
 
+    family = 'KL'
+
     def __init__(self, pretrained: str, subfolder: Optional[str] = None, scaling_factor: Optional[float] = None,
                  sample_posterior: bool = False, dtype: DType = 'float32', slicing: Optional[int] = None):
         super().__init__(slicing)
@@ -157,6 +164,7 @@ class IdentityAutoencoder(LatentAutoencoder):
     value per colour channel instead of ``k * k`` copies of it."""
 
     scaling_factor = 1.0
+    family = 'identity'
 
     def __init__(self, in_channels: int = 3, pixel_unshuffle: int = 1, downsample: int = 1):
         super().__init__(slicing=None)

@@ -72,6 +72,7 @@ class FAR(ModelMixin, ConfigMixin):
     _no_split_modules = ['FARBlock']
     has_long_term_stream = False  # FAR-Long adds the long-term stream
     condition_kinds = ('label', 'action')
+    family = 'FAR'  # what samplers and trainers accept (model_families)
 
     @register_to_config
     def __init__(

@@ -115,6 +115,7 @@ class NBPTransformer(ModelMixin, ConfigMixin):
 
     _no_split_modules = ['Block']
     condition_kinds = ('label', 'text')
+    family = 'NBP'  # what samplers and trainers accept (model_families)
 
     @register_to_config
     def __init__(

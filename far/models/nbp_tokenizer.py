@@ -19,6 +19,7 @@ Layout, as in the released ``magvit2_*.pt`` (parameter names are theirs, so they
 
 Tokens are flattened in (frame, row, column) order. ``decode_clip`` does not clamp, ``decode_tokens`` does.
 """
+import math
 from contextlib import nullcontext
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -137,6 +138,24 @@ class NBPTokenizer(VideoTokenizer):
 
     spatial_compression = 8
     temporal_compression = 4
+    family = 'NBP-tokenizer'  # what samplers and trainers accept (autoencoder_families)
+
+    @staticmethod
+    def check_experiment(experiment, path: str):
+        """A token model's video vocabulary is the codebook (the product of the FSQ levels), and the datasets'
+        frames are the size the tokenizer was built for (see ``far.checks``)."""
+        levels, size = experiment.settings(path)['fsq_levels'], experiment.settings(path)['image_size']
+        vocabulary = (experiment.settings('model') or {}).get('video_vocab_size')
+        codes = math.prod(levels)
+        if vocabulary is not None and codes != vocabulary:
+            experiment.fail('model.video_vocab_size', f'is {vocabulary}, but the codebook of {path}.fsq_levels '
+                                                      f'{list(levels)} has {codes} codes; set model.video_vocab_size: '
+                                                      f'{codes}')
+        for key in experiment.options.datasets:
+            where, resolution = experiment.dataset_option(key, 'resolution')
+            if resolution is not None and resolution != size:
+                experiment.fail(where, f'is {resolution}, but {path}.image_size is {size}: the tokenizer reads '
+                                       f'{size}x{size} frames; set both to the same size')
 
     def __init__(self, *, image_size: int = 128, channels: Sequence[int] = (128, 256, 512), num_groups: int = 32,
                  residual_units: Sequence[int] = (4, 4, 4, 8), fsq_levels: Sequence[int] = (8, 8, 8, 5, 5, 5),

@@ -24,6 +24,8 @@ class VideoDiT(FAR):
     """FAR with bidirectional attention over the clip. Arguments as :class:`FAR`; ``slope_scale`` must stay 0
     (a causal bias) and the model has no KV cache (every frame attends to frames still being denoised)."""
 
+    family = 'VideoDiT'
+
     def _attention(self, q_segments: Sequence[Segment], k_segments: Sequence[Segment],
                    device: torch.device) -> FullAttention:
         if self.slope_scale:

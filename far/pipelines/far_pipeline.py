@@ -85,7 +85,7 @@ class FARPipeline(LatentFlowSampler):
     The per-frame progress bar is switched off with ``pipe.set_progress_bar_config(disable=True)``.
     """
 
-    model_class = FAR
+    model_families = ('FAR',)
     options_class = FARSampling
 
     def __init__(self, transformer: FAR, vae: Optional[torch.nn.Module] = None, scheduler=None,

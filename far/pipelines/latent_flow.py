@@ -1,6 +1,6 @@
 """What the flow-matching samplers of latent frames share (FAR's frame-by-frame sampler, the Video DiT's window
 sampler): their modules and settings, the condition ids of a guided batch, and pixels in and out through the
-autoencoder. A subclass declares ``model_class`` and ``options_class`` (a dataclass with ``guidance_scale``,
+autoencoder. A subclass declares ``model_families`` and ``options_class`` (a dataclass with ``guidance_scale``,
 ``guided`` and ``scheduler``) and implements ``generate_latents``.
 """
 import abc
@@ -11,6 +11,7 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..conditions import Condition, Conditions
+from ..models.autoencoders import LATENT_FAMILIES
 from .base import VideoSampler
 
 
@@ -21,6 +22,7 @@ class LatentFlowSampler(DiffusionPipeline, VideoSampler):
     defaults when ``None``), which every generate call may change in part."""
 
     model_cpu_offload_seq = 'transformer->vae'
+    autoencoder_families = LATENT_FAMILIES
 
     def __init__(self, transformer: torch.nn.Module, vae: Optional[torch.nn.Module] = None, scheduler=None,
                  options=None):

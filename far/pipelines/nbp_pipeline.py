@@ -101,8 +101,8 @@ class NBPPipeline(DiffusionPipeline, VideoSampler):
 
     model_cpu_offload_seq = 'transformer->tokenizer'
     runtime_args = ('transformer', 'tokenizer')
-    model_class = NBPTransformer
-    autoencoder_class = VideoTokenizer
+    model_families = ('NBP',)
+    autoencoder_families = ('NBP-tokenizer',)
     options_class = NBPSampling
 
     def __init__(self, *, transformer: NBPTransformer, tokenizer: Optional[VideoTokenizer] = None,

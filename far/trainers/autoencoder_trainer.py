@@ -11,9 +11,7 @@ from accelerate.utils import DistributedDataParallelKwargs, gather_object
 from torch.utils.data import default_collate
 
 from far.losses.autoencoder_loss import AutoencoderLoss
-from far.models.autoencoders import DCAutoencoder
 from far.models.interfaces import Autoencoder
-from far.models.nbp_tokenizer import NBPTokenizer
 from far.registry import METRICS, TRAINERS
 from far.trainers.autoencoder_networks import AutoencoderWithDiscriminator
 from far.trainers.base import OptimizerOptions, Trainer
@@ -59,7 +57,8 @@ class AutoencoderTrainer(Trainer):
     """
 
     runtime_args = ('accelerator', 'autoencoder', 'datasets', 'folder', 'seed', 'config')
-    autoencoder_class = (DCAutoencoder, NBPTokenizer)
+    model_families = ()  # it trains the autoencoder alone
+    autoencoder_families = ('DC-AE', 'NBP-tokenizer')
 
     def __init__(
         self,

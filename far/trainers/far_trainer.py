@@ -4,6 +4,7 @@ from typing import Dict, List, Optional
 
 import torch
 
+from far.models.autoencoders import LATENT_FAMILIES
 from far.objectives import FlowMatchingObjective
 from far.registry import TRAINERS
 from far.trainers.generative import GenerativeTrainer
@@ -26,6 +27,9 @@ class FARTrainer(GenerativeTrainer):
     evenly spaced lengths keeps the mean length (and the mean cost of a step) of drawing among all of them.
     Other options: see ``GenerativeTrainer`` and ``Trainer``.
     """
+
+    model_families = ('FAR',)
+    autoencoder_families = LATENT_FAMILIES
 
     def __init__(self, *, objective: FlowMatchingObjective = FlowMatchingObjective(),
                  clip_length_buckets: Optional[int] = 4, **options):

@@ -3,8 +3,6 @@ from typing import Dict
 
 import torch
 
-from far.models.interfaces import VideoTokenizer
-from far.models.nbp import NBPTransformer
 from far.objectives import NextBlockObjective
 from far.registry import TRAINERS
 from far.trainers.base import OptimizerOptions
@@ -26,8 +24,8 @@ class NBPTrainer(GenerativeTrainer):
     ``GenerativeTrainer`` and ``Trainer``.
     """
 
-    model_class = NBPTransformer
-    autoencoder_class = VideoTokenizer
+    model_families = ('NBP',)
+    autoencoder_families = ('NBP-tokenizer',)
 
     def __init__(self, *, optimizer: OptimizerOptions = OptimizerOptions(
             betas=(0.9, 0.95), weight_decay=0.01, decayed_modules=('Linear',)), **options):
