@@ -87,8 +87,8 @@ SIZES = {
                  long=dict(frames=12, steps=2, context_patch=2, repeats=1, time_box_s=120),
                  demo=['model.num_layers=1', 'model.num_attention_heads=1', 'trainer.total_steps=4',
                        'trainer.batch_size=4', 'trainer.validation=null', 'datasets.train.source.num_videos=16',
-                       'datasets.test.source.num_videos=2', 'test.protocol.num_videos=2', 'test.sampler.num_inference_steps=2',
-                       'test.batch_size=2'],
+                       'datasets.test.source.num_videos=2', 'test.protocol.num_videos=2',
+                       'test.sampler.num_inference_steps=2', 'test.batch_size=2'],
                  reference_timeout=dict(train=120, generate=120, long=120)),
 }
 REFERENCE_RUNS = 3  # timed runs of the reference after its warm-up run

@@ -134,7 +134,8 @@ def test_token_shards_are_written_and_read_back(tmp_path, tokenizer_file, fresh_
     flat = [f'autoencoder.{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}' for k, v in autoencoder.items()]
     scripts.module('scripts/extract_latents.py').main([*flat, 'dataset.type=MovingShapes', 'dataset.split=val',
                                                        *[f'dataset.source.{k}={v}' for k, v in shapes.items()],
-                                                       f'output_dir={tmp_path / "tokens"}', 'samples_per_shard=2', 'num_workers=0'])
+                                                       f'output_dir={tmp_path / "tokens"}', 'samples_per_shard=2',
+                                                       'num_workers=0'])
     index = json.loads((tmp_path / 'tokens' / 'index.json').read_text())
     assert index['content'] == 'tokens' and index['codebook_size'] == 1000 and index['num_samples'] == 3
 
