@@ -308,7 +308,7 @@ def run_script(name: str, overrides: List[str], workdir: Path, clips: str):
     spec = importlib.util.spec_from_file_location(f'far_script_{name}', REPO / f'{name}.py')
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    roots = [f'datasets.{split}.root={workdir / "datasets" / clips}' for split in ('train', 'val', 'test')]
+    roots = [f'datasets.{split}.source.root={workdir / "datasets" / clips}' for split in ('train', 'val', 'test')]
     command = ['-opt', str(DEMO), *roots, *overrides, '--root', str(workdir / 'experiments')]
     return getattr(module, name)(module.parse_args(command))
 

@@ -80,8 +80,9 @@ torch.save({{'lengths': lengths, 'compilations': found, 'buckets': trainer.clip_
 
 TINY_FAR_LONG = [
     'model.num_layers=1', 'model.num_attention_heads=1', 'model.attention_head_dim=32',
-    'model.axes_dims_rope=[8,12,12]', 'model.short_term_ctx_winsize=4', 'datasets.train.num_episodes=8', 'datasets.train.episode_length=16',
-    'datasets.train.window=4', 'datasets.test.window=4', 'datasets.test.num_episodes=2',
+    'model.axes_dims_rope=[8,12,12]', 'model.short_term_ctx_winsize=4', 'datasets.train.source.num_episodes=8',
+    'datasets.train.source.episode_length=16', 'datasets.train.source.window=4', 'datasets.test.source.window=4',
+    'datasets.test.source.num_episodes=2',
     'test.protocol.sliding_window_baseline=4', 'test.protocol.context_length=8', 'test.protocol.unroll_length=8',
     'trainer.total_steps=10', 'trainer.batch_size=2', 'trainer.log.every=5', 'trainer.checkpoint.every=10',
 ]
