@@ -36,7 +36,8 @@ def read_class_text_ids(path: str) -> torch.Tensor:
     if file is None or not file.is_file():
         raise FileNotFoundError(f"condition_cfg.class_text_ids '{path}' does not exist; the shipped table is "
                                 f'options/model_cfg/nbp/ucf101_class_text_ids.json')
-    ids = torch.tensor(json.loads(file.read_text())['input_ids'], dtype=torch.long)
+    # on the CPU even under a meta-device context (models built without memory still check their table)
+    ids = torch.tensor(json.loads(file.read_text())['input_ids'], dtype=torch.long, device='cpu')
     if ids.ndim != 2 or not len(ids):
         raise ValueError(f'{path}: input_ids must be a non-empty list of equally long id lists')
     return ids

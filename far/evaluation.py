@@ -156,9 +156,10 @@ def evaluate(sampler: VideoSampler, dataset, protocol, accelerator, *, batch_siz
     """Run ``protocol`` on ``dataset``: for every seed, sample its videos and score them, with the baselines:
     copying the last context frame (prediction protocols) and the same sampler with other settings
     (``protocol.sampler_baselines()``, e.g. a sliding window). Returns the results on the main process, None
-    elsewhere: ``metrics``, one entry per baseline (named in ``baselines``), ``per_seed``, and ``per_frame``
-    when the protocol scores frames: the predicted ``frames`` and, for ``metrics`` and each baseline, the mean
-    over seeds of every metric's curve over them (``Scores.curves``).
+    elsewhere: ``metrics``, one entry per baseline (named in ``baselines``; each with the protocol's ``buckets`` of
+    frames, if it scores them), ``per_seed``, and ``per_frame`` when the protocol scores frames: the predicted
+    ``frames`` and, for ``metrics`` and each baseline, the mean over seeds of every metric's curve over them
+    (``Scores.curves``).
 
     A protocol may also ask for the per-frame dataset fields it scores with (``frame_fields``, given to its
     ``evaluate``).

@@ -161,6 +161,21 @@ def yaml_parameters(target) -> Dict[str, inspect.Parameter]:
     return params
 
 
+def _dataclass_defaults(cls) -> Dict[str, Any]:
+    return {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            for f in dataclasses.fields(cls)
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+
+
+class ValidBlock(dict):
+    """A validated registry block: the keys as written (what is built and saved), and ``settings``, every
+    setting the entry takes: as written, else fixed by a size variant, else its default."""
+
+    def __init__(self, written: dict, settings: dict):
+        super().__init__(written)
+        self.settings = settings
+
+
 def _dataclass_parameters(cls) -> Dict[str, Tuple[Any, bool]]:
     """The fields of an option dataclass as ``name -> (annotation, required)``."""
     hints = typing.get_type_hints(cls, include_extras=True)
@@ -253,7 +268,7 @@ class Validator:
                 self.fail(f'{path}.{name}' if path else name, f'missing required key for {what}')
         return {k: self.check(v, params[k][0], f'{path}.{k}' if path else k) for k, v in given.items()}
 
-    def block(self, value: Any, registry: Registry, path: str) -> dict:
+    def block(self, value: Any, registry: Registry, path: str) -> ValidBlock:
         if not isinstance(value, dict):
             self.fail(path, f'expected a {registry.name} block (a mapping with a type: key), got {value!r}')
         if 'type' not in value:
@@ -266,17 +281,19 @@ class Validator:
         kwargs = {k: v for k, v in value.items() if k != 'type'}
         options_class = getattr(target, 'options_class', None)
         if options_class is not None:
-            params = _dataclass_parameters(options_class)
+            params, defaults = _dataclass_parameters(options_class), _dataclass_defaults(options_class)
         else:
-            params = {n: (p.annotation, p.default is inspect.Parameter.empty)
-                      for n, p in yaml_parameters(target).items()}
+            parameters = yaml_parameters(target)
+            params = {n: (p.annotation, p.default is p.empty) for n, p in parameters.items()}
+            defaults = {n: p.default for n, p in parameters.items() if p.default is not p.empty}
         fields = self._fields(kwargs, params, path, f'{registry.name} {name!r}')
         if options_class is not None:
             try:  # the settings' own checks (__post_init__), before any work starts
                 options_class(**fields)
             except (TypeError, ValueError) as e:
                 self.fail(path, str(e))
-        return {'type': name, **fields}
+        written = {'type': name, **fields}
+        return ValidBlock(written, {**defaults, **getattr(target, 'fixed_kwargs', {}), **written})
 
     def group(self, value: Any, cls, path: str):
         if isinstance(value, cls):
@@ -291,11 +308,11 @@ class Validator:
 
 
 def validate(opt: dict, schema, file: str):
-    """Validate ``opt`` against a dataclass ``schema``; return the schema instance (blocks stay dicts)."""
+    """Validate ``opt`` against a dataclass ``schema``; return the schema instance (blocks are ``ValidBlock``s)."""
     return Validator(file).group(opt, schema, '')
 
 
-def validate_block(cfg: dict, registry: Registry, file: str, path: str = '') -> dict:
+def validate_block(cfg: dict, registry: Registry, file: str, path: str = '') -> ValidBlock:
     """Validate one registry block on its own (e.g. a model config loaded from a separate file)."""
     return Validator(file).block(cfg, registry, path)
 

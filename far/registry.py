@@ -86,6 +86,7 @@ def variant(target: Callable, name: str, doc: str = '', **fixed) -> Callable:
 MODELS = Registry('model')              # video transformers (FAR, FAR-Long, NBP)
 AUTOENCODERS = Registry('autoencoder')  # latent autoencoders (DC-AE, KL, identity) and the NBP video tokenizer
 DATASETS = Registry('dataset')
+SOURCES = Registry('data source')      # where a dataset's clips come from: a JSON list or tar shards
 TRAINERS = Registry('trainer')
 PIPELINES = Registry('pipeline')        # samplers: a model + its autoencoder -> videos (far.pipelines.base)
 METRICS = Registry('metric')            # per-frame video metrics (PSNR, SSIM, LPIPS, MSE) and FVD

@@ -243,6 +243,24 @@ def our_generation(pipe: FARPipeline, inputs: dict) -> Callable[[], torch.Tensor
 
 # ----- suites -----
 
+def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, inputs: dict, device: torch.device,
+                  dtype: torch.dtype) -> Callable[[], torch.Tensor]:
+    """The training step both implementations run: forward, MSE loss, backward, optimizer step; returns the
+    model's output."""
+
+    def step():
+        # fp32 master weights; bf16 autocast on the GPU, as accelerate's mixed precision does
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            out = model(inputs['latents'], timestep=inputs['timesteps'], conditions={'action': inputs['action']}).sample
+            loss = F.mse_loss(out.float(), inputs['target'])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return out.detach()
+
+    return step
+
+
 def train_suite(args, reference, workdir, device, dtype) -> dict:
     model = build_model(SHORT_MODEL, device, seed=0).train()
     weights = save_weights(model, workdir)
@@ -256,18 +274,7 @@ def train_suite(args, reference, workdir, device, dtype) -> dict:
               'action': torch.randint(0, NUM_ACTIONS, (batch, frames), generator=generator),
               'target': torch.randn(shape, generator=generator)}
     setup = reference_setup(weights, SHORT_MODEL, 'train', inputs, workdir, device, dtype) if reference else None
-    inputs = {k: v.to(device) for k, v in inputs.items()}
-
-    def step():
-        # fp32 master weights; bf16 autocast on the GPU, as accelerate's mixed precision does
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            out = model(inputs['latents'], timestep=inputs['timesteps'], conditions={'action': inputs['action']}).sample
-            loss = F.mse_loss(out.float(), inputs['target'])
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return out.detach()
-
+    step = training_step(model, optimizer, {k: v.to(device) for k, v in inputs.items()}, device, dtype)
     case = measure('train_step', step, reference, setup, workdir, device, args.repeats, target=TRAIN['target_speedup'])
     profile(args.profile, 'train_step', step)
     return {'setup': {'model': SHORT_MODEL, **{k: v for k, v in TRAIN.items() if k != 'target_speedup'}},

@@ -5,16 +5,15 @@ and beyond their training length, and report (points.json, report.md, convergenc
 
 Each contender is an ordinary experiment file (train.py and test.py run it alone as well), trained into
 experiments/<study name>/<experiment name>/ with train.py in `training.processes` processes and scored with
-test.py's machinery. Started again, the study resumes: an interrupted training continues from its newest
-checkpoint, and every point already scored with the same options is kept.
+far.run.evaluate, test.py's evaluation. Started again, the study resumes: an interrupted training continues from
+its newest checkpoint, and every point already scored with the same options is kept.
 """
-import argparse
-import importlib.util
 from pathlib import Path
 
 import far  # noqa: F401  (fills the registries)
 from far.convergence import Study, StudyError, load_study
 from far.options import OptionError
+from far.run import command_line
 from far.utils.distributed import LaunchError
 from far.utils.experiment_dir import ExperimentExists
 
@@ -22,26 +21,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('-opt', required=True, help='study YAML file')
-    parser.add_argument('overrides', nargs='*', help='key.path=value overrides of the study file')
-    parser.add_argument('--root', default='experiments', help='where studies (and their experiment folders) live')
+    parser = command_line(__doc__, file='study YAML file', root='where studies (and their experiment folders) live')
     return parser.parse_args(argv)
-
-
-def test_function():
-    """test.py's ``test``, loaded from its file (the name ``test`` alone would find Python's own test package)."""
-    spec = importlib.util.spec_from_file_location('far_test_script', REPO / 'test.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.test
 
 
 def main(argv=None):
     args = parse_args(argv)
     try:
         study = load_study(args.opt, args.overrides)
-        Study(study=study, file=args.opt, root=args.root, train_script=REPO / 'train.py', test=test_function()).run()
+        Study(study=study, file=args.opt, root=args.root, train_script=REPO / 'train.py').run()
     except (OptionError, StudyError, LaunchError, ExperimentExists) as error:
         raise SystemExit(f'error: {error}')
 

@@ -4,8 +4,7 @@
 
 writes ``ucf_base_nbp16_hybrid.safetensors`` next to it: the transformer's weights under their own names (the
 checkpoint keeps them under ``transformer.``, next to the frozen tokenizer's ``first_stage_model.*``, which the
-experiment's ``autoencoder`` block loads from ``magvit2_*.pt`` instead). The checkpoint is read with
-``weights_only=True``: tensors and argparse arguments only.
+experiment's ``autoencoder`` block loads from ``magvit2_*.pt`` instead), as ``far.conversions.nbp`` reads it.
 """
 import argparse
 import sys
@@ -13,12 +12,12 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from far.models.nbp import NBPTransformer
+from far.conversions.nbp import read_lightning_checkpoint
 
 
 def convert(checkpoint: str, output: str = None) -> Path:
     target = Path(output) if output else Path(checkpoint).with_suffix('.safetensors')
-    state = NBPTransformer.read_reference_checkpoint(checkpoint)
+    state = read_lightning_checkpoint(checkpoint)
     save_file({name: tensor.contiguous() for name, tensor in state.items()}, str(target))
     return target
 

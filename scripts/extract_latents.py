@@ -12,9 +12,9 @@ CONFIG (every key can also be given, or overridden, as ``key.path=value`` on the
       checkpoint: experiments/pretrained_models/FAR_Models/dcae/DCAE_DMLab_Res64-17035ae5.pth
     dataset:                      # a DATASETS block (not streaming): each item's clip is encoded whole
       type: DMLab
-      data_list: datasets/dmlab/dmlab_train.json
       split: val                  # frames from 0, centre crop: the same clip on every run
-      num_frames: 300
+      source: {type: data_list, path: datasets/dmlab/dmlab_train.json}
+      read: {num_frames: 300}
     output_dir: datasets/dmlab_latent/train
     samples_per_shard: 256
 
@@ -26,13 +26,14 @@ written by process ``s % num_processes``, so the output is the same for any numb
 every process is done, the main one writes ``index.json``: the shards and their sample counts, and the
 autoencoder and dataset blocks used.
 
-Train from them with the dataset keys ``shards: <output_dir>`` and ``use_latent: true``, and the same
+Train from them with the dataset source ``{type: shards, path: <output_dir>, use_latent: true}``, and the same
 autoencoder block: the trainer scales the raw latents with its ``scale_latents``.
 
 A video tokenizer (``autoencoder: {type: NBPTokenizer, ...}``) writes ``{key}.tokens.npy`` instead: the token ids
 ``[T', h, w]`` of the item's whole clip (uint16 for codebooks up to 65536 codes, else int32), read back with
-``use_tokens: true`` and the same ``num_frames``. The clip is the dataset's (``split: val``: frames from 0, centre
-crop), so training on token shards sees one fixed clip per video, without random starts, crops or flips.
+``source: {type: shards, path: <output_dir>, use_tokens: true}`` and the same ``read.num_frames``. The clip is the
+dataset's (``split: val``: frames from 0, centre crop), so training on token shards sees one fixed clip per video,
+without random starts, crops or flips.
 """
 import argparse
 import json
@@ -41,22 +42,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Literal, Optional, Sequence
 
-import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, Subset
 
 import far.data  # noqa: F401  (registers the datasets)
-import far.models.autoencoders  # noqa: F401  (registers the autoencoders)
+import far.models  # noqa: F401  (registers the autoencoders and tokenizers)
 from far.data.clips import ClipDataset
 from far.data.shards import PER_FRAME_JSON, SHARD_NAME, scan_shard, with_checksums
+from far.models.interfaces import Autoencoder
 from far.options import Block, OptionError, apply_overrides, load_yaml, to_dict, validate
 from far.registry import AUTOENCODERS, DATASETS
 from far.utils.distributed import LaunchError, make_accelerator, split_batches
 from far.utils.logger import Progress, setup_logging
 
 INDEX_FILE = 'index.json'
-LATENT_DTYPES = {'float16': np.float16, 'float32': np.float32}
+FLOAT_DTYPES = {'float16': torch.float16, 'float32': torch.float32}
 
 
 @dataclass(frozen=True)
@@ -97,8 +98,8 @@ def sample_meta(item: dict, index: int, dataset) -> dict:
     return meta
 
 
-def write_shard(path: Path, indices: Sequence[int], items: Iterator[dict], autoencoder, dataset, dtype, device,
-                logger) -> int:
+def write_shard(path: Path, indices: Sequence[int], items: Iterator[dict], autoencoder: Autoencoder, dataset,
+                dtype: str, device, logger) -> int:
     """Encode the next ``len(indices)`` items into one shard; returns how many were written."""
     written = 0
     with wds.TarWriter(str(path), mtime=0) as sink:  # fixed mtime: byte-identical shards on every run
@@ -116,27 +117,22 @@ def write_shard(path: Path, indices: Sequence[int], items: Iterator[dict], autoe
     return written
 
 
-def encoded(autoencoder, video: torch.Tensor, dtype) -> dict:
+def encoded(autoencoder: Autoencoder, video: torch.Tensor, dtype: str) -> dict:
     """The shard member of one video ``[1, T, 3, H, W]``: raw latents, or a tokenizer's ids."""
-    if hasattr(autoencoder, 'encode_tokens'):
-        ids = autoencoder.encode_tokens(video)[0].cpu().numpy()
-        return {'tokens.npy': ids.astype(np.uint16 if autoencoder.codebook_size <= 2 ** 16 else np.int32)}
-    return {'latent.npy': autoencoder.encode_raw(video)[0].cpu().numpy().astype(dtype)}
+    stored = autoencoder.encode_stored(video, FLOAT_DTYPES[dtype])[0].cpu().numpy()
+    return {f'{autoencoder.content}.npy': stored}
 
 
-def write_index(out: Path, options: ExtractOptions, autoencoder, num_shards: int, num_items: int) -> dict:
+def write_index(out: Path, options: ExtractOptions, autoencoder: Autoencoder, num_shards: int, num_items: int) -> dict:
     shards = [{'file': SHARD_NAME % s, 'num_samples': len(scan_shard(str(out / (SHARD_NAME % s))))}
               for s in range(num_shards)]
     index = {
         'num_samples': sum(s['num_samples'] for s in shards),
         'num_unreadable': num_items - sum(s['num_samples'] for s in shards),
         'shards': shards,
-        'content': 'tokens' if hasattr(autoencoder, 'encode_tokens') else 'latent',
+        'content': autoencoder.content,
         'latent_dtype': options.latent_dtype,
-        'latent_channels': autoencoder.latent_channels,
-        'spatial_compression': autoencoder.spatial_compression,
-        'scaling_factor': getattr(autoencoder, 'scaling_factor', None),
-        'codebook_size': getattr(autoencoder, 'codebook_size', None),
+        **autoencoder.describe(),
         'autoencoder': to_dict(options.autoencoder),
         'dataset': to_dict(options.dataset),
     }
@@ -174,7 +170,7 @@ def extract(options: ExtractOptions) -> Optional[dict]:
     progress = Progress(len(shards))
     for done, (number, indices) in enumerate(shards, 1):
         written = write_shard(out / (SHARD_NAME % number), indices, items, autoencoder, dataset,
-                              LATENT_DTYPES[options.latent_dtype], accelerator.device, logger)
+                              options.latent_dtype, accelerator.device, logger)
         logger.info(f'{SHARD_NAME % number}: {written} samples ({done}/{len(shards)} of this process, '
                     f'{progress(done, "shard")})')
     accelerator.wait_for_everyone()

@@ -1,6 +1,11 @@
-"""Test environment (offline hubs, one thread per process, the `slow` marker, 'far' log records that reach
-caplog) and the helpers tests share, as fixtures: the shared folder and its parity fixtures, tiny random FAR
-models and their samplers, and the repository's scripts run as a user runs them."""
+"""Test environment (offline hubs, one thread per process, 'far' log records that reach caplog) and the helpers
+tests share, as fixtures: the shared folder and its parity fixtures, the experiment files under options/, tiny
+random FAR models and their samplers, a fresh accelerate state, and the repository's scripts, run as a user runs
+them or imported for their functions.
+
+Tests that take more than ~10 s on two cores (training or evaluating through the scripts several times,
+several processes, compiling) are marked `slow`: `python3 -m pytest -q -m "not slow" tests` leaves them out (the
+fast loop), `python3 -m pytest -q tests` runs everything."""
 import os
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
@@ -9,21 +14,40 @@ os.environ.setdefault('OMP_NUM_THREADS', '1')
 os.environ.setdefault('MKL_NUM_THREADS', '1')
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
 
+import importlib.util  # noqa: E402
+import functools  # noqa: E402
 import logging  # noqa: E402
+import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
+from types import ModuleType  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from accelerate.state import AcceleratorState  # noqa: E402
 
+from far.experiment import ExperimentOptions, load_experiment  # noqa: E402
 from far.models import FAR, FAR_Long  # noqa: E402
+from far.options import validate_block  # noqa: E402
 from far.pipelines import FARPipeline, FARSampling  # noqa: E402
+from far.registry import DATASETS  # noqa: E402
 
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / 'shared'
+OPTIONS = REPO / 'options'
+
+
+@pytest.fixture(scope='session')
+def dataset_of():
+    """``dataset_of(type, split, source, **read)``: the dataset of the YAML block ``{type, split, source, read}``,
+    validated as in an experiment file."""
+    def build(name: str, split: str, source: dict, **read):
+        block = {'type': name, 'split': split, 'source': source, **({'read': read} if read else {})}
+        return DATASETS.build(validate_block(block, DATASETS, 'test.yml', 'datasets.test'))
+    return build
 
 
 @pytest.fixture(autouse=True)
@@ -56,6 +80,25 @@ def parity(shared_dir):
 def nbp_parity(parity) -> dict:
     """The NBP reference's outputs (``nbp.pt``: FSQ, tokenizer, transformer layouts, sampling), loaded once."""
     return parity('nbp.pt')
+
+
+@pytest.fixture(scope='session')
+def experiment_file():
+    """``experiment_file('train/far/.../FAR_B_bair_res64_200K_bs32')``: options/<name>.yml validated, read once."""
+
+    @functools.lru_cache(maxsize=None)
+    def load(name: str) -> ExperimentOptions:
+        return load_experiment(str(OPTIONS / f'{name}.yml'))
+
+    return load
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """A fresh single-process accelerate state for the test, whatever other tests set up, and none left after."""
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
 
 
 # ----- tiny models and samplers -----
@@ -123,7 +166,7 @@ class Scripts:
         'trainer.validation.every=10', 'trainer.validation.num_videos=2',
         'trainer.validation.sampler.num_inference_steps=2', 'trainer.validation.unroll_length=3',
         'trainer.validation.batch_size=2',
-        'datasets.train.num_videos=24', 'datasets.val.num_videos=4', 'datasets.test.num_videos=5',
+        'datasets.train.source.num_videos=24', 'datasets.val.source.num_videos=4', 'datasets.test.source.num_videos=5',
         'test.protocol.num_videos=5', 'test.protocol.unroll_length=3', 'test.sampler.num_inference_steps=2',
         'test.batch_size=2',
     ]
@@ -135,6 +178,22 @@ class Scripts:
         Path(cwd).mkdir(parents=True, exist_ok=True)
         command = [*launcher, str(REPO / script)] if launcher else [sys.executable, str(REPO / script)]
         return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+    @staticmethod
+    def free_port() -> int:
+        """A local port nobody listens on, for a launch of several processes (other runs may hold 29500)."""
+        with socket.socket() as s:
+            s.bind(('127.0.0.1', 0))
+            return s.getsockname()[1]
+
+    @staticmethod
+    def module(script: str) -> ModuleType:
+        """A script of the repository (``'scripts/download.py'``) imported as a module, to call its functions."""
+        path = REPO / script
+        spec = importlib.util.spec_from_file_location(f'far_script_{path.stem}', path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
 
     def train(self, cwd: Path, *overrides: str, name: str = 'tiny') -> subprocess.CompletedProcess:
         """The tiny demo run ``name`` in ``cwd``; fails the test when train.py fails."""

@@ -1,12 +1,11 @@
 """Autoencoder training: PatchGAN, the loss and its phases, the trainer end to end, the shipped configs."""
+import copy
 import json
 from pathlib import Path
 
-import diffusers
 import pytest
 import torch
 import torch.nn.functional as F
-from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
 import far.data  # noqa: F401  (registers the datasets)
@@ -14,10 +13,12 @@ import far.models.autoencoders  # noqa: F401  (registers the autoencoders)
 import far.trainers.autoencoder_trainer  # noqa: F401  (registers the trainer)
 from far.losses import AutoencoderLoss, adaptive_weight, hinge_d_loss
 from far.metrics.lpips import LPIPS
+from far.models import NBPTokenizer
+from far.models.autoencoders import DCAutoencoder
 from far.models.discriminator import PatchDiscriminator
 from far.options import apply_overrides, load_yaml, validate_block
 from far.registry import AUTOENCODERS, DATASETS, TRAINERS
-from far.trainers.autoencoder_networks import DCAEWithDiscriminator
+from far.trainers.autoencoder_networks import AutoencoderWithDiscriminator
 from far.trainers.curves import CURVES_FILE, METRICS_FILE, read_metrics
 from far.utils.distributed import make_accelerator
 
@@ -70,7 +71,7 @@ def test_loss_phases_and_where_their_gradients_go(tiny_dcae_config, vgg_files):
                            vgg_weights=vgg_files[0], lpips_weights=vgg_files[1])
     assert not loss.adversarial(9) and loss.adversarial(10)
     assert not AutoencoderLoss(disc_weight=0.0, disc_start=0).adversarial(5)
-    model = DCAEWithDiscriminator(diffusers.AutoencoderDC.from_config(tiny_dcae_config), loss.discriminator())
+    model = AutoencoderWithDiscriminator(DCAutoencoder(config=tiny_dcae_config), loss.discriminator())
     perceptual = loss.perceptual_network()
     assert isinstance(perceptual, LPIPS) and perceptual.net == 'vgg'
     video = torch.rand(2, 2, 3, 32, 32) * 2 - 1
@@ -107,17 +108,34 @@ def test_loss_phases_and_where_their_gradients_go(tiny_dcae_config, vgg_files):
         torch.testing.assert_close(got, expected)
 
 
-@pytest.fixture
-def fresh_accelerator_state():
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
+@pytest.mark.parametrize('kind', ['dcae', 'tokenizer'])
+def test_the_network_saves_the_autoencoder_once_and_a_copy_runs_on_its_own_weights(kind, tiny_dcae_config):
+    torch.manual_seed(0)
+    if kind == 'dcae':
+        autoencoder, video = DCAutoencoder(config=tiny_dcae_config), torch.rand(1, 2, 3, 16, 16) * 2 - 1
+        weights = autoencoder.model
+    else:
+        autoencoder = NBPTokenizer(image_size=16, channels=(4, 6, 8), num_groups=2, residual_units=(1, 1, 1, 1))
+        video, weights = torch.rand(1, 5, 3, 16, 16) * 2 - 1, autoencoder
+    network = AutoencoderWithDiscriminator(autoencoder, PatchDiscriminator(base_channels=4, num_layers=1))
+    names = list(network.state_dict())
+    assert [n for n in names if n.startswith('autoencoder.')] == [f'autoencoder.{n}' for n in weights.state_dict()]
+    assert all(n.startswith(('autoencoder.', 'discriminator.')) for n in names)
+    assert all(p.requires_grad for p in network.autoencoder.parameters())
+    ema = copy.deepcopy(network)  # as the trainer's EMA model is made
+    with torch.no_grad():
+        before = network.reconstruct(video)
+        for p in ema.autoencoder.parameters():
+            p.mul_(0.5)
+        assert before.shape == video.shape and torch.equal(network.reconstruct(video), before)
+        assert not torch.allclose(ema.reconstruct(video), before)
 
 
 def test_trainer_end_to_end_on_the_demo_config(tmp_path, vgg_files, fresh_accelerator_state):
     opt = apply_overrides(load_yaml(str(DEMO)), [
-        f'datasets.train.root={tmp_path / "data"}', 'datasets.train.num_videos=8', 'datasets.train.num_frames=4',
-        f'datasets.val.root={tmp_path / "data"}', 'datasets.val.num_videos=3', 'datasets.val.num_frames=4',
+        f'datasets.train.source.root={tmp_path / "data"}', 'datasets.train.source.num_videos=8',
+        'datasets.train.source.num_frames=4', f'datasets.val.source.root={tmp_path / "data"}',
+        'datasets.val.source.num_videos=3', 'datasets.val.source.num_frames=4',
         'trainer.total_steps=4', 'trainer.batch_size=2', 'trainer.ema_decay=0.5',
         'trainer.loss.disc_start=2', 'trainer.loss.disc_channels=8',
         f'trainer.loss.vgg_weights={vgg_files[0]}', f'trainer.loss.lpips_weights={vgg_files[1]}',

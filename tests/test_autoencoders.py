@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 import far.models.autoencoders  # noqa: F401  (registers the autoencoders)
+from far.models import NBPTokenizer
 from far.options import OptionError, validate_block
 from far.registry import AUTOENCODERS
 
@@ -100,6 +101,35 @@ def test_checkpoint_in_reference_format_loads_strictly_and_matches_reference_out
         recon = ae.model.decode(raw[0]).sample
         got = (raw.double().sum(), raw.double().abs().sum(), recon.double().sum(), recon.double().abs().sum())
         assert [float(g) for g in got] == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize('kind', ['dcae', 'tokenizer'])
+def test_autoencoder_training_checkpoints_in_the_saved_layout_load(kind, tiny_checkpoint, tmp_path):
+    """An autoencoder-training checkpoint as the trainer writes it: accelerate's model.safetensors and the EMA's
+    ema.safetensors, each with the autoencoder under `autoencoder.` next to `discriminator.`."""
+    torch.manual_seed(0)
+    if kind == 'dcae':
+        block = {'type': 'DCAutoencoder', 'config': str(tiny_checkpoint[0])}
+        weights = AUTOENCODERS.build(block).model.state_dict()
+    else:
+        block = {'type': 'NBPTokenizer', 'image_size': 16, 'channels': [4, 6, 8], 'num_groups': 2,
+                 'residual_units': [1, 1, 1, 1]}
+        weights = NBPTokenizer(**{k: v for k, v in block.items() if k != 'type'}).state_dict()
+    ema = {name: torch.randn_like(tensor) if tensor.is_floating_point() else tensor for name, tensor in weights.items()}
+    folder = tmp_path / 'checkpoints'
+    for step, state in ((1, weights), (2, ema)):  # the newest checkpoint holds `ema` as its EMA weights
+        checkpoint = folder / f'checkpoint-{step}'
+        checkpoint.mkdir(parents=True)
+        (checkpoint / 'trainer_state.json').write_text(json.dumps({'step': step}))
+        discriminator = {'discriminator.main.0.weight': torch.zeros(2, 3, 4, 4)}
+        save_file({**{f'autoencoder.{k}': v for k, v in weights.items()}, **discriminator},
+                  str(checkpoint / 'model.safetensors'))
+        save_file({**{f'autoencoder.{k}': v.contiguous() for k, v in state.items()}, **discriminator},
+                  str(checkpoint / 'ema.safetensors'))
+    for source in (folder / 'checkpoint-2', folder):  # a checkpoint, or the newest of the folder
+        loaded = AUTOENCODERS.build({**block, 'checkpoint': str(source)})
+        state = (loaded.model if kind == 'dcae' else loaded).state_dict()
+        assert state.keys() == ema.keys() and all(torch.equal(state[k], v) for k, v in ema.items())
 
 
 def test_checkpoint_errors_name_the_file_and_the_key(tiny_checkpoint, tmp_path):

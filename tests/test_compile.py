@@ -28,7 +28,8 @@ def test_regional_compilation_trains_like_eager_code_and_compiles_once(tiny_far)
     torch.testing.assert_close(grads, expected_grads, rtol=1e-4, atol=1e-6)
     with count_compilations() as again:
         training_step(compiled, latents.flip(0), timestep.flip(0), conditions)
-    assert first['graphs'] >= 1 and again['graphs'] == again['frames'] == 0  # the second block reuses the first's code
+    assert first['graphs'] >= 1 and first['graph_breaks'] == 0
+    assert again == dict.fromkeys(again, 0)  # the second block reuses the first's code
     with pytest.raises(ValueError, match='no repeated block'):
         compile_blocks(torch.nn.Linear(2, 2))
 
@@ -45,4 +46,57 @@ def test_inductor_compiled_sampling_equals_eager_and_never_recompiles(tiny_far, 
     with count_compilations() as after_warm_up:
         pipe.generate_latents(context[:2, :1], noise[:2], execution='compiled')  # a smaller batch, other lengths
         pipe.generate_latents(None, noise[:1, :2], execution='compiled')
-    assert after_warm_up['graphs'] == after_warm_up['frames'] == 0
+    assert after_warm_up == dict.fromkeys(after_warm_up, 0)
+
+
+LONG_CONTEXT_SPY = '''
+import functools
+import sys
+
+import torch
+
+sys.path.insert(0, {repo!r})
+import far.trainers.base as base
+import train
+from far.trainers import FARTrainer
+from far.utils.compile import count_compilations
+
+# Dynamo's guards decide what compiles again, whatever the backend: aot_eager keeps the test fast.
+base.compile_blocks = functools.partial(base.compile_blocks, backend='aot_eager')
+random_clip, lengths = FARTrainer._random_clip, []
+
+
+def recording(self, batch, step):
+    batch = random_clip(self, batch, step)
+    lengths.append(batch['video'].shape[1])
+    return batch
+
+
+FARTrainer._random_clip = recording
+with count_compilations() as found:
+    trainer = train.train(train.parse_args(sys.argv[1:]))
+torch.save({{'lengths': lengths, 'compilations': found, 'buckets': trainer.clip_lengths(16)}}, 'spy.pt')
+'''
+
+TINY_FAR_LONG = [
+    'model.num_layers=1', 'model.num_attention_heads=1', 'model.attention_head_dim=32',
+    'model.axes_dims_rope=[8,12,12]', 'model.short_term_ctx_winsize=4', 'datasets.train.source.num_episodes=8',
+    'datasets.train.source.episode_length=16', 'datasets.train.source.window=4', 'datasets.test.source.window=4',
+    'datasets.test.source.num_episodes=2',
+    'test.protocol.sliding_window_baseline=4', 'test.protocol.context_length=8', 'test.protocol.unroll_length=8',
+    'trainer.total_steps=10', 'trainer.batch_size=2', 'trainer.log.every=5', 'trainer.checkpoint.every=10',
+]
+
+
+@pytest.mark.slow
+def test_compiled_long_context_training_compiles_once_per_clip_length_bucket(scripts, tmp_path):
+    script = tmp_path / 'spy.py'
+    script.write_text(LONG_CONTEXT_SPY.format(repo=str(scripts.repo)))
+    result = scripts.run(str(script), '-opt', str(scripts.repo / 'options/long_context/far_long_maze_memory.yml'),
+                         *TINY_FAR_LONG, 'trainer.compile=true', 'name=long', cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    spy = torch.load(tmp_path / 'spy.pt')
+    assert spy['buckets'] == [4, 8, 12, 16]  # the default 4 buckets from the window to the whole clip
+    assert set(spy['lengths']) <= set(spy['buckets']) and len(set(spy['lengths'])) > 2
+    assert spy['compilations']['graph_breaks'] == 0
+    assert 1 <= spy['compilations']['graphs'] <= len(spy['buckets']) + 1

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 CPU_STUDY = REPO / 'options' / 'convergence' / 'moving_shapes_cpu.yml'
 NBP = REPO / 'options' / 'convergence' / 'nbp'
 TINY = ['model.num_layers=1', 'model.num_attention_heads=1', 'trainer.lr_schedule.warmup_steps=1',
-        'trainer.log.every=1', 'datasets.train.num_videos=8']
+        'trainer.log.every=1', 'datasets.train.source.num_videos=8']
 
 
 class Killed(Exception):
@@ -30,13 +30,13 @@ def tiny_study(tmp_path: Path, **changes) -> Path:
     study['contenders'] = study['contenders'][:2]  # FAR and the Video DiT
     for contender in study['contenders']:
         contender['experiment'] = str(REPO / contender['experiment'])
-        contender['overrides'] = [*TINY, f'datasets.train.root={tmp_path}/data9']
+        contender['overrides'] = [*TINY, f'datasets.train.source.root={tmp_path}/data9']
     study['training'].update(total_steps=4, batch_size=2, processes=1, evaluate_every=2)
     evaluation = study['evaluation']
     evaluation['batch_size'] = 2
     for scored in [evaluation, *evaluation['rollouts']]:
-        frames = scored['dataset']['num_frames']
-        scored['dataset'].update(num_videos=4, root=f'{tmp_path}/data{frames}')
+        source = scored['dataset']['source']
+        source.update(num_videos=4, root=f"{tmp_path}/data{source['num_frames']}")
         scored['protocol'].update(num_videos=4)
     evaluation['rollouts'] = evaluation['rollouts'][:1]
     study.update(name='tiny_study', **changes)
@@ -47,16 +47,14 @@ def tiny_study(tmp_path: Path, **changes) -> Path:
 
 def study_error(path: Path, overrides=()) -> str:
     with pytest.raises(OptionError) as info:
-        Study(study=load_study(str(path), overrides), file=str(path), root='unused', train_script=Path('train.py'),
-              test=None)
+        Study(study=load_study(str(path), overrides), file=str(path), root='unused', train_script=Path('train.py'))
     return str(info.value)
 
 
 @pytest.mark.parametrize('name', ['moving_shapes_cpu', 'moving_shapes_gpu'])
 def test_the_study_files_and_their_contenders_validate(name):
     path = REPO / 'options' / 'convergence' / f'{name}.yml'
-    study = Study(study=load_study(str(path)), file=str(path), root='unused', train_script=Path('train.py'),
-                  test=None)
+    study = Study(study=load_study(str(path)), file=str(path), root='unused', train_script=Path('train.py'))
     nbp = ['token AR (NBP k=1)', 'NBP k=4'] if name == 'moving_shapes_cpu' else []
     assert [run.label for run in study.runs['contenders']] == ['FAR', 'Video DiT', *nbp]
     far_run, dit = (run.options for run in study.runs['contenders'][:2])
@@ -65,13 +63,15 @@ def test_the_study_files_and_their_contenders_validate(name):
 
 def test_the_nbp_contenders_read_the_tokenizer_the_cpu_study_prepares():
     study = Study(study=load_study(str(CPU_STUDY)), file=str(CPU_STUDY), root='experiments',
-                  train_script=Path('train.py'), test=None)
+                  train_script=Path('train.py'))
     tokenizer, = study.runs['prepare']
     assert tokenizer.options.name == 'nbp_tokenizer_moving_shapes_16px'
-    prepared = f'experiments/{study.study.name}/{tokenizer.options.name}/checkpoints'
+    final = f"checkpoint-{tokenizer.options.trainer['total_steps']}"
+    prepared = f'experiments/{study.study.name}/{tokenizer.options.name}/checkpoints/{final}'
     nbp = [run for run in study.runs['contenders'] if run.options.model['type'] == 'NBPTransformer']
     assert [run.options.model['token_number_per_step'] for run in nbp] == [1, 4]
     assert all(run.options.autoencoder['checkpoint'] == prepared for run in nbp)
+    assert all(run.requires == (tokenizer.training_key,) for run in nbp)
 
 
 def test_errors_name_the_file_and_the_key(tmp_path):
@@ -90,8 +90,8 @@ def test_errors_name_the_file_and_the_key(tmp_path):
 
 
 class FakeRuns:
-    """train.py and test.py stand-ins: a launch publishes the checkpoints, a test returns scores (and may be
-    killed)."""
+    """train.py and far.run.evaluate stand-ins: a launch publishes the checkpoints, an evaluation returns scores
+    (and may be killed)."""
 
     def __init__(self, kill_after=None):
         self.launches, self.tests, self.kill_after = [], [], kill_after
@@ -105,19 +105,20 @@ class FakeRuns:
                     run.checkpoint(self.study.folder, step).mkdir(parents=True, exist_ok=True)
         return 0
 
-    def test(self, args):
+    def evaluate(self, *, options, file, root):
         if self.kill_after is not None and len(self.tests) == self.kill_after:
             raise Killed
-        checkpoint = next(o for o in args.overrides if o.startswith('test.checkpoint='))
-        self.tests.append((Path(args.opt).name, checkpoint.rsplit('-', 1)[1]))
+        assert options.test.dataset == 'convergence_eval' and root == str(self.study.folder)
+        self.tests.append((Path(file).name, options.test.checkpoint.rsplit('-', 1)[1]))
         psnr = 10.0 + len(self.tests)
-        return {'metrics': {'psnr': psnr, 'psnr_std': 0.0, 'ssim': 0.5, 'psnr_frames_5-8': psnr},
+        return {'metrics': {'psnr': psnr, 'psnr_std': 0.0, 'ssim': 0.5,
+                            'buckets': [{'frames': [5, 8], 'psnr': psnr, 'psnr_std': 0.0}]},
                 'baselines': ['copy_last_frame'], 'copy_last_frame': {'psnr': 9.0, 'ssim': 0.4}}
 
 
 def run_study(path: Path, root: Path, fake: FakeRuns, overrides=()) -> Study:
     study = Study(study=load_study(str(path), overrides), file=str(path), root=str(root),
-                  train_script=Path('train.py'), test=fake.test, launch=fake.launch)
+                  train_script=Path('train.py'), evaluate=fake.evaluate, launch=fake.launch)
     fake.study = study
     study.run()
     return study
@@ -171,15 +172,18 @@ def test_sampling_variants_share_one_training(tmp_path):
 def test_a_contender_reading_a_prepared_run_depends_on_it(tmp_path):
     far_file, dit_file = (str(REPO / f'options/convergence/contenders/{name}_moving_shapes_16px.yml')
                           for name in ('far', 'video_dit'))
-    warm = {'experiment': far_file, 'overrides': [*TINY, 'name=warm_start']}
+    warm = {'experiment': far_file, 'overrides': [*TINY, 'name=warm_start', 'trainer.total_steps=3']}
     path = tiny_study(tmp_path, prepare=[warm], contenders=[
-        {'label': 'Video DiT from FAR', 'experiment': dit_file,
-         'overrides': ['pretrained=experiments/tiny_study/warm_start/checkpoints/checkpoint-2000/model.safetensors']},
+        {'label': 'Video DiT from FAR', 'experiment': dit_file, 'reads': {'pretrained': 'warm_start'}},
         {'label': 'FAR', 'experiment': far_file}])
-    runs = Study(study=load_study(str(path)), file=str(path), root='unused', train_script=Path('train.py'),
-                 test=None).runs
+    runs = Study(study=load_study(str(path)), file=str(path), root='runs', train_script=Path('train.py')).runs
     assert runs['contenders'][0].requires == (runs['prepare'][0].training_key,)
+    assert runs['contenders'][0].options.pretrained == 'runs/tiny_study/warm_start/checkpoints/checkpoint-3'
     assert runs['contenders'][1].requires == ()
+    unknown = tiny_study(tmp_path, prepare=[warm], contenders=[
+        {'label': 'FAR', 'experiment': far_file, 'reads': {'pretrained': 'warm'}}])
+    assert "study.yml: contenders[0].reads.pretrained: names 'warm', which is not an experiment prepared before it " \
+           "(prepared: warm_start)" in study_error(unknown)
 
 
 def test_contenders_share_the_budget_and_the_record_has_their_cost(tmp_path):
@@ -198,12 +202,13 @@ def test_contenders_share_the_budget_and_the_record_has_their_cost(tmp_path):
     report = (study.folder / 'report.md').read_text()
     assert '| FAR | ' in report and '| Video DiT | ' in report and 'copying the last context frame' in report
     assert 'Length generalisation' in report and (study.folder / 'convergence.png').stat().st_size > 10_000
+    assert '| contender | evaluation | frames 5-8 |' in report  # the buckets' frames, read from the scores
 
 
 def test_short_clips_are_scored_without_fvd(tmp_path):
     path = tiny_study(tmp_path)
     study = Study(study=load_study(str(path), ['evaluation.protocol.metrics=[psnr, fvd]']), file=str(path),
-                  root=str(tmp_path), train_script=Path('train.py'), test=None)
+                  root=str(tmp_path), train_script=Path('train.py'))
     convergence = study.evaluations[0]
     assert convergence.protocol['metrics'] == ['psnr']
     assert convergence.note == 'FVD skipped: 9-frame videos, I3D takes at least 10'
@@ -213,14 +218,14 @@ def test_short_clips_are_scored_without_fvd(tmp_path):
 def test_the_script_trains_scores_and_resumes(tmp_path):
     path = tiny_study(tmp_path, contenders=[{
         'label': 'FAR', 'experiment': str(REPO / 'options/convergence/contenders/far_moving_shapes_16px.yml'),
-        'overrides': [*TINY, f'datasets.train.root={tmp_path}/data9']}])
+        'overrides': [*TINY, f'datasets.train.source.root={tmp_path}/data9']}])
     command = [sys.executable, '-m', 'scripts.convergence', '-opt', str(path), '--root', str(tmp_path / 'runs')]
     first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout + first.stderr
     folder = tmp_path / 'runs' / 'tiny_study'
     points = json.loads((folder / 'points.json').read_text())['points']
     assert [(p['evaluation'], p['step']) for p in points] == [('convergence', 2), ('convergence', 4), ('2x', 4)]
-    assert 'psnr_frames_5-16' not in points[2]['metrics'] and 'psnr_frames_13-16' in points[2]['metrics']
+    assert [bucket['frames'] for bucket in points[2]['metrics']['buckets']] == [[5, 8], [9, 12], [13, 16]]
     assert (folder / 'far_moving_shapes_16px' / 'checkpoints' / 'checkpoint-2').is_dir()
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and 'training:' not in again.stdout and 'at step' not in again.stdout

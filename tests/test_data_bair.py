@@ -4,7 +4,6 @@ import json
 import numpy as np
 import torch
 
-from far.data.bair import BAIR
 from far.video import encode_video
 
 
@@ -17,10 +16,10 @@ def write_clip(folder, name: str, num_frames: int) -> dict:
     return {'video_path': str(folder / f'{name}.mp4'), 'action_path': str(folder / f'{name}_actions.npz')}
 
 
-def test_bair_items(tmp_path):
+def test_bair_items(dataset_of, tmp_path):
     records = [write_clip(tmp_path, 'traj0', 30), write_clip(tmp_path, 'traj1', 12)]
     (tmp_path / 'bair_val.json').write_text(json.dumps(records))
-    ds = BAIR(split='val', data_list=str(tmp_path / 'bair_val.json'), num_frames=16)
+    ds = dataset_of('BAIR', 'val', {'type': 'data_list', 'path': str(tmp_path / 'bair_val.json')}, num_frames=16)
     assert len(ds) == 2 and ds.labels is None
     item = ds[0]
     assert set(item) == {'video', 'index'} and item['video'].shape == (16, 3, 64, 64)
@@ -29,6 +28,6 @@ def test_bair_items(tmp_path):
     short = ds[1]['video']
     assert short[12:].abs().max() == 0 and short[11].mean() * 255 > 100  # 12 frames, then black padding
 
-    train = BAIR(split='train', data_list=str(tmp_path / 'bair_val.json'), num_frames=30)
+    train = dataset_of('BAIR', 'train', {'type': 'data_list', 'path': str(tmp_path / 'bair_val.json')}, num_frames=30)
     first = train[0]['video'].mean(dim=(1, 2, 3)) * 255
     assert abs(first[0].item() - 20) < 2  # 30 of 30 frames: the only start is 0

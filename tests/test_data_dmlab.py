@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from far.data import CorruptSampleError
-from far.data.dmlab import DMLab
 
 
 def frame_numbers(video: torch.Tensor) -> torch.Tensor:
@@ -33,8 +32,8 @@ def dmlab(tmp_path):
     return tmp_path
 
 
-def test_pixel_items_carry_aligned_actions(dmlab):
-    ds = DMLab(split='val', data_list=str(dmlab / 'dmlab_val.json'), num_frames=40)
+def test_pixel_items_carry_aligned_actions(dataset_of, dmlab):
+    ds = dataset_of('DMLab', 'val', {'type': 'data_list', 'path': str(dmlab / 'dmlab_val.json')}, num_frames=40)
     item = ds[1]
     assert set(item) == {'video', 'action', 'index'}
     assert item['video'].shape == (40, 3, 64, 64) and item['action'].dtype == torch.int64
@@ -42,9 +41,10 @@ def test_pixel_items_carry_aligned_actions(dmlab):
     assert torch.equal(item['action'], (torch.arange(40) + 1) % 4)
 
 
-def test_training_clips_and_actions_move_together(dmlab):
+def test_training_clips_and_actions_move_together(dataset_of, dmlab):
     random.seed(0)
-    ds = DMLab(split='train', data_list=str(dmlab / 'dmlab_val.json'), num_frames=8, frame_interval=2)
+    ds = dataset_of('DMLab', 'train', {'type': 'data_list', 'path': str(dmlab / 'dmlab_val.json')},
+                    num_frames=8, frame_interval=2)
     for _ in range(20):
         item = ds[0]
         numbers = frame_numbers(item['video'])
@@ -52,8 +52,9 @@ def test_training_clips_and_actions_move_together(dmlab):
         assert torch.equal(item['action'], numbers % 4)
 
 
-def test_latent_items(dmlab):
-    ds = DMLab(split='val', data_list=str(dmlab / 'dmlab_latent.json'), use_latent=True, num_frames=16)
+def test_latent_items(dataset_of, dmlab):
+    ds = dataset_of('DMLab', 'val', {'type': 'data_list', 'path': str(dmlab / 'dmlab_latent.json'), 'use_latent': True},
+                    num_frames=16)
     item = ds[1]
     assert set(item) == {'latent', 'action', 'index'}
     assert item['latent'].shape == (16, 32, 8, 8) and item['latent'].dtype == torch.float32
@@ -61,15 +62,17 @@ def test_latent_items(dmlab):
     assert torch.equal(item['action'], (torch.arange(16) + 1) % 4)
 
 
-def test_latent_records_need_action_files(dmlab):
+def test_latent_records_need_action_files(dataset_of, dmlab):
     (dmlab / 'bad.json').write_text(json.dumps([{'latent_path': '0.pt'}]))
     with pytest.raises(ValueError, match='action_path'):
-        DMLab(split='val', data_list=str(dmlab / 'bad.json'), use_latent=True, num_frames=16)
+        dataset_of('DMLab', 'val', {'type': 'data_list', 'path': str(dmlab / 'bad.json'), 'use_latent': True},
+                   num_frames=16)
 
 
-def test_short_episodes_are_not_padded(dmlab):
-    ds = DMLab(split='val', data_list=str(dmlab / 'dmlab_val.json'), num_frames=16)
+def test_short_episodes_are_not_padded(dataset_of, dmlab):
+    ds = dataset_of('DMLab', 'val', {'type': 'data_list', 'path': str(dmlab / 'dmlab_val.json')}, num_frames=16)
     assert ds[2]['index'] == 0 and ds.num_skipped == 1  # the 10-frame episode is skipped
-    strict = DMLab(split='val', data_list=str(dmlab / 'dmlab_val.json'), num_frames=16, strict=True)
+    strict = dataset_of('DMLab', 'val', {'type': 'data_list', 'path': str(dmlab / 'dmlab_val.json')},
+                        num_frames=16, strict=True)
     with pytest.raises(CorruptSampleError, match=r'2\.npz.*10 frames, 16 are needed'):
         strict[2]

@@ -1,21 +1,14 @@
 """scripts/download.py: the listing, a fast clear failure offline, archive extraction."""
-import importlib.util
 import io
 import tarfile
 import time
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / 'scripts' / 'download.py'
-
 
 @pytest.fixture(scope='module')
-def download():
-    spec = importlib.util.spec_from_file_location('download_script', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def download(scripts):
+    return scripts.module('scripts/download.py')
 
 
 def test_list_names_every_published_repository(download, capsys):

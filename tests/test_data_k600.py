@@ -29,8 +29,8 @@ def k600(tmp_path):
     return tmp_path / 'k600_val.json'
 
 
-def test_items_carry_video_only_from_frame_zero(k600):
-    ds = K600(split='val', data_list=str(k600), num_frames=17, resolution=32)
+def test_items_carry_video_only_from_frame_zero(dataset_of, k600):
+    ds = dataset_of('K600', 'val', {'type': 'data_list', 'path': str(k600)}, num_frames=17, resolution=32)
     item = ds[0]
     assert set(item) == {'video', 'index'} and item['video'].shape == (17, 3, 32, 32)
     levels = [round((v * 255 - 20) / 8) for v in item['video'].mean(dim=(1, 2, 3)).tolist()]
@@ -38,15 +38,18 @@ def test_items_carry_video_only_from_frame_zero(k600):
     assert K600.conditions == {}
 
 
-def test_short_videos_are_unreadable_not_padded(k600):
-    strict = K600(split='val', data_list=str(k600), num_frames=17, resolution=32, strict=True)
+def test_short_videos_are_unreadable_not_padded(dataset_of, k600):
+    strict = dataset_of('K600', 'val', {'type': 'data_list', 'path': str(k600)},
+                        num_frames=17, resolution=32, strict=True)
     with pytest.raises(CorruptSampleError, match='the clip has 6 frames, 17 are needed'):
         strict[1]
-    assert K600(split='val', data_list=str(k600), num_frames=17, resolution=32)[1]['index'] == 0  # skipped
+    assert dataset_of('K600', 'val', {'type': 'data_list', 'path': str(k600)},
+                      num_frames=17, resolution=32)[1]['index'] == 0  # skipped
 
 
 def test_the_paper_config_reads_it(k600):
     opt = load_experiment(str(CONFIG),
-                          [f'datasets.val.data_list={k600}', 'datasets.val.resolution=32', 'autoencoder.image_size=32'])
+                          [f'datasets.val.source.path={k600}', 'datasets.val.read.resolution=32',
+                           'autoencoder.image_size=32'])
     video = opt.build_dataset('val')[0]['video']
     assert video.shape == (17, 3, 32, 32) and torch.all((video >= 0) & (video <= 1))

@@ -3,14 +3,14 @@ import numpy as np
 import pytest
 import torch
 
-from far.data.maze_memory import (MOVES, START_ACTION, MazeMemory, first_visit_mask, generate_samples, patrol,
-                                  render_views, revisit_mask, trajectory)
-from far.registry import DATASETS
+from far.data.maze_memory import (MOVES, START_ACTION, first_visit_mask, generate_samples, patrol, render_views,
+                                  revisit_mask, trajectory)
 
 
 @pytest.fixture(scope='module')
-def episodes(tmp_path_factory):
-    return MazeMemory(root=str(tmp_path_factory.mktemp('maze')), split='val', num_episodes=6, episodes_per_shard=4)
+def episodes(dataset_of, tmp_path_factory):
+    return dataset_of('MazeMemory', 'val', {'root': str(tmp_path_factory.mktemp('maze')), 'num_episodes': 6,
+                                            'episodes_per_shard': 4})
 
 
 def test_items_follow_the_dataset_contract(episodes):
@@ -120,15 +120,15 @@ def test_patrols_lap_a_block_and_repeat_with_the_period():
         assert all(0 <= c < 3 for p in positions for c in p) and positions[8] == positions[0]
 
 
-def test_registered_and_validated(tmp_path):
-    ds = DATASETS.build({'type': 'MazeMemory', 'root': str(tmp_path), 'split': 'test', 'num_episodes': 2,
-                         'episode_length': 64, 'window': 4})
+def test_registered_and_validated(dataset_of, tmp_path):
+    ds = dataset_of('MazeMemory', 'test', {'root': str(tmp_path), 'num_episodes': 2, 'episode_length': 64, 'window': 4})
     assert ds[1]['video'].shape == (64, 3, 32, 32)
     with pytest.raises(ValueError, match='divisible by view'):
-        MazeMemory(root=str(tmp_path), split='test', num_episodes=2, view=5)
+        dataset_of('MazeMemory', 'test', {'root': str(tmp_path), 'num_episodes': 2, 'view': 5})
     with pytest.raises(ValueError, match='patrol period must be even'):
-        MazeMemory(root=str(tmp_path), split='test', num_episodes=2, route='patrol', period=15)
+        dataset_of('MazeMemory', 'test', {'root': str(tmp_path), 'num_episodes': 2, 'route': 'patrol', 'period': 15})
     with pytest.raises(ValueError, match=r'<= 4 \* \(grid - 1\) = 12'):
-        MazeMemory(root=str(tmp_path), split='test', num_episodes=2, route='patrol', period=16, grid=4)
-    with pytest.raises(ValueError, match='route must be'):
-        MazeMemory(root=str(tmp_path), split='test', num_episodes=2, route='loop')
+        dataset_of('MazeMemory', 'test', {'root': str(tmp_path), 'num_episodes': 2, 'route': 'patrol', 'period': 16,
+                                          'grid': 4})
+    with pytest.raises(ValueError, match=r"source\.route: got 'loop', allowed: 'excursions', 'patrol'"):
+        dataset_of('MazeMemory', 'test', {'root': str(tmp_path), 'num_episodes': 2, 'route': 'loop'})

@@ -4,11 +4,10 @@ import json
 import numpy as np
 import torch
 
-from far.data.minecraft import Minecraft
 from far.video import encode_video
 
 
-def test_minecraft_items(tmp_path):
+def test_minecraft_items(dataset_of, tmp_path):
     levels = (20 + 8 * np.arange(24)).astype(np.uint8)
     frames = np.broadcast_to(levels[:, None, None, None], (24, 32, 32, 3)).copy()
     (tmp_path / 'ep.mp4').write_bytes(encode_video(frames))
@@ -17,12 +16,14 @@ def test_minecraft_items(tmp_path):
     (tmp_path / 'minecraft_val.json').write_text(json.dumps([{'video_path': 'ep.mp4', 'action_path': 'ep.npz'}]))
     (tmp_path / 'latent.json').write_text(json.dumps([{'latent_path': 'ep.pt', 'action_path': 'ep.npz'}]))
 
-    item = Minecraft(split='val', data_list=str(tmp_path / 'minecraft_val.json'), num_frames=24)[0]
+    item = dataset_of('Minecraft', 'val', {'type': 'data_list', 'path': str(tmp_path / 'minecraft_val.json')},
+                      num_frames=24)[0]
     assert set(item) == {'video', 'action', 'index'} and item['video'].shape == (24, 3, 32, 32)
     frame = ((item['video'].mean(dim=(1, 2, 3)) * 255 - 20) / 8).round().long()
     assert torch.equal(frame, torch.arange(24)) and torch.equal(item['action'], torch.arange(24) % 4)
 
-    train = Minecraft(split='train', data_list=str(tmp_path / 'latent.json'), use_latent=True, num_frames=10)
+    source = {'type': 'data_list', 'path': str(tmp_path / 'latent.json'), 'use_latent': True}
+    train = dataset_of('Minecraft', 'train', source, num_frames=10)
     for _ in range(10):
         item = train[0]
         numbers = item['latent'][:, 0, 0, 0].long()

@@ -7,12 +7,15 @@ import pytest
 import torch
 
 from far.data import ShardStream
-from far.data.moving_shapes import NUM_CLASSES, MovingShapes, generate_samples, render_clip
+from far.data.moving_shapes import NUM_CLASSES, generate_samples, render_clip
+from far.options import validate_block
 from far.registry import DATASETS
 
 
-def small(root, split='val', **kwargs):
-    return MovingShapes(root=str(root), split=split, **{'num_videos': 36, 'videos_per_shard': 16, **kwargs})
+def small(root, split='val', read=None, **source):
+    block = {'type': 'MovingShapes', 'split': split,
+             'source': {'root': str(root), 'num_videos': 36, 'videos_per_shard': 16, **source}, 'read': read or {}}
+    return DATASETS.build(validate_block(block, DATASETS, 'test.yml'))
 
 
 def test_items_follow_the_dataset_contract(tmp_path):
@@ -94,8 +97,7 @@ def test_two_processes_starting_together_share_one_copy(tmp_path):
 
 
 def test_streaming_training_set(tmp_path):
-    ds = DATASETS.build({'type': 'MovingShapes', 'root': str(tmp_path), 'split': 'train', 'num_videos': 36,
-                         'videos_per_shard': 16, 'streaming': True, 'rank': 0, 'world_size': 2})
+    ds = small(tmp_path, 'train', read={'streaming': True, 'rank': 0, 'world_size': 2})
     assert isinstance(ds, ShardStream) and len(ds) == 18
     labels = [item['label'] for item in ds]
     assert len(labels) == 18 and set(labels) <= set(range(NUM_CLASSES))

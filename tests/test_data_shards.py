@@ -14,13 +14,26 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader
 
-from far.data import CorruptSampleError, ShardStream, list_shards, video_dataset, write_shards
+from far.data import ClipOptions, CorruptSampleError, ShardStream, VideoDataset, list_shards, write_shards
 from far.data.clips import ClipDataset
-from far.data.shards import distributed_rank, scan_shard, write_generated_split
+from far.data.dataset import VideoDatasetOptions
+from far.data.generated import write_generated_split
+from far.data.shards import scan_shard
+from far.options import OptionError, validate_block
+from far.registry import DATASETS
+from far.utils.distributed import distributed_rank
 from far.trainers import Trainer
 from far.video import encode_video
 
 T, H, W = 8, 16, 16
+
+
+def shard_dataset(split: str, num_frames: int, path, fields=(), name='X', use_latent=False, **read):
+    """The tar shards at ``path`` read as a dataset whose items carry ``fields``, with ``read`` options."""
+    dataset = VideoDataset(name=name, fields=tuple(fields), pad_short=False, conditions={})
+    source = {'type': 'shards', 'path': str(path), 'use_latent': use_latent}
+    return dataset(options=VideoDatasetOptions(split=split, source=source,
+                                               read=ClipOptions(num_frames=num_frames, **read)))
 
 
 def frames_of(index: int, num_frames: int = T) -> np.ndarray:
@@ -78,7 +91,7 @@ def test_list_shards_takes_folders_globs_and_braces(tmp_path):
 
 def test_indexed_shards_give_items_in_a_fixed_order(tmp_path):
     make_shards(tmp_path, [3, 2, 4])
-    ds = video_dataset('val', T, shards=str(tmp_path), dataset='X', fields=('label', 'action'), pad_short=False)
+    ds = shard_dataset('val', T, str(tmp_path), fields=('label', 'action'))
     assert isinstance(ds, ClipDataset) and len(ds) == 9
     assert ds.labels == [i % 3 for i in range(9)]
     for i in range(9):
@@ -91,8 +104,7 @@ def test_indexed_shards_give_items_in_a_fixed_order(tmp_path):
 
 def test_training_clips_keep_actions_aligned_with_frames(tmp_path):
     write_shards((sample(i, num_frames=30) for i in range(2)), tmp_path, 2)
-    ds = video_dataset('train', 8, shards=str(tmp_path), frame_interval=2, dataset='X', fields=('action',),
-                       pad_short=False)
+    ds = shard_dataset('train', 8, str(tmp_path), fields=('action',), frame_interval=2)
     starts = set()
     for _ in range(30):
         item = ds[1]
@@ -105,12 +117,11 @@ def test_training_clips_keep_actions_aligned_with_frames(tmp_path):
 
 def test_mp4_and_latent_shards(tmp_path):
     write_shards((sample(i, 'mp4') for i in range(3)), tmp_path / 'mp4', 2)
-    ds = video_dataset('val', T, shards=str(tmp_path / 'mp4'), dataset='X', fields=(), pad_short=False)
+    ds = shard_dataset('val', T, str(tmp_path / 'mp4'))
     assert abs(ds[2]['video'].mean().item() * 255 - 20) < 2
 
     write_shards((sample(i, 'latent.npy') for i in range(3)), tmp_path / 'latent', 2)
-    ds = video_dataset('train', 4, shards=str(tmp_path / 'latent'), use_latent=True, dataset='X',
-                       fields=('action',), pad_short=False)
+    ds = shard_dataset('train', 4, str(tmp_path / 'latent'), fields=('action',), use_latent=True)
     item = ds[2]
     assert 'video' not in item and item['latent'].shape == (4, 4, 2, 2) and item['latent'].dtype == torch.float32
     assert (item['latent'] == 2).all()
@@ -119,25 +130,28 @@ def test_mp4_and_latent_shards(tmp_path):
 def test_latent_option_must_match_the_shards(tmp_path):
     write_shards((sample(i) for i in range(2)), tmp_path, 2)
     with pytest.raises(ValueError, match='use_latent'):
-        video_dataset('val', T, shards=str(tmp_path), use_latent=True, dataset='X', fields=(), pad_short=False)
+        shard_dataset('val', T, str(tmp_path), use_latent=True)
 
 
-def test_exactly_one_layout_is_required(tmp_path):
-    with pytest.raises(ValueError, match='exactly one of data_list'):
-        video_dataset('val', T, dataset='X', fields=(), pad_short=False)
+def test_a_source_is_required_and_holds_latents_or_tokens(tmp_path):
+    block = {'type': 'K600', 'split': 'val', 'read': {'num_frames': T}}
+    with pytest.raises(OptionError, match=r'datasets\.val\.source: missing required key'):
+        validate_block(block, DATASETS, 'exp.yml', 'datasets.val')
+    shards = {'type': 'shards', 'path': str(tmp_path), 'use_latent': True, 'use_tokens': True}
+    with pytest.raises(ValueError, match='use_latent or use_tokens, not both'):
+        DATASETS.build(validate_block({**block, 'source': shards}, DATASETS, 'exp.yml', 'datasets.val'))
 
 
 def test_streaming_needs_training_shards(tmp_path):
     make_shards(tmp_path, [2])
     with pytest.raises(ValueError, match='split: train'):
-        video_dataset('val', T, shards=str(tmp_path), streaming=True, dataset='X', fields=(), pad_short=False)
+        shard_dataset('val', T, str(tmp_path), streaming=True)
     with pytest.raises(ValueError, match='streaming: true only'):
-        video_dataset('train', T, shards=str(tmp_path), rank=0, dataset='X', fields=(), pad_short=False)
+        shard_dataset('train', T, str(tmp_path), rank=0)
 
 
 def stream(folder, **kwargs) -> ShardStream:
-    return video_dataset('train', T, shards=str(folder), streaming=True, dataset='X', fields=('label',),
-                         pad_short=False, **kwargs)
+    return shard_dataset('train', T, str(folder), fields=('label',), streaming=True, **kwargs)
 
 
 def test_three_shards_over_two_ranks_give_equal_counts(tmp_path):
@@ -217,7 +231,7 @@ def corrupt_shards(folder):
 
 def test_indexed_unreadable_sample_is_skipped_and_counted(tmp_path, caplog):
     corrupt_shards(tmp_path)
-    ds = video_dataset('val', T, shards=str(tmp_path), dataset='Shards', fields=(), pad_short=False)
+    ds = shard_dataset('val', T, str(tmp_path), name='Shards')
     with caplog.at_level(logging.WARNING, logger='far'):
         items = [ds[i] for i in range(4)]
     assert [item['index'] for item in items] == [0, 2, 2, 3]  # sample 1 replaced by the next readable one
@@ -227,7 +241,7 @@ def test_indexed_unreadable_sample_is_skipped_and_counted(tmp_path, caplog):
 
 def test_strict_dataset_stops_at_the_unreadable_sample(tmp_path):
     corrupt_shards(tmp_path)
-    ds = video_dataset('val', T, shards=str(tmp_path), strict=True, dataset='Shards', fields=(), pad_short=False)
+    ds = shard_dataset('val', T, str(tmp_path), name='Shards', strict=True)
     ds[0]
     with pytest.raises(CorruptSampleError, match=r'shard-000000\.tar:000001.*strict'):
         ds[1]
@@ -235,12 +249,11 @@ def test_strict_dataset_stops_at_the_unreadable_sample(tmp_path):
 
 def test_stream_skips_unreadable_samples(tmp_path):
     corrupt_shards(tmp_path)
-    ds = video_dataset('train', T, shards=str(tmp_path), streaming=True, rank=0, world_size=1, dataset='Shards',
-                       fields=(), pad_short=False)
+    ds = shard_dataset('train', T, str(tmp_path), name='Shards', streaming=True, rank=0, world_size=1)
     indices = [item['index'] for item in ds]
     assert len(indices) == 4 and 1 not in indices and ds.num_skipped >= 1
-    strict = video_dataset('train', T, shards=str(tmp_path), streaming=True, rank=0, world_size=1, strict=True,
-                           dataset='Shards', fields=(), pad_short=False)
+    strict = shard_dataset('train', T, str(tmp_path), name='Shards', streaming=True, rank=0, world_size=1,
+                           strict=True)
     with pytest.raises(CorruptSampleError, match='000001'):
         list(strict)
 
@@ -257,7 +270,7 @@ def test_stream_counts_a_truncated_shard(tmp_path, caplog):
 
 def test_skip_count_is_shared_with_dataloader_workers(tmp_path):
     corrupt_shards(tmp_path)
-    ds = video_dataset('val', T, shards=str(tmp_path), dataset='Shards', fields=(), pad_short=False)
+    ds = shard_dataset('val', T, str(tmp_path), name='Shards')
     list(DataLoader(ds, batch_size=1, num_workers=2))
     assert ds.num_skipped == 1
 
@@ -266,7 +279,7 @@ def test_missing_annotation_is_unreadable(tmp_path):
     broken = sample(0)
     del broken['json']['actions']
     write_shards([broken, sample(1)], tmp_path, 2)
-    ds = video_dataset('val', T, shards=str(tmp_path), dataset='X', fields=('action',), pad_short=False)
+    ds = shard_dataset('val', T, str(tmp_path), fields=('action',))
     assert ds[0]['index'] == 1 and ds.num_skipped == 1
 
 
@@ -274,7 +287,7 @@ def test_json_frame_count_must_match(tmp_path):
     broken = sample(0)
     broken['json']['num_frames'] = T + 1
     write_shards([broken, sample(1)], tmp_path, 2)
-    ds = video_dataset('val', T, shards=str(tmp_path), strict=True, dataset='X', fields=(), pad_short=False)
+    ds = shard_dataset('val', T, str(tmp_path), strict=True)
     with pytest.raises(CorruptSampleError, match='num_frames'):
         ds[0]
 
@@ -333,15 +346,14 @@ def test_written_samples_carry_checksums(tmp_path):
 def test_garbled_sample_is_skipped_by_both_readers(tmp_path, caplog):
     write_shards((sample(i) for i in range(4)), tmp_path, 2)
     garble(tmp_path / 'shard-000000.tar', '000001')
-    indexed = video_dataset('val', T, shards=str(tmp_path), dataset='Shards', fields=(), pad_short=False)
+    indexed = shard_dataset('val', T, str(tmp_path), name='Shards')
     with caplog.at_level(logging.WARNING, logger='far'):
         assert [indexed[i]['index'] for i in range(4)] == [0, 2, 2, 3]
     assert indexed.num_skipped == 1
     assert 'shard-000000.tar:000001 (ValueError: its frames.npy fails its checksum' in caplog.text
-    streamed = video_dataset('train', T, shards=str(tmp_path), streaming=True, rank=0, world_size=1, dataset='Shards',
-                             fields=(), pad_short=False)
+    streamed = shard_dataset('train', T, str(tmp_path), name='Shards', streaming=True, rank=0, world_size=1)
     assert 1 not in [item['index'] for item in streamed] and streamed.num_skipped >= 1
-    strict = video_dataset('val', T, shards=str(tmp_path), strict=True, dataset='Shards', fields=(), pad_short=False)
+    strict = shard_dataset('val', T, str(tmp_path), name='Shards', strict=True)
     with pytest.raises(CorruptSampleError, match=r'000001 is unreadable .*fails its checksum'):
         strict[1]
 
@@ -350,7 +362,7 @@ def test_shards_without_checksums_still_read(tmp_path):
     with wds.TarWriter(str(tmp_path / 'shard-000000.tar')) as sink:  # as published shards are written
         for i in range(2):
             sink.write(sample(i))
-    ds = video_dataset('val', T, shards=str(tmp_path), strict=True, dataset='X', fields=('label',), pad_short=False)
+    ds = shard_dataset('val', T, str(tmp_path), fields=('label',), strict=True)
     assert [item_number(ds[i]) for i in range(2)] == [0, 1]
 
 
@@ -403,9 +415,9 @@ def test_a_damaged_tar_is_reported_not_silently_shortened(tmp_path, caplog, dama
     problem = 'the tar header there is damaged' if damage == 'header' else 'the file ends there, cut short'
     expected = f'{shard}: {problem}; the 2 samples before byte {header} are read, the rest is lost'
     with caplog.at_level(logging.WARNING, logger='far'):
-        indexed = video_dataset('val', T, shards=str(tmp_path), dataset='X', fields=('label',), pad_short=False)
+        indexed = shard_dataset('val', T, str(tmp_path), fields=('label',))
         streamed = stream(tmp_path, rank=0, world_size=1)
     assert caplog.text.count(expected) == 2 and indexed.num_skipped == streamed.num_skipped == 1
     assert [indexed[i]['index'] for i in range(len(indexed))] == [0, 1] and len(streamed.index_of) == 2
     with pytest.raises(CorruptSampleError, match='the rest is lost'):
-        video_dataset('val', T, shards=str(tmp_path), strict=True, dataset='X', fields=(), pad_short=False)
+        shard_dataset('val', T, str(tmp_path), strict=True)

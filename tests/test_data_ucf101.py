@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from far.data import CorruptSampleError
-from far.data.ucf101 import UCF101
 from far.video import encode_video
 from far.options import OptionError, validate_block
 from far.registry import DATASETS
@@ -39,8 +38,8 @@ def ucf(tmp_path):
     return tmp_path / 'trainval.json'
 
 
-def test_evaluation_items(ucf):
-    ds = UCF101(split='val', data_list=str(ucf), num_frames=16, resolution=32)
+def test_evaluation_items(dataset_of, ucf):
+    ds = dataset_of('UCF101', 'val', {'type': 'data_list', 'path': str(ucf)}, num_frames=16, resolution=32)
     assert len(ds) == 3 and ds.labels == [7, 3, 100]
     item = ds[0]
     assert set(item) == {'video', 'label', 'index'} and item['label'] == 7 and item['index'] == 0
@@ -49,23 +48,24 @@ def test_evaluation_items(ucf):
     assert frame_numbers(item['video']) == list(range(16))
 
 
-def test_evaluation_order_and_content_are_deterministic(ucf):
-    ds = UCF101(split='val', data_list=str(ucf), num_frames=16, frame_interval=3)
+def test_evaluation_order_and_content_are_deterministic(dataset_of, ucf):
+    ds = dataset_of('UCF101', 'val', {'type': 'data_list', 'path': str(ucf)}, num_frames=16, frame_interval=3)
     first = [ds[i]['video'] for i in range(3)]
     again = [ds[i]['video'] for i in range(3)]
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     assert frame_numbers(first[1]) == list(range(16))  # 30 frames cannot hold 16 at interval 3: consecutive
 
 
-def test_short_videos_are_padded_with_black_frames(ucf):
-    ds = UCF101(split='val', data_list=str(ucf), num_frames=16)
+def test_short_videos_are_padded_with_black_frames(dataset_of, ucf):
+    ds = dataset_of('UCF101', 'val', {'type': 'data_list', 'path': str(ucf)}, num_frames=16)
     assert frame_numbers(ds[2]['video']) == list(range(10)) + [-1] * 6
     assert ds[2]['video'][10:].abs().max() == 0
 
 
-def test_training_samples_random_starts_crops_and_flips(ucf, monkeypatch):
+def test_training_samples_random_starts_crops_and_flips(dataset_of, ucf, monkeypatch):
     random.seed(0)
-    ds = UCF101(split='train', data_list=str(ucf), num_frames=4, frame_interval=3, resolution=32, flip=True)
+    ds = dataset_of('UCF101', 'train', {'type': 'data_list', 'path': str(ucf)},
+                    num_frames=4, frame_interval=3, resolution=32, flip=True)
     starts = set()
     for _ in range(60):
         numbers = frame_numbers(ds[1]['video'])
@@ -75,56 +75,66 @@ def test_training_samples_random_starts_crops_and_flips(ucf, monkeypatch):
 
     # A horizontal ramp tells crops and flips apart.
     ramp = np.broadcast_to(np.linspace(0, 255, W).astype(np.uint8)[None, None, :, None], (4, H, W, 3)).copy()
-    monkeypatch.setattr('far.data.layouts.decode_video', lambda path: ramp)
+    monkeypatch.setattr('far.data.json_list.decode_video', lambda path: ramp)
     rows = {tuple(ds[0]['video'][0, 0, 0, [0, -1]].mul(255).round().tolist()) for _ in range(80)}
     assert any(left > right for left, right in rows) and any(left < right for left, right in rows)
     assert len(rows) > 4  # several crop offsets
 
 
-def test_paths_relative_to_the_working_directory(ucf, tmp_path, monkeypatch):
+def test_paths_relative_to_the_working_directory(dataset_of, ucf, tmp_path, monkeypatch):
     records = json.loads(ucf.read_text())
     for r in records:
         r['video_path'] = f'{tmp_path.name}/{r["video_path"]}'
     (tmp_path / 'cwd.json').write_text(json.dumps(records))
     monkeypatch.chdir(tmp_path.parent)
-    assert UCF101(split='val', data_list=str(tmp_path / 'cwd.json'), num_frames=16)[1]['label'] == 3
+    assert dataset_of('UCF101', 'val', {'type': 'data_list', 'path': str(tmp_path / 'cwd.json')},
+                      num_frames=16)[1]['label'] == 3
 
 
-def test_missing_files_fail_before_work(tmp_path, ucf):
+def test_missing_files_fail_before_work(dataset_of, tmp_path, ucf):
     with pytest.raises(FileNotFoundError, match='download.py'):
-        UCF101(split='val', data_list=str(tmp_path / 'nope.json'), num_frames=16)
+        dataset_of('UCF101', 'val', {'type': 'data_list', 'path': str(tmp_path / 'nope.json')}, num_frames=16)
     (tmp_path / 'moved.json').write_text(json.dumps([{'video_path': 'elsewhere/v.mp4', 'label': 0}]))
     with pytest.raises(FileNotFoundError, match='elsewhere/v.mp4'):
-        UCF101(split='val', data_list=str(tmp_path / 'moved.json'), num_frames=16)
+        dataset_of('UCF101', 'val', {'type': 'data_list', 'path': str(tmp_path / 'moved.json')}, num_frames=16)
     (tmp_path / 'nolabel.json').write_text(json.dumps([{'video_path': 'videos/v_a.mp4'}]))
     with pytest.raises(ValueError, match="record 0 .* lacks \\['label'\\]"):
-        UCF101(split='val', data_list=str(tmp_path / 'nolabel.json'), num_frames=16)
+        dataset_of('UCF101', 'val', {'type': 'data_list', 'path': str(tmp_path / 'nolabel.json')}, num_frames=16)
 
 
-def test_corrupt_video_is_skipped_and_counted_or_stops_a_strict_run(ucf, caplog):
+def test_corrupt_video_is_skipped_and_counted_or_stops_a_strict_run(dataset_of, ucf, caplog):
     (ucf.parent / 'videos' / 'v_b.mp4').write_bytes(b'\x00' * 500)
-    ds = UCF101(split='val', data_list=str(ucf), num_frames=16)
+    ds = dataset_of('UCF101', 'val', {'type': 'data_list', 'path': str(ucf)}, num_frames=16)
     with caplog.at_level(logging.WARNING, logger='far'):
         assert ds[1]['index'] == 2
     assert ds.num_skipped == 1 and 'v_b.mp4' in caplog.text
-    strict = UCF101(split='val', data_list=str(ucf), num_frames=16, strict=True)
+    strict = dataset_of('UCF101', 'val', {'type': 'data_list', 'path': str(ucf)}, num_frames=16, strict=True)
     with pytest.raises(CorruptSampleError, match='v_b.mp4'):
         strict[1]
 
 
-def test_num_samples_keeps_the_first_videos(ucf):
-    ds = UCF101(split='val', data_list=str(ucf), num_frames=16, num_samples=2)
+def test_num_samples_keeps_the_first_videos(dataset_of, ucf):
+    ds = dataset_of('UCF101', 'val', {'type': 'data_list', 'path': str(ucf)}, num_frames=16, num_samples=2)
     assert len(ds) == 2 and ds.labels == [7, 3]
     with pytest.raises(ValueError, match='num_samples=5'):
-        UCF101(split='val', data_list=str(ucf), num_frames=16, num_samples=5)
+        dataset_of('UCF101', 'val', {'type': 'data_list', 'path': str(ucf)}, num_frames=16, num_samples=5)
 
 
 def test_yaml_block_is_validated_and_built(ucf):
-    block = {'type': 'UCF101', 'split': 'train', 'data_list': str(ucf), 'num_frames': 16, 'resolution': 32,
-             'flip': True}
+    block = {'type': 'UCF101', 'split': 'train', 'source': {'type': 'data_list', 'path': str(ucf)},
+             'read': {'num_frames': 16, 'resolution': 32, 'flip': True}}
     ds = DATASETS.build(validate_block(block, DATASETS, 'exp.yml', 'datasets.train'))
     assert ds[0]['video'].shape == (16, 3, 32, 32)
-    with pytest.raises(OptionError, match="datasets.train.use_flip: unknown key.*'flip'"):
-        validate_block({**block, 'use_flip': True}, DATASETS, 'exp.yml', 'datasets.train')
+    with pytest.raises(OptionError, match="datasets.train.read.use_flip: unknown key.*'flip'"):
+        validate_block({**block, 'read': {'num_frames': 16, 'use_flip': True}}, DATASETS, 'exp.yml', 'datasets.train')
     with pytest.raises(OptionError, match="split: got 'training'"):
         validate_block({**block, 'split': 'training'}, DATASETS, 'exp.yml', 'datasets.train')
+    # the source and the reading options are separate groups: a reading option is no source option
+    with pytest.raises(OptionError, match=r"datasets\.train\.source\.num_frames: unknown key for data source "
+                                          r"'data_list'"):
+        validate_block({**block, 'source': {'type': 'data_list', 'path': str(ucf), 'num_frames': 16}}, DATASETS,
+                       'exp.yml', 'datasets.train')
+    with pytest.raises(OptionError, match=r"datasets\.train\.source\.type: unknown data source 'tar'"):
+        validate_block({**block, 'source': {'type': 'tar', 'path': str(ucf)}}, DATASETS, 'exp.yml', 'datasets.train')
+    with pytest.raises(OptionError, match=r'datasets\.train\.read\.num_frames: missing required key'):
+        validate_block({**block, 'read': {}}, DATASETS, 'exp.yml', 'datasets.train')

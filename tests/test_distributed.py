@@ -5,7 +5,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,15 +20,9 @@ ACCELERATE = shutil.which('accelerate')
 needs_launcher = pytest.mark.skipif(ACCELERATE is None, reason='the accelerate launcher is not on PATH')
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def two_processes() -> tuple:
+def two_processes(scripts) -> tuple:
     """``accelerate launch`` of two synchronised processes, on a free port (other runs may hold 29500)."""
-    return ACCELERATE, 'launch', '--multi_gpu', '--num_processes', '2', '--main_process_port', str(free_port())
+    return ACCELERATE, 'launch', '--multi_gpu', '--num_processes', '2', '--main_process_port', str(scripts.free_port())
 
 
 # ---- launch checks ----
@@ -45,6 +38,7 @@ def test_launch_check():
         check_launch(1, {'WORLD_SIZE': '2'})
 
 
+@pytest.mark.slow
 @needs_launcher
 def test_launcher_without_multi_gpu_is_refused(scripts, tmp_path):
     result = scripts.run('train.py', '-opt', str(scripts.demo), *scripts.tiny, cwd=tmp_path,
@@ -93,8 +87,8 @@ lengths = []
 random_clip = FARTrainer._random_clip
 
 
-def recording(self, batch):
-    batch = random_clip(self, batch)
+def recording(self, batch, step):
+    batch = random_clip(self, batch, step)
     lengths.append(batch['video'].shape[1])
     return batch
 
@@ -118,13 +112,14 @@ torch.save({{'lengths': lengths, 'model': model.state_dict(), 'ema': trainer.ema
 '''
 
 
+@pytest.mark.slow
 @needs_launcher
 def test_two_process_long_context_training_stays_in_sync(scripts, tmp_path):
     script = tmp_path / 'spy.py'
     script.write_text(SPY.format(repo=str(scripts.repo)))
-    result = scripts.run(str(script), '-opt', str(scripts.demo), *scripts.tiny, 'name=ddp', 'datasets.train.num_videos=26',
-                 'trainer.objective.training_type=long_context', 'model.short_term_ctx_winsize=4',
-                 cwd=tmp_path, launcher=two_processes())
+    result = scripts.run(str(script), '-opt', str(scripts.demo), *scripts.tiny, 'name=ddp',
+                         'datasets.train.source.num_videos=26', 'trainer.objective.training_type=long_context',
+                         'model.short_term_ctx_winsize=4', cwd=tmp_path, launcher=two_processes(scripts))
     assert result.returncode == 0, result.stdout + result.stderr
     ranks = [torch.load(tmp_path / f'rank{r}.pt') for r in range(2)]
     # every step trained on a clip of 4..8 frames, the same length on both ranks
@@ -143,6 +138,7 @@ def test_two_process_long_context_training_stays_in_sync(scripts, tmp_path):
     assert len(list((tmp_path / 'experiments/ddp/samples/step-0000020').glob('*.mp4'))) == 2
 
 
+@pytest.mark.slow
 @needs_launcher
 def test_two_process_evaluation_gives_the_same_results(scripts, tmp_path):
     from far.experiment import load_experiment
@@ -152,7 +148,7 @@ def test_two_process_evaluation_gives_the_same_results(scripts, tmp_path):
     torch.save(load_experiment(str(scripts.demo), scripts.tiny).build_model().state_dict(), weights)
     args = ['-opt', str(scripts.demo), *scripts.tiny, 'name=eval', f'test.checkpoint={weights}']
     results = {}
-    for processes, launcher in ((1, ()), (2, two_processes())):
+    for processes, launcher in ((1, ()), (2, two_processes(scripts))):
         out = scripts.run('test.py', *args, cwd=tmp_path, launcher=launcher)
         assert out.returncode == 0, out.stdout + out.stderr
         folder = 'random_far' if processes == 1 else 'random_far-2'  # the second evaluation keeps the first
@@ -181,9 +177,9 @@ def test_a_killed_rank_stops_the_other_and_both_resume_exactly(scripts, tmp_path
     options = ('name=tiny', 'trainer.fault.collective_timeout=20')
     reference = tmp_path / 'reference'
     reference.mkdir()
-    assert [p.wait(timeout=300) for p in start_ranks(scripts, reference, free_port(), *options)] == [0, 0]
+    assert [p.wait(timeout=300) for p in start_ranks(scripts, reference, scripts.free_port(), *options)] == [0, 0]
 
-    ranks = start_ranks(scripts, tmp_path, free_port(), *options)
+    ranks = start_ranks(scripts, tmp_path, scripts.free_port(), *options)
     checkpoints = tmp_path / 'experiments' / 'tiny' / 'checkpoints'
     try:
         while latest_checkpoint(checkpoints) is None and ranks[1].poll() is None:
@@ -203,7 +199,7 @@ def test_a_killed_rank_stops_the_other_and_both_resume_exactly(scripts, tmp_path
                         r'trainer.fault.collective_timeout; start them all again to resume from the newest checkpoint',
                         survivor.strip().splitlines()[-1]), survivor
 
-    assert [p.wait(timeout=300) for p in start_ranks(scripts, tmp_path, free_port(), *options)] == [0, 0]
+    assert [p.wait(timeout=300) for p in start_ranks(scripts, tmp_path, scripts.free_port(), *options)] == [0, 0]
     assert 'resumed from experiments/tiny/checkpoints/checkpoint-10 (step 10)' in (tmp_path / 'rank0.out').read_text()
     for name in ('model.safetensors', 'ema.safetensors'):
         expected = load_file(str(reference / 'experiments/tiny/checkpoints/checkpoint-20' / name))

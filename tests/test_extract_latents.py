@@ -1,8 +1,6 @@
 """Latent extraction: shards in the far.data.shards format, raw latents, the same output for any process count."""
-import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 import tarfile
@@ -15,7 +13,9 @@ from accelerate.state import AcceleratorState
 
 import far.data  # noqa: F401  (registers the datasets)
 import far.models.autoencoders  # noqa: F401  (registers the autoencoders)
-from far.data.layouts import video_dataset
+from far.data import ClipOptions, VideoDataset
+from far.data.dataset import VideoDatasetOptions
+from far.options import validate_block
 from far.registry import AUTOENCODERS, DATASETS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,33 +32,26 @@ TINY_DCAE = {
 }
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location('extract_latents', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def options_for(root: Path, output_dir: Path, **extra) -> list:
     """Command-line options: 5 MovingShapes videos (3 frames, 16 px) through a tiny DC-AE, 2 per shard."""
     overrides = {
         'autoencoder.type': 'AutoencoderDC', 'autoencoder.config': root / 'dcae.json',
         'autoencoder.checkpoint': root / 'dcae.pth',
-        'dataset.type': 'MovingShapes', 'dataset.root': root / 'data', 'dataset.split': 'val',
-        'dataset.num_videos': 5, 'dataset.num_frames': 3, 'dataset.resolution': 16,
+        'dataset.type': 'MovingShapes', 'dataset.source.root': root / 'data', 'dataset.split': 'val',
+        'dataset.source.num_videos': 5, 'dataset.source.num_frames': 3, 'dataset.source.resolution': 16,
         'output_dir': output_dir, 'samples_per_shard': 2, 'latent_dtype': 'float32', 'num_workers': 0, **extra,
     }
     return [f'{k}={v}' for k, v in overrides.items()]
 
 
 @pytest.fixture(scope='module')
-def extraction(tmp_path_factory):
+def extraction(tmp_path_factory, scripts):
     """One in-process extraction (a single process); yields its folder and the script module."""
     root = tmp_path_factory.mktemp('extract')
     (root / 'dcae.json').write_text(json.dumps(TINY_DCAE))
     torch.manual_seed(0)
     torch.save(diffusers.AutoencoderDC.from_config(TINY_DCAE).state_dict(), root / 'dcae.pth')
-    script = load_script()
+    script = scripts.module('scripts/extract_latents.py')
     AcceleratorState._reset_state(True)  # a fresh single-process state, whatever other tests set up
     script.main(['-opt', str(write_yaml(root)), *options_for(root, root / 'one')])
     AcceleratorState._reset_state(True)
@@ -84,11 +77,12 @@ def test_shards_hold_the_raw_latents_and_metadata(extraction):
 
     autoencoder = AUTOENCODERS.build({'type': 'AutoencoderDC', 'config': str(root / 'dcae.json'),
                                       'checkpoint': str(root / 'dcae.pth')})
-    pixels = DATASETS.build({'type': 'MovingShapes', 'root': str(root / 'data'), 'split': 'val', 'num_videos': 5,
-                             'num_frames': 3, 'resolution': 16})
-    # What training with `shards: <output_dir>, use_latent: true` reads, checksums checked.
-    latents = video_dataset('val', 3, shards=str(out), use_latent=True, dataset='latents', fields=('label',),
-                            pad_short=False, strict=True)
+    pixels = DATASETS.build(validate_block({'type': 'MovingShapes', 'split': 'val', 'source': {
+        'root': str(root / 'data'), 'num_videos': 5, 'num_frames': 3, 'resolution': 16}}, DATASETS, 'test.yml'))
+    # What training with `source: {type: shards, path: <output_dir>, use_latent: true}` reads, checksums checked.
+    latents = VideoDataset(name='latents', fields=('label',), pad_short=False, conditions={})(
+        options=VideoDatasetOptions(split='val', source={'type': 'shards', 'path': str(out), 'use_latent': True},
+                                    read=ClipOptions(num_frames=3, strict=True)))
     assert len(latents) == 5
     with tarfile.open(out / 'shard-000000.tar') as tar:
         assert set(json.loads(tar.extractfile('00000000.json').read())['crc32']) == {'latent.npy'}
@@ -106,24 +100,18 @@ def test_existing_output_needs_overwrite_and_streams_are_refused(extraction):
     with pytest.raises(FileExistsError, match='overwrite: true'):
         script.main(options_for(root, root / 'one'))
     with pytest.raises(ValueError, match='streaming: false'):
-        script.main(options_for(root, root / 'stream', **{'dataset.split': 'train', 'dataset.streaming': 'true'}))
+        script.main(options_for(root, root / 'stream', **{'dataset.split': 'train', 'dataset.read.streaming': 'true'}))
     with pytest.raises(ValueError, match=r"latent_dtype: got 'bf16'"):
         script.main(options_for(root, root / 'bad', latent_dtype='bf16'))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_two_processes_write_the_same_shards(extraction):
+def test_two_processes_write_the_same_shards(extraction, scripts):
     root, _ = extraction
     env = {**os.environ, 'ACCELERATE_USE_CPU': '1', 'OMP_NUM_THREADS': '1'}
     command = [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2',
                '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no',
-               '--main_process_port', str(free_port()), str(SCRIPT),
+               '--main_process_port', str(scripts.free_port()), str(SCRIPT),
                '-opt', str(root / 'extract.yml'), *options_for(root, root / 'two')]
     result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -163,16 +163,24 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path, caplog):
     g = guard(2, tmp_path)
     finite, nan, inf = torch.tensor(1.0), torch.tensor(float('nan')), torch.tensor(float('inf'))
     with caplog.at_level(logging.WARNING, logger='far'):
-        assert g.allows(11, finite, finite)
-        assert not g.allows(12, nan, finite) and not g.allows(13, finite, inf)
-        assert g.allows(14, finite, finite) and g.in_a_row == 0 and g.skipped == 2
-        assert not g.allows(15, nan, nan) and not g.allows(16, nan, nan)
+        decisions = [g.check(11, finite, finite), g.check(12, nan, finite), g.check(13, finite, inf)]
+        assert [bool(d) for d in decisions] == [True, False, False]
+        assert not caplog.text and g.skipped == 0  # read only at the review (a log or checkpoint step)
+        g.review()
+        assert g.in_a_row == 2 and g.skipped == 2
+        assert g.check(14, finite, finite) and not g.check(15, nan, nan) and not g.check(16, nan, nan)
+        g.review()
+        assert g.in_a_row == 2 and g.skipped == 4
     assert 'step 12: loss nan, gradient norm 1 on this process: update skipped (1 in a row, 1 in this run)' \
         in caplog.text
+    assert 'step 16: loss nan, gradient norm nan on this process: update skipped (2 in a row, 4 in this run)' \
+        in caplog.text
+    g.check(17, nan, finite)
+    g.check(18, finite, finite)  # a finite step after the limit was passed does not undo the stop
     with pytest.raises(NonFiniteTraining, match=rf'^step 17: the loss or gradient norm was not finite 3 steps in a '
                                                 rf'row \(more than trainer.fault.max_nonfinite_steps=2\): training '
                                                 rf'stopped; the last finite checkpoint is {tmp_path}/checkpoint-10; '):
-        g.allows(17, nan, finite)
+        g.review()
 
 
 def test_non_finite_weights_are_never_saved(tmp_path):

@@ -42,8 +42,9 @@ def test_metrics_are_split_by_the_revisit_mask():
     # overall: per video the mean over its predicted frames (video 0: 2 of 4 revisits, video 1: 3 of 4)
     assert results['psnr'] == pytest.approx(((20 + 20 + 40 + 40) / 4 + (20 + 40 + 40 + 40) / 4) / 2, abs=1e-3)
     # buckets by absolute frame index: frames 2-4 and the last one, 5
-    assert results['psnr_frames_2-4'] == pytest.approx((40 + 40 + 20 + 20 + 40 + 40) / 6, abs=1e-3)
-    assert results['psnr_frames_5-5'] == pytest.approx((20 + 40) / 2, abs=1e-3)
+    assert [bucket['frames'] for bucket in results['buckets']] == [[2, 4], [5, 5]]
+    assert results['buckets'][0]['psnr'] == pytest.approx((40 + 40 + 20 + 20 + 40 + 40) / 6, abs=1e-3)
+    assert results['buckets'][1]['psnr'] == pytest.approx((20 + 40) / 2, abs=1e-3)
 
 
 def test_first_visits_are_scored_apart_when_the_mask_is_given():
@@ -112,7 +113,7 @@ def test_bad_masks_and_options_are_refused():
         protocol.evaluate(samples, gt, torch.zeros(2, 6))
     with pytest.raises(ValueError, match='revisit must be'):
         protocol.evaluate(samples, gt, torch.zeros(2, 4, dtype=torch.bool))
-    with pytest.raises(ValueError, match='teco_fvd'):
+    with pytest.raises(ValueError, match='fvd needs videos; the memory protocol scores metrics of frames only'):
         MemoryProtocol(metrics=['psnr', 'fvd'])
     with pytest.raises(ValueError, match='sliding_window_baseline'):
         MemoryProtocol(sliding_window_baseline=0)
@@ -183,13 +184,13 @@ def test_long_context_configs_validate_and_fit_together(config):
     opt = load_experiment(str(config))
     model, protocol = opt.model, opt.test.protocol
     assert model['type'] == 'FAR_Long' and opt.datasets[opt.test.dataset]['split'] == 'test'
-    test_set = opt.datasets[opt.test.dataset]
-    assert protocol['context_length'] + protocol['unroll_length'] <= test_set['episode_length']
-    assert test_set['window'] == model['short_term_ctx_winsize']  # the revisit mask is relative to the window
+    test_set = opt.datasets[opt.test.dataset]['source']
+    assert protocol['context_length'] + protocol['unroll_length'] <= test_set.episode_length
+    assert test_set.window == model['short_term_ctx_winsize']  # the revisit mask is relative to the window
     if opt.trainer is not None:
         assert protocol['sliding_window_baseline'] == model['short_term_ctx_winsize']
         assert opt.trainer['objective'].training_type == 'long_context'
-        assert opt.datasets['train']['window'] == model['short_term_ctx_winsize']
+        assert opt.datasets['train']['source'].window == model['short_term_ctx_winsize']
 
 
 def test_the_benchmark_rolls_out_beyond_the_training_length():
@@ -197,23 +198,26 @@ def test_the_benchmark_rolls_out_beyond_the_training_length():
     rollout = load_experiment(str(REPO / 'options' / 'long_context' / 'far_long_maze_memory_rollout.yml'))
     assert rollout.model == train.model and rollout.autoencoder == train.autoencoder
     assert rollout.test.sampler == train.test.sampler
-    protocol, train_length = rollout.test.protocol, train.datasets['train']['episode_length']
+    protocol, train_length = rollout.test.protocol, train.datasets['train']['source'].episode_length
     assert protocol['context_length'] + protocol['unroll_length'] >= 2 * train_length
     assert protocol['sliding_window_baseline'] == train_length  # the other remedy: the training length
     assert rollout.test.checkpoint == f'experiments/{train.name}/checkpoints/checkpoint-{train.trainer["total_steps"]}'
     assert math.isclose(rollout.model['slope_scale'], 0.0)
     world = ('route', 'period', 'grid', 'view', 'stride', 'resolution', 'window')
-    assert {k: rollout.datasets['test'][k] for k in world} == {k: train.datasets['train'][k] for k in world}
+    assert {k: getattr(rollout.datasets['test']['source'], k) for k in world} == \
+        {k: getattr(train.datasets['train']['source'], k) for k in world}
 
 
 # ----- the benchmark end to end, shrunk to seconds -----
 
+@pytest.mark.slow
 def test_the_benchmark_trains_and_scores_revisits_and_first_visits(scripts, tmp_path):
     config = str(REPO / 'options' / 'long_context' / 'far_long_maze_memory.yml')
     shrink = ['model.num_layers=1', 'trainer.total_steps=4', 'trainer.batch_size=2', 'trainer.log.every=2',
-              'trainer.checkpoint.every=4', 'datasets.train.num_episodes=4', 'datasets.test.num_episodes=2',
-              'datasets.train.episode_length=20', 'datasets.test.episode_length=20', 'datasets.train.period=12',
-              'datasets.test.period=12', 'test.protocol.context_length=6', 'test.protocol.unroll_length=14',
+              'trainer.checkpoint.every=4', 'datasets.train.source.num_episodes=4',
+              'datasets.test.source.num_episodes=2', 'datasets.train.source.episode_length=20',
+              'datasets.test.source.episode_length=20', 'datasets.train.source.period=12',
+              'datasets.test.source.period=12', 'test.protocol.context_length=6', 'test.protocol.unroll_length=14',
               'test.protocol.metrics=[psnr]', 'test.sampler.num_inference_steps=2']
     trained = scripts.run('train.py', '-opt', config, *shrink, cwd=tmp_path)
     assert trained.returncode == 0, trained.stdout + trained.stderr

@@ -4,7 +4,6 @@ recipe of the NBP scripts and the evaluation settings (gFVD on the first 16 of 1
 
 No data and no weights: models and tokenizers are built on the meta device.
 """
-from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple, Optional
 
@@ -12,7 +11,6 @@ import pytest
 import torch
 
 import far  # noqa: F401  (fills the registries)
-from far.experiment import load_experiment
 from far.pipelines import NBPPipeline, NBPSampling
 from far.registry import AUTOENCODERS, PROTOCOLS
 
@@ -25,11 +23,6 @@ RELEASED = 'experiments/pretrained_models/NBP'
 
 def key(path: Path) -> str:
     return str(path.relative_to(OPTIONS).with_suffix(''))
-
-
-@lru_cache(maxsize=None)
-def load(name: str):
-    return load_experiment(str(OPTIONS / f'{name}.yml'))
 
 
 class Recipe(NamedTuple):
@@ -47,46 +40,50 @@ class Row(NamedTuple):
     hybrid: bool
     context: int                # given frames
     steps: int                  # sampling steps for the 17-frame video
-    tokenizer: str              # released tokenizer
+    short: str                  # the data as the released files spell it
     recipe: Optional[Recipe]    # None: a test-only file
     protocol: str
     num_videos: Optional[int]
     fvd_resolution: Optional[int]
-    checkpoint: str
+    trained_here: bool          # test.checkpoint: `latest` (trained by this file), else the released model
 
 
 UCF_TEXT = {'type': 'text', 'vocab_size': 32000, 'num_tokens': 8, 'class_text_ids': CLASS_TABLE}
 UCF = dict(data='UCF101', total_params=982_785_024, condition=UCF_TEXT, hybrid=True, context=0, steps=95,
-           tokenizer=f'{RELEASED}/magvit2_ucf.pt', protocol='LatteProtocol', num_videos=10_000, fvd_resolution=None)
+           short='ucf', protocol='LatteProtocol', num_videos=10_000, fvd_resolution=None)
 K600 = dict(data='K600', total_params=884_431_872, condition=None, hybrid=False, context=5, steps=48,
-            tokenizer=f'{RELEASED}/magvit2_k600.pt', protocol='MCVDProtocol', num_videos=None, fvd_resolution=64)
+            short='k600', protocol='MCVDProtocol', num_videos=None, fvd_resolution=64)
 PAPER = {
     'train/nbp/NBP_base_ucf101_cond_res128_100K_bs256': Row(**UCF, recipe=Recipe(6e-4, 5_000, 100_000, 4, 'bf16'),
-                                                          checkpoint='latest'),
-    'test/nbp/NBP_base_ucf101_cond_res128_sample10K': Row(**UCF, recipe=None,
-                                                          checkpoint=f'{RELEASED}/ucf_base_nbp16_hybrid.safetensors'),
+                                                          trained_here=True),
+    'test/nbp/NBP_base_ucf101_cond_res128_sample10K': Row(**UCF, recipe=None, trained_here=False),
     'train/nbp/NBP_base_k600_res128_bs64': Row(**K600, recipe=Recipe(1e-3, 10_000, 4_000_000, 2, 'no'),
-                                               checkpoint='latest'),
-    'test/nbp/NBP_base_k600_res128_5to12': Row(**K600, recipe=None,
-                                               checkpoint=f'{RELEASED}/k600_base_nbp16.safetensors'),
+                                               trained_here=True),
+    'test/nbp/NBP_base_k600_res128_5to12': Row(**K600, recipe=None, trained_here=False),
 }
 
 
-def test_the_table_covers_every_nbp_config():
+def released_model(row: Row, opt) -> str:
+    """The released NBP file a row evaluates: named by its data, size, block size and attention (hybrid or not)."""
+    hybrid = '_hybrid' if opt.model['hybrid'] else ''
+    return f"{RELEASED}/{row.short}_base_nbp{opt.model['token_number_per_step']}{hybrid}.safetensors"
+
+
+def test_the_table_covers_every_nbp_config(experiment_file):
     assert sorted(PAPER) == [key(p) for p in NBP_FILES]
     for name in PAPER:
-        assert load(name).name == Path(name).name
+        assert experiment_file(name).name == Path(name).name
 
 
 @pytest.mark.parametrize('name', PAPER)
-def test_model_tokens_and_steps_are_the_papers(name):
-    row, opt = PAPER[name], load(name)
+def test_model_tokens_and_steps_are_the_papers(name, experiment_file):
+    row, opt = PAPER[name], experiment_file(name)
     assert opt.model['type'] == 'NBP_base' and opt.model['token_number_per_step'] == 16
     assert opt.model['hybrid'] is row.hybrid and opt.model.get('condition_cfg') == row.condition
     with torch.device('meta'):
         model = opt.build_model()
         tokenizer = AUTOENCODERS.build({**opt.autoencoder, 'checkpoint': None})
-    assert opt.autoencoder['checkpoint'] == row.tokenizer
+    assert opt.autoencoder['checkpoint'] == f'{RELEASED}/magvit2_{row.short}.pt'
     total = sum(p.numel() for p in model.parameters())
     non_embedding = total - model.tok_emb.weight.numel() - model.head.weight.numel()
     assert total == row.total_params and non_embedding == 687_823_872
@@ -100,8 +97,8 @@ def test_model_tokens_and_steps_are_the_papers(name):
 
 
 @pytest.mark.parametrize('name', [n for n, row in PAPER.items() if row.recipe is not None])
-def test_training_follows_the_nbp_scripts(name):
-    row, opt = PAPER[name], load(name)
+def test_training_follows_the_nbp_scripts(name, experiment_file):
+    row, opt = PAPER[name], experiment_file(name)
     recipe, trainer = row.recipe, opt.trainer
     assert trainer['type'] == 'NBPTrainer' and opt.mixed_precision == recipe.precision
     optimizer = trainer['optimizer']
@@ -112,37 +109,38 @@ def test_training_follows_the_nbp_scripts(name):
                                                                                          recipe.batch_per_process, 1.0)
     assert trainer['ema_decay'] is None and opt.model['dropout'] == 0.1
     train = opt.datasets['train']
-    assert (train['type'], train['num_frames'], train['resolution'], train.get('flip', False)) == (row.data, 17, 128,
-                                                                                                  False)
+    read = train['read']
+    assert (train['type'], read.num_frames, read.resolution, read.flip) == (row.data, 17, 128, False)
     validation = trainer['validation']
     assert (validation.context_length, validation.context_length + validation.unroll_length) == (row.context, 17)
 
 
 @pytest.mark.parametrize('name', PAPER)
-def test_evaluation_follows_the_paper(name):
-    row, opt = PAPER[name], load(name)
+def test_evaluation_follows_the_paper(name, experiment_file):
+    row, opt = PAPER[name], experiment_file(name)
     test = opt.test
-    assert test.checkpoint == row.checkpoint
+    assert test.checkpoint == ('latest' if row.trained_here else released_model(row, opt))
     sampler = NBPSampling(**{k: v for k, v in test.sampler.items() if k != 'type'})
     assert test.sampler['type'] == 'NBPPipeline' and sampler == NBPSampling(top_k=16000, top_p=0.9)
     protocol = PROTOCOLS.build({**test.protocol, 'metrics': ['psnr']})  # the same settings without loading I3D
-    assert test.protocol['type'] == row.protocol and test.protocol['metrics'] == ['fvd']
+    [fvd] = test.protocol['metrics']
+    assert test.protocol['type'] == row.protocol and fvd['type'] == 'fvd'
     assert (protocol.context_length, protocol.context_length + protocol.unroll_length) == (row.context, 17)
     assert (protocol.num_videos, protocol.num_trajectories, protocol.seeds) == (row.num_videos, 1, [0])
-    assert (protocol.fvd_frames, protocol.fvd_resolution) == (16, row.fvd_resolution)  # gFVD: 16 of 17 frames
+    assert (fvd['frames'], fvd.get('resolution')) == (16, row.fvd_resolution)  # gFVD: 16 of 17 frames
     data = opt.datasets[test.dataset]
-    assert (data['type'], data['split'], data['num_frames'], data['resolution']) == (row.data, 'val', 17, 128)
+    assert (data['type'], data['split'], data['read'].num_frames, data['read'].resolution) == (row.data, 'val', 17, 128)
 
 
 @pytest.mark.parametrize('path', TOKENIZER_FILES, ids=key)
-def test_tokenizer_configs_train_the_released_layout(path):
-    opt = load(key(path))
+def test_tokenizer_configs_train_the_released_layout(path, experiment_file):
+    opt = experiment_file(key(path))
     assert opt.autoencoder == {'type': 'NBPTokenizer', 'image_size': 128} and opt.model is None
     trainer = opt.trainer
     assert trainer['type'] == 'AutoencoderTrainer' and trainer['loss'].reconstruction == 'l2'
     assert (trainer['loss'].perceptual_weight, trainer['loss'].disc_weight) == (0.1, 0.1)
     for block in opt.datasets.values():
-        assert (block['num_frames'], block['resolution']) == (17, 128)
+        assert (block['read'].num_frames, block['read'].resolution) == (17, 128)
     with torch.device('meta'):
         tokenizer = opt.build_autoencoder()
     assert tokenizer.codebook_size == 64000 and sum(p.numel() for p in tokenizer.parameters()) == 370_372_105

@@ -5,7 +5,9 @@ import pickle
 import pytest
 import torch
 
+from far.conversions.nbp import tokenizer_from_reference_config
 from far.models import FSQ, NBPTokenizer
+from far.models.interfaces import VideoTokenizer
 from far.registry import AUTOENCODERS
 
 
@@ -14,7 +16,7 @@ def close(actual, expected, atol=1e-4):
 
 
 def reference_tokenizer(nbp_parity) -> NBPTokenizer:
-    tokenizer = NBPTokenizer.from_reference_config(nbp_parity['tokenizer']['config'])
+    tokenizer = tokenizer_from_reference_config(nbp_parity['tokenizer']['config'])
     tokenizer.load_state_dict(nbp_parity['tokenizer']['state_dict'])  # strict: the reference names
     return tokenizer.eval()
 
@@ -58,10 +60,10 @@ def test_tokenizer_matches_reference(nbp_parity):
     video = data['video_uint8'].float() / 255
     with torch.no_grad():
         latents = tokenizer.encode_latents(video)
-        quantized, indices = tokenizer.encode(video)
-        recon = tokenizer.decode(quantized)
-        from_flat = tokenizer.decode_indices(data['indices'].flatten(1))
-        from_grid = tokenizer.decode_indices(data['indices'].long())
+        quantized, indices = tokenizer.encode_clip(video)
+        recon = tokenizer.decode_clip(quantized)
+        from_flat = tokenizer.decode_clip(tokenizer.codes(data['indices'].flatten(1)))
+        from_grid = tokenizer.decode_clip(tokenizer.codes(data['indices'].long()))
     close(latents, data['latents'])
     close(quantized, data['quantized'])
     assert indices.dtype == torch.int32 and torch.equal(indices, data['indices'])
@@ -84,6 +86,21 @@ def test_tokenizer_layer_shapes(nbp_parity):
             shapes['decoder_shapes'].append(tuple(x.shape))
     for key, found in shapes.items():
         assert found == [tuple(shape) for shape in data[key]], key
+
+
+def test_video_tokenizer_interface_takes_videos_frames_second(nbp_parity):
+    data = nbp_parity['tokenizer']
+    tokenizer = reference_tokenizer(nbp_parity)
+    assert isinstance(tokenizer, VideoTokenizer) and tokenizer.content == 'tokens'
+    video = data['video_uint8'].float().transpose(1, 2) / 255  # [B, T, 3, H, W]
+    ids = tokenizer.encode_tokens(video)
+    assert ids.dtype == torch.int64 and torch.equal(ids, data['indices'].long())
+    decoded = tokenizer.decode_tokens(ids)
+    assert decoded.shape == video.shape and decoded.dtype == torch.float32
+    close(decoded, data['recon'].clamp(0, 1).transpose(1, 2))
+    torch.testing.assert_close(tokenizer.decode_tokens(ids.flatten(1)), decoded, rtol=0, atol=0)
+    stored = tokenizer.encode_stored(video, torch.float16)
+    assert stored.dtype == torch.uint16 and torch.equal(stored.long(), ids)  # 64000 codes fit in 16 bits
 
 
 def test_released_layout_and_sizes(nbp_parity):
@@ -109,7 +126,7 @@ def test_encoder_is_causal_in_time():
     changed[:, :, 5:] = torch.rand(1, 3, 4, 16, 16)  # frames of the last latent frame only
     with torch.no_grad():
         before, after = tokenizer.encode_latents(video), tokenizer.encode_latents(changed)
-        decoded = tokenizer.decode(tokenizer.encode(video)[0])
+        decoded = tokenizer.decode_clip(tokenizer.encode_clip(video)[0])
     assert torch.equal(before[:, :, :2], after[:, :, :2]) and not torch.equal(before[:, :, 2], after[:, :, 2])
     assert decoded.shape == video.shape
 

@@ -1,20 +1,18 @@
 """NBP as the framework trains and evaluates it: the optimizer's parameter groups, train.py and test.py on the demo
 files (blocks of k = 4 tokens, and token by token with k = 1: the same model, one switch), the tokenizer trained by
 the autoencoder trainer, and token shards written by the extraction script and read back."""
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
 import far  # noqa: F401  (fills the registries)
 from far.data import CorruptSampleError
 from far.experiment import load_experiment
 from far.models import NBPTokenizer, NBPTransformer
-from far.options import apply_overrides, load_yaml, validate_block
+from far.options import OptionError, apply_overrides, load_yaml, validate_block
 from far.pipelines import build_sampler
 from far.registry import AUTOENCODERS, DATASETS, TRAINERS
 from far.trainers import OptimizerOptions
@@ -45,7 +43,7 @@ def tiny_nbp(tokenizer_file: Path) -> list:
         'trainer.total_steps=4', 'trainer.batch_size=2', 'trainer.lr_schedule.warmup_steps=1',
         'trainer.checkpoint.every=4', 'trainer.log.every=2', 'trainer.validation.every=4',
         'trainer.validation.num_videos=2', 'trainer.validation.batch_size=2',
-        'datasets.train.num_videos=8', 'datasets.val.num_videos=2', 'datasets.test.num_videos=3',
+        'datasets.train.source.num_videos=8', 'datasets.val.source.num_videos=2', 'datasets.test.source.num_videos=3',
         'test.protocol.num_videos=3', 'test.batch_size=2',
     ]
 
@@ -65,6 +63,7 @@ def test_weight_decay_reaches_linear_weights_only():
     assert len(everything['params']) == len(list(model.parameters()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('block', [4, 1], ids=['k=4', 'k=1'])
 def test_train_and_test_through_yaml(scripts, tmp_path, tokenizer_file, block):
     """The demo files with ``model.token_number_per_step`` as the only difference between NBP and token-by-token AR."""
@@ -89,21 +88,15 @@ def test_train_and_test_through_yaml(scripts, tmp_path, tokenizer_file, block):
     assert pipe.num_steps(48, prefix_length=32) == 16 // block  # the third latent frame of 4x4 tokens
 
 
-@pytest.fixture
-def fresh_accelerator_state():
-    AcceleratorState._reset_state(True)
-    yield
-    AcceleratorState._reset_state(True)
-
-
 def build(opt: dict, file: Path, key: str, registry):
     return registry.build(validate_block(opt[key], registry, str(file), key))
 
 
 def test_tokenizer_trains_with_the_autoencoder_losses_and_loads_back(tmp_path, fresh_accelerator_state):
     opt = apply_overrides(load_yaml(str(TOKENIZER_DEMO)), [
-        *TINY_TOKENIZER_OVERRIDES, f'datasets.train.root={tmp_path / "data"}', 'datasets.train.num_videos=4',
-        f'datasets.val.root={tmp_path / "data"}', 'datasets.val.num_videos=2', 'trainer.total_steps=4',
+        *TINY_TOKENIZER_OVERRIDES, f'datasets.train.source.root={tmp_path / "data"}',
+        'datasets.train.source.num_videos=4',
+        f'datasets.val.source.root={tmp_path / "data"}', 'datasets.val.source.num_videos=2', 'trainer.total_steps=4',
         'trainer.batch_size=1', 'trainer.ema_decay=0.5', 'trainer.loss.disc_weight=0.5', 'trainer.loss.disc_start=2',
         'trainer.loss.disc_channels=8', 'trainer.checkpoint.every=2', 'trainer.checkpoint.keep=2',
         'trainer.log.every=1', 'trainer.validation.every=4', 'trainer.validation.num_videos=2',
@@ -134,36 +127,29 @@ def test_tokenizer_trains_with_the_autoencoder_losses_and_loads_back(tmp_path, f
     assert all(torch.equal(value, ema[key]) for key, value in loaded.state_dict().items())
 
 
-def load_extraction_script():
-    spec = importlib.util.spec_from_file_location('extract_latents', REPO / 'scripts' / 'extract_latents.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_token_shards_are_written_and_read_back(tmp_path, tokenizer_file, fresh_accelerator_state):
+def test_token_shards_are_written_and_read_back(tmp_path, tokenizer_file, fresh_accelerator_state, scripts,
+                                                 dataset_of):
     autoencoder = {'type': 'NBPTokenizer', **TINY_TOKENIZER, 'checkpoint': str(tokenizer_file)}
-    source = {'type': 'MovingShapes', 'root': str(tmp_path / 'data'), 'split': 'val', 'num_videos': 3,
-              'num_frames': 9, 'resolution': 32}
+    shapes = {'root': str(tmp_path / 'data'), 'num_videos': 3, 'num_frames': 9, 'resolution': 32}
     flat = [f'autoencoder.{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}' for k, v in autoencoder.items()]
-    load_extraction_script().main([*flat, *[f'dataset.{k}={v}' for k, v in source.items()],
-                                   f'output_dir={tmp_path / "tokens"}', 'samples_per_shard=2', 'num_workers=0'])
+    scripts.module('scripts/extract_latents.py').main([*flat, 'dataset.type=MovingShapes', 'dataset.split=val',
+                                                       *[f'dataset.source.{k}={v}' for k, v in shapes.items()],
+                                                       f'output_dir={tmp_path / "tokens"}', 'samples_per_shard=2',
+                                                       'num_workers=0'])
     index = json.loads((tmp_path / 'tokens' / 'index.json').read_text())
     assert index['content'] == 'tokens' and index['codebook_size'] == 1000 and index['num_samples'] == 3
 
-    tokens = DATASETS.build({'type': 'K600', 'shards': str(tmp_path / 'tokens'), 'split': 'train', 'num_frames': 9,
-                             'use_tokens': True})
+    token_shards = {'type': 'shards', 'path': str(tmp_path / 'tokens'), 'use_tokens': True}
+    tokens = dataset_of('K600', 'train', token_shards, num_frames=9)
     tokenizer = AUTOENCODERS.build(autoencoder)
-    video = DATASETS.build(source)[1]['video']
+    video = dataset_of('MovingShapes', 'val', shapes)[1]['video']
     item = tokens[1]
     assert set(item) == {'tokens', 'index'} and item['tokens'].dtype == torch.int64
     assert torch.equal(item['tokens'], tokenizer.encode_tokens(video[None])[0])  # the whole clip, unaugmented
 
     with pytest.raises(CorruptSampleError, match='the tokens encode a clip of 9 frames, num_frames is 5'):
-        DATASETS.build({'type': 'K600', 'shards': str(tmp_path / 'tokens'), 'split': 'train', 'num_frames': 5,
-                        'use_tokens': True, 'strict': True})[0]
+        dataset_of('K600', 'train', token_shards, num_frames=5, strict=True)[0]
     with pytest.raises(ValueError, match='holds tokens.npy samples but use_latent is false and use_tokens is false'):
-        DATASETS.build({'type': 'K600', 'shards': str(tmp_path / 'tokens'), 'split': 'train', 'num_frames': 9})
-    with pytest.raises(ValueError, match='use_tokens reads token shards'):
-        DATASETS.build({'type': 'K600', 'data_list': 'list.json', 'split': 'train', 'num_frames': 9,
-                        'use_tokens': True})
+        dataset_of('K600', 'train', {**token_shards, 'use_tokens': False}, num_frames=9)
+    with pytest.raises(OptionError, match="source.use_tokens: unknown key for data source 'data_list'"):
+        dataset_of('K600', 'train', {'type': 'data_list', 'path': 'list.json', 'use_tokens': True}, num_frames=9)

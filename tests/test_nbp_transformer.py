@@ -1,20 +1,32 @@
-"""NBP transformer: parity of the training layouts with the reference, released checkpoint names and paper
-sizes, block masks (k = 1 is next-token prediction), the null condition, save/load."""
+"""NBP transformer and its next-block objective: parity of the training layouts with the reference, released
+checkpoint names and paper sizes, block masks (k = 1 is next-token prediction), the null condition, save/load."""
 import argparse
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from far.conversions.nbp import load_reference_weights, read_lightning_checkpoint, transformer_from_reference_config
 from far.models import NBPTransformer, build_model
 from far.models.nbp import UCF101_TEXT_CONDITION
+from far.objectives import NextBlockObjective
 from far.registry import MODELS
+
+objective = NextBlockObjective()
+
+
+def logits(model, video, cond):
+    return objective.logits(model, model, video, cond)
 
 VARIANTS = ['hybrid_text', 'hybrid_label', 'semi_ar_uncond']
 
 
 def reference_model(variant) -> NBPTransformer:
-    model = NBPTransformer.from_reference_config(variant['gpt_config'], variant['wrapper_config'])
-    model.load_reference_state_dict(variant['state_dict'])  # names `transformer.*`, strict
+    model = transformer_from_reference_config(variant['gpt_config'], variant['wrapper_config'])
+    load_reference_weights(model, variant['state_dict'])  # names `transformer.*`, strict
     return model.eval()
 
 
@@ -39,10 +51,10 @@ def test_training_layout_matches_reference(nbp_parity, name):
     assert torch.equal(model.targets(train['z_indices']), train['target'])
     with torch.no_grad():
         full = model(input_ids)
-        logits = model.logits(train['z_indices'], cond)
-        loss = model.loss(train['z_indices'], cond)
+        predictions = logits(model, train['z_indices'], cond)
+        loss = objective(model, model, train['z_indices'], cond)
     torch.testing.assert_close(full, train['gpt_logits'], rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(logits, train['gpt_logits'][:, train['cut_len']:], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(predictions, train['gpt_logits'][:, train['cut_len']:], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(loss, train['loss'], rtol=1e-4, atol=1e-4)
 
 
@@ -66,20 +78,25 @@ def test_released_checkpoint_names_and_paper_sizes(nbp_parity):
 
 def test_reference_checkpoint_loading(nbp_parity, tmp_path):
     variant = nbp_parity['gpt']['hybrid_label']
-    model = NBPTransformer.from_reference_config(variant['gpt_config'], variant['wrapper_config'])
+    model = transformer_from_reference_config(variant['gpt_config'], variant['wrapper_config'])
     lightning = {f'module.{k}': v for k, v in variant['state_dict'].items()}
     lightning['module.first_stage_model.encoder_layers.0.conv.weight'] = torch.zeros(1)  # the tokenizer: ignored
     path = tmp_path / 'tiny.ckpt'
     torch.save({'state_dict': lightning, 'hyper_parameters': {'args': argparse.Namespace(n_layer=2)}}, path)
-    model.load_reference_checkpoint(str(path))
+    load_reference_weights(model, read_lightning_checkpoint(str(path)))
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, variant['state_dict'][f'transformer.{name}']), name
+    script = Path(__file__).resolve().parents[1] / 'scripts' / 'convert_nbp_checkpoint.py'
+    subprocess.run([sys.executable, str(script), str(path)], check=True, capture_output=True)
+    converted = load_file(str(path.with_suffix('.safetensors')))
+    assert converted.keys() == model.state_dict().keys()
+    assert all(torch.equal(converted[k], v) for k, v in model.state_dict().items())
     with pytest.raises(FileNotFoundError, match='NBP-ucf-base'):
-        model.load_reference_checkpoint(str(tmp_path / 'absent.ckpt'))
-    wrong = NBPTransformer.from_reference_config(nbp_parity['gpt']['hybrid_text']['gpt_config'],
-                                                 nbp_parity['gpt']['hybrid_text']['wrapper_config'])
+        read_lightning_checkpoint(str(tmp_path / 'absent.ckpt'))
+    wrong = transformer_from_reference_config(nbp_parity['gpt']['hybrid_text']['gpt_config'],
+                                              nbp_parity['gpt']['hybrid_text']['wrapper_config'])
     with pytest.raises(ValueError, match='do not fit'):
-        wrong.load_reference_state_dict(variant['state_dict'])
+        load_reference_weights(wrong, variant['state_dict'])
 
 
 def test_registry_and_config_errors():
@@ -91,7 +108,8 @@ def test_registry_and_config_errors():
     with pytest.raises(ValueError, match='needs a condition'):
         tiny(condition_cfg=None, condition_dropout=0.1)
     with pytest.raises(ValueError, match='cond_ids of shape'):
-        tiny().loss(torch.zeros(2, 8, dtype=torch.long), None)
+        model = tiny()
+        objective(model, model, torch.zeros(2, 8, dtype=torch.long), None)
 
 
 # ----- behaviour -----
@@ -109,7 +127,7 @@ def test_block_size_one_is_token_by_token(hybrid):
     changed[0, 6] = (video[0, 6] + 1) % 50
     label = torch.tensor([3])
     with torch.no_grad():
-        before, after = model.logits(video, label), model.logits(changed, label)
+        before, after = logits(model, video, label), logits(model, changed, label)
     # output i predicts token i (hybrid: from BOV on) or token i + 1: only outputs that see token 6 change
     first_changed = 7 if hybrid else 6
     assert torch.equal(before[:, :first_changed], after[:, :first_changed])
@@ -131,9 +149,9 @@ def test_condition_dropout_uses_the_null_condition():
     model = tiny(condition_dropout=1.0)
     video, label = torch.randint(0, 50, (2, 16)), torch.tensor([1, 4])
     with torch.no_grad():
-        kept = model.logits(video, label)  # eval mode: no dropout
+        kept = logits(model, video, label)  # eval mode: no dropout
         null = model(model.input_ids(video, label), null_condition=torch.ones(2, dtype=torch.bool))[:, 1:]
-        dropped = model.train().logits(video, label)
+        dropped = logits(model.train(), video, label)
     assert not torch.allclose(kept, null)
     torch.testing.assert_close(dropped, null)
     assert 'uncond_embedding' in model.state_dict() and 'uncond_embedding' not in dict(model.named_parameters())

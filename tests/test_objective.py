@@ -4,10 +4,12 @@ from dataclasses import dataclass
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers.training_utils import compute_density_for_timestep_sampling
 
 from far.models import FAR
 from far.objectives import CLEAN_TIMESTEP, FlowMatchingObjective, FlowMatchSchedule
 from far.options import OptionError, validate
+from far.utils.host_syncs import count_host_syncs
 
 
 @dataclass
@@ -99,3 +101,16 @@ def test_bad_objective_options_name_the_key():
         validate({'objective': {'clean_context_ratio': 1.5}}, _Holder, 'run.yml')
     with pytest.raises(OptionError, match=r"objective\.training_type: got 'long'.*'base', 'long_context'"):
         validate({'objective': {'training_type': 'long'}}, _Holder, 'run.yml')
+
+
+def test_timesteps_are_drawn_on_the_device_from_the_schedule_tables():
+    objective = FlowMatchingObjective(weighting_scheme='mode', scheduler=FlowMatchSchedule(shift=3.0))
+    objective.schedule_tables('cpu')  # copied to the device once
+    with count_host_syncs() as syncs:
+        timesteps, sigmas = objective.sample_timesteps(4, 6, 'cpu', gen(7))
+    assert syncs['total'] == 0
+    u = compute_density_for_timestep_sampling(weighting_scheme='mode', batch_size=24, mode_scale=1.29, generator=gen(7))
+    indices = (u * 1000).long()
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    assert torch.equal(timesteps, scheduler.timesteps[indices].view(4, 6))
+    assert torch.equal(sigmas, scheduler.sigmas[indices].view(4, 6))

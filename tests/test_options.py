@@ -147,35 +147,42 @@ def test_option_differences_name_the_changed_keys():
     (DEMO, ['model.condition_cfg={type: action, num_action_classes: 4}'],
      r"model\.condition_cfg: .* the items of datasets\.train \(MovingShapes\) carry no 'action'"),
     (DEMO, ['test.protocol.unroll_length=20'],
-     r'datasets\.test\.num_frames: is 8, but test\.protocol needs clips of 22 frames'),
+     r'datasets\.test\.source\.num_frames: is 8, but test\.protocol needs clips of 22 frames'),
     (DEMO, ['trainer.validation.context_length=4', 'trainer.validation.unroll_length=5'],
-     r'datasets\.val\.num_frames: is 8, but trainer\.validation needs clips of 9 frames'),
+     r'datasets\.val\.source\.num_frames: is 8, but trainer\.validation needs clips of 9 frames'),
     (DEMO, ['test.sampler.guidance_scale=2'],
      r'test\.sampler\.guidance_scale: is 2\.0, but model\.condition_cfg is null'),
     (DEMO, ['test.sampler.scheduler.num_train_timesteps=500'],
      r'test\.sampler\.scheduler\.num_train_timesteps: is 500, but trainer\.objective\.scheduler'),
-    (MEMORY, ['datasets.test.window=4'], r'datasets\.test\.window: is 4, but model\.short_term_ctx_winsize is 8'),
+    (MEMORY, ['datasets.test.source.window=4'],
+     r'datasets\.test\.source\.window: is 4, but model\.short_term_ctx_winsize is 8'),
     (MEMORY, ['test.protocol.sliding_window_baseline=48'],
      r'test\.protocol\.sliding_window_baseline: is 48 frames, but the protocol samples only 48'),
-    (MEMORY, ['test.protocol.unroll_length=17'], r'datasets\.test\.episode_length: is 48, but test\.protocol needs clips of 49'),
+    (MEMORY, ['test.protocol.unroll_length=17'],
+     r'datasets\.test\.source\.episode_length: is 48, but test\.protocol needs clips of 49'),
     # a tokenizer that compresses time by 4 encodes 1 + 4 m frames: training clips, context, whole videos
-    (NBP, ['datasets.train.num_frames=8'], r'datasets\.train\.num_frames: is 8 frames, but autoencoder NBPTokenizer '
-                                           r'compresses time by 4 and encodes 1 \+ 4 m frames'),
-    (NBP_TOKENIZER, ['datasets.val.num_frames=10'], r'datasets\.val\.num_frames: is 10 frames'),
+    (NBP, ['datasets.train.source.num_frames=8'],
+     r'datasets\.train\.source\.num_frames: is 8 frames, but autoencoder NBPTokenizer '
+     r'compresses time by 4 and encodes 1 \+ 4 m frames'),
+    (NBP_TOKENIZER, ['datasets.val.source.num_frames=10'], r'datasets\.val\.source\.num_frames: is 10 frames'),
     (NBP, ['test.protocol.context_length=4'], r'test\.protocol\.context_length: gives a context of 4 frames'),
     (NBP, ['trainer.validation.unroll_length=3'],
      r'trainer\.validation\.unroll_length: makes \(with context_length\) videos of 8 frames'),
     (NBP, ['model.video_vocab_size=64000'],
      r'model\.video_vocab_size: is 64000, but the codebook of autoencoder\.fsq_levels \[8, 5, 5, 5\] has 1000 codes'),
-    (NBP, ['datasets.test.resolution=16'], r'datasets\.test\.resolution: is 16, but autoencoder\.image_size is 32'),
-    (NBP, ['test.sampler={type: FARPipeline}'], r'test\.sampler\.type: FARPipeline samples FAR models, but model\.type '
-                                                r'is NBPTransformer'),
-    (DEMO, ['test.sampler={type: NBPPipeline}'], r'test\.sampler\.type: NBPPipeline samples NBPTransformer models'),
+    (NBP, ['datasets.test.source.resolution=16'],
+     r'datasets\.test\.source\.resolution: is 16, but autoencoder\.image_size is 32'),
+    (NBP, ['test.sampler={type: FARPipeline}'],
+     r'test\.sampler\.type: FARPipeline samples FAR models, but model\.type is NBPTransformer; choose the sampler of '
+     r'that model family: NBPPipeline'),
+    (DEMO, ['test.sampler={type: NBPPipeline}'],
+     r'test\.sampler\.type: NBPPipeline samples NBP models, but model\.type is FAR'),
     (NBP, ['autoencoder={type: IdentityAutoencoder}', 'trainer.validation=null', 'test=null'],
-     r'autoencoder\.type: is IdentityAutoencoder, but trainer NBPTrainer trains with a NBPTokenizer autoencoder'),
+     r'autoencoder\.type: is IdentityAutoencoder \(family identity\), but trainer\.type NBPTrainer trains '
+     r'NBP-tokenizer autoencoders'),
     (DEMO, ['autoencoder.type=NBPTokenizer'], r'autoencoder\.pixel_unshuffle: unknown key'),
     (NBP, ['model.type=FAR', 'model={type: FAR}', 'test=null', 'trainer.validation=null'],
-     r'model\.type: is FAR, but trainer NBPTrainer trains with a NBPTransformer model'),
+     r'model\.type: is FAR \(family FAR\), but trainer\.type NBPTrainer trains NBP models'),
     # text conditions read dataset labels through their class table; FAR takes no text
     (NBP, [UCF_TEXT, 'model.hybrid=true'], r'model\.condition_cfg: has 101 label classes, but datasets\.train '
                                             r'\(MovingShapes\) has 9'),
@@ -187,3 +194,48 @@ def test_option_differences_name_the_changed_keys():
 ])
 def test_settings_that_must_agree_across_blocks_are_checked_when_the_file_loads(file, overrides, expected):
     assert re.search(expected, error(str(file), overrides))
+
+
+VIDEO_DIT = DEMO.parents[1] / 'convergence' / 'contenders' / 'video_dit_moving_shapes_16px.yml'
+NBP_UCF = DEMO.parents[1] / 'train' / 'nbp' / 'NBP_base_ucf101_cond_res128_100K_bs256.yml'
+
+
+@pytest.mark.parametrize('file, overrides, expected', [
+    # a trainer of another model family: one line naming both keys, before any work
+    (DEMO, ['model={type: NBP_base}', 'autoencoder={type: NBPTokenizer, image_size: 32}', 'trainer.validation=null',
+            'test=null'], r'model\.type: is NBP_base \(family NBP\), but trainer\.type FARTrainer trains FAR models'),
+    (NBP_UCF, ['trainer.type=FARTrainer'], r'model\.type: is NBP_base \(family NBP\), but trainer\.type FARTrainer'),
+    (DEMO, ['autoencoder={type: NBPTokenizer, image_size: 32}', 'test=null', 'trainer.validation=null'],
+     r'autoencoder\.type: is NBPTokenizer \(family NBP-tokenizer\), but trainer\.type FARTrainer trains DC-AE or KL '
+     r'or identity autoencoders'),
+    (DEMO, ['trainer.type=VideoDiTTrainer', 'trainer.objective={}'],
+     r'model\.type: is FAR \(family FAR\), but trainer\.type VideoDiTTrainer trains VideoDiT models'),
+    # a sampler of another model family
+    (VIDEO_DIT, ['test.sampler={type: FARPipeline}'],
+     r'test\.sampler\.type: FARPipeline samples FAR models, but model\.type is VideoDiT; choose the sampler of that '
+     r'model family: VideoDiTPipeline'),
+    (DEMO, ['test.sampler={type: VideoDiTPipeline}'],
+     r'test\.sampler\.type: VideoDiTPipeline samples VideoDiT models, but model\.type is FAR'),
+    (MEMORY, ['test.sampler={type: NBPPipeline}'], r'test\.sampler\.type: NBPPipeline samples NBP models'),
+])
+def test_a_trainer_or_sampler_of_another_family_fails_at_load(file, overrides, expected):
+    assert re.search(expected, error(str(file), overrides))
+
+
+@pytest.mark.parametrize('file', [DEMO, MEMORY, NBP, NBP_TOKENIZER, VIDEO_DIT, NBP_UCF])
+def test_trainers_and_samplers_accept_their_own_families(file):
+    """FAR and FAR-Long with FARTrainer/FARPipeline, VideoDiT with its own, NBP with its tokenizer, a tokenizer
+    alone with the autoencoder trainer."""
+    load_experiment(str(file))
+
+
+def test_every_registered_class_declares_its_family_and_what_it_accepts():
+    from far.checks import entry_class
+    from far.registry import AUTOENCODERS, MODELS, PIPELINES, TRAINERS
+    for registry in (MODELS, AUTOENCODERS):
+        assert all(isinstance(entry_class(registry, name).family, str) for name in registry.keys())
+    families = {entry_class(registry, name).family for registry in (MODELS, AUTOENCODERS) for name in registry.keys()}
+    for registry in (TRAINERS, PIPELINES):
+        for name in registry.keys():
+            accepted = {*registry.get(name).model_families, *registry.get(name).autoencoder_families}
+            assert accepted and accepted <= families, name

@@ -4,7 +4,6 @@ recipe (v3 Table 8) and each benchmark's evaluation (v3 Tables 3-5, as FAR's own
 
 No data and no weights: models and autoencoders are built on the meta device.
 """
-from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple, Optional, Tuple
 
@@ -12,9 +11,9 @@ import pytest
 import torch
 
 import far  # noqa: F401  (fills the registries)
-from far.experiment import load_experiment, setting
+from far.experiment import load_experiment
 from far.pipelines import FARSampling
-from far.registry import AUTOENCODERS, PROTOCOLS, TRAINERS
+from far.registry import AUTOENCODERS, TRAINERS
 
 REPO = Path(__file__).resolve().parents[1]
 OPTIONS = REPO / 'options'
@@ -27,11 +26,6 @@ RELEASED = 'experiments/pretrained_models/FAR_Models'
 
 def key(path: Path) -> str:
     return str(path.relative_to(OPTIONS).with_suffix(''))
-
-
-@lru_cache(maxsize=None)
-def load(name: str):
-    return load_experiment(str(OPTIONS / f'{name}.yml'))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -55,6 +49,7 @@ def test_every_options_file_validates(path):
 # ----------------------------------------------------------------------------------------------------------
 
 class Data(NamedTuple):
+    name: str             # as the released files spell it
     train: str            # data_list of `datasets.train`
     eval: str             # data_list of the test dataset
     frames: int           # training clip length
@@ -63,12 +58,12 @@ class Data(NamedTuple):
     flip: bool
 
 
-UCF_GENERATION = Data('datasets/ucf101/trainval.json', 'datasets/ucf101/trainval.json', 16, 3, False, True)
-UCF_PREDICTION = Data('datasets/ucf101/train03.json', 'datasets/ucf101/test03.json', 16, 1, False, True)
-BAIR = Data('datasets/bair/bair_train.json', 'datasets/bair/bair_val.json', 30, 1, False, False)
-DMLAB = Data('datasets/dmlab_latent/dmlab_train.json', 'datasets/dmlab/dmlab_val.json', 300, 1, True, False)
-MINECRAFT = Data('datasets/minecraft_latent/minecraft_train.json', 'datasets/minecraft/minecraft_val.json', 300, 1,
-                 True, False)
+UCF_GENERATION = Data('UCF101', 'datasets/ucf101/trainval.json', 'datasets/ucf101/trainval.json', 16, 3, False, True)
+UCF_PREDICTION = Data('UCF101', 'datasets/ucf101/train03.json', 'datasets/ucf101/test03.json', 16, 1, False, True)
+BAIR = Data('BAIR', 'datasets/bair/bair_train.json', 'datasets/bair/bair_val.json', 30, 1, False, False)
+DMLAB = Data('DMLab', 'datasets/dmlab_latent/dmlab_train.json', 'datasets/dmlab/dmlab_val.json', 300, 1, True, False)
+MINECRAFT = Data('Minecraft', 'datasets/minecraft_latent/minecraft_train.json',
+                 'datasets/minecraft/minecraft_val.json', 300, 1, True, False)
 
 
 class Protocol(NamedTuple):
@@ -99,76 +94,69 @@ class Row(NamedTuple):
     condition: Optional[str]      # 'label' (101 classes), 'action' (4 actions) or None
     frame_size: int
     data: Data
-    dcae: str                     # released DC-AE checkpoint
     steps: Optional[int]          # None: a test-only file
     warmup: int
     every: int                    # checkpoint and validation frequency
     protocol: Protocol
     guidance: float
     kv_cache: bool
-    released: str                 # released FAR checkpoint under FAR_Models/
 
 
 GEN, SHORT, LONG = 'video_generation', 'short_video_prediction', 'long_video_prediction'
 PAPER = {
     # Unconditional FAR-L/XL: the label-conditional size less the label table (102 x width).
     f'train/far/{GEN}/FAR_L_ucf101_cond_res128_400K_bs32': Row('FAR_L', 456.94, 'label', 128, UCF_GENERATION,
-        'DCAE_UCF101_Res128-bb9d1258.pth', 400_000, 0, 20_000, LATTE, 2.0, True,
-        f'{GEN}/FAR_L_UCF101_Cond128-c6f798bf.pth'),
+        400_000, 0, 20_000, LATTE, 2.0, True),
     f'test/far/{GEN}/FAR_L_ucf101_cond_res128_400K_bs32_sample10K': Row('FAR_L', 456.94, 'label', 128, UCF_GENERATION,
-        'DCAE_UCF101_Res128-bb9d1258.pth', None, 0, 0, LATTE_10K, 2.0, True,
-        f'{GEN}/FAR_L_UCF101_Cond128-c6f798bf.pth'),
+        None, 0, 0, LATTE_10K, 2.0, True),
     f'train/far/{GEN}/FAR_L_ucf101_cond_res256_400K_bs32': Row('FAR_L', 456.94, 'label', 256, UCF_GENERATION,
-        'DCAE_UCF101_Res256-9c4355c8.pth', 400_000, 0, 20_000, LATTE, 2.0, True,
-        f'{GEN}/FAR_L_UCF101_Cond256-41c6033f.pth'),
+        400_000, 0, 20_000, LATTE, 2.0, True),
     f'train/far/{GEN}/FAR_L_ucf101_uncond_res128_400K_bs32': Row('FAR_L', 456.84, None, 128, UCF_GENERATION,
-        'DCAE_UCF101_Res128-bb9d1258.pth', 400_000, 0, 20_000, LATTE, 1.0, True,
-        f'{GEN}/FAR_L_UCF101_Uncond128-c19abd2c.pth'),
+        400_000, 0, 20_000, LATTE, 1.0, True),
     f'train/far/{GEN}/FAR_L_ucf101_uncond_res256_400K_bs32': Row('FAR_L', 456.84, None, 256, UCF_GENERATION,
-        'DCAE_UCF101_Res256-9c4355c8.pth', 400_000, 0, 20_000, LATTE, 1.0, True,
-        f'{GEN}/FAR_L_UCF101_Uncond256-adea51e9.pth'),
+        400_000, 0, 20_000, LATTE, 1.0, True),
     f'train/far/{GEN}/FAR_XL_ucf101_cond_res256_400K_bs32': Row('FAR_XL', 673.82, 'label', 256, UCF_GENERATION,
-        'DCAE_UCF101_Res256-9c4355c8.pth', 400_000, 0, 50_000, LATTE, 2.0, True,
-        f'{GEN}/FAR_XL_UCF101_Cond256-28a88f56.pth'),
+        400_000, 0, 50_000, LATTE, 2.0, True),
     f'train/far/{GEN}/FAR_XL_ucf101_uncond_res256_400K_bs32': Row('FAR_XL', 673.70, None, 256, UCF_GENERATION,
-        'DCAE_UCF101_Res256-9c4355c8.pth', 400_000, 0, 50_000, LATTE, 1.0, True,
-        f'{GEN}/FAR_XL_UCF101_Uncond256-3594ce6b.pth'),
+        400_000, 0, 50_000, LATTE, 1.0, True),
     f'train/far/{SHORT}/FAR_B_ucf101_res64_200K_bs32': Row('FAR_B', 129.56, None, 64, UCF_PREDICTION,
-        'DCAE_UCF101_Res64-9da18dcf.pth', 200_000, 0, 20_000, MCVD_UCF, 1.0, True,
-        f'{SHORT}/FAR_B_UCF101_Uncond64-381d295f.pth'),
+        200_000, 0, 20_000, MCVD_UCF, 1.0, True),
     f'train/far/{SHORT}/FAR_B_bair_res64_200K_bs32': Row('FAR_B', 129.56, None, 64, BAIR,
-        'DCAE_BAIR_Res64-1a8547fb.pth', 200_000, 0, 20_000, MCVD_BAIR_28, 1.0, True,
-        f'{SHORT}/FAR_B_BAIR_Uncond64-1983191b.pth'),
+        200_000, 0, 20_000, MCVD_BAIR_28, 1.0, True),
     f'test/far/{SHORT}/FAR_B_bair_res64_200K_bs32_2to14': Row('FAR_B', 129.56, None, 64, BAIR,
-        'DCAE_BAIR_Res64-1a8547fb.pth', None, 0, 0, MCVD_BAIR_14, 1.0, True,
-        f'{SHORT}/FAR_B_BAIR_Uncond64-1983191b.pth'),
+        None, 0, 0, MCVD_BAIR_14, 1.0, True),
     f'train/far/{LONG}/FAR_B_Long_dmlab_res64_1000K_bs32': Row('FAR_B_Long', 158.11, 'action', 64, DMLAB,
-        'DCAE_DMLab_Res64-17035ae5.pth', 1_000_000, 10_000, 50_000, TECO, 1.5, False,
-        f'{LONG}/FAR_B_Long_DMLab_Action64-c09441dc.pth'),
+        1_000_000, 10_000, 50_000, TECO, 1.5, False),
     f'test/far/{LONG}/FAR_B_Long_dmlab_res64_1000K_bs32_36to264': Row('FAR_B_Long', 158.11, 'action', 64, DMLAB,
-        'DCAE_DMLab_Res64-17035ae5.pth', None, 0, 0, TECO_FVD, -1.0, False,   # -1: FAR sampled it unconditionally
-        f'{LONG}/FAR_B_Long_DMLab_Action64-c09441dc.pth'),
+        None, 0, 0, TECO_FVD, -1.0, False),  # guidance -1: FAR sampled it unconditionally
     f'train/far/{LONG}/FAR_M_Long_minecraft_res128_1000K_bs32': Row('FAR_M_Long', 280.54, 'action', 128, MINECRAFT,
-        'DCAE_Minecraft_Res128-a5677f66.pth', 1_000_000, 10_000, 50_000, TECO, 1.5, False,
-        f'{LONG}/FAR_M_Long_Minecraft_Action128-4c041561.pth'),
+        1_000_000, 10_000, 50_000, TECO, 1.5, False),
     f'test/far/{LONG}/FAR_M_Long_minecraft_res128_1000K_bs32_36to264': Row('FAR_M_Long', 280.54, 'action', 128,
-        MINECRAFT, 'DCAE_Minecraft_Res128-a5677f66.pth', None, 0, 0, TECO_FVD, 1.5, False,
-        f'{LONG}/FAR_M_Long_Minecraft_Action128-4c041561.pth'),
+        MINECRAFT, None, 0, 0, TECO_FVD, 1.5, False),
 }
 CONDITIONS = {'label': {'type': 'label', 'num_classes': 101}, 'action': {'type': 'action', 'num_action_classes': 4},
               None: None}
 TRAINED = [name for name, row in PAPER.items() if row.steps is not None]
+RELEASED_KIND = {'label': 'Cond', None: 'Uncond', 'action': 'Action'}
 
 
-def test_the_table_covers_every_paper_config():
+def released_files(name: str, row: Row) -> tuple:
+    """The beginnings of the released DC-AE and FAR file names for a row: they say the data, the resolution, and
+    for FAR the task, the size and the condition (a hash and .pth follow)."""
+    task = Path(name).parts[2]
+    return (f'{RELEASED}/dcae/DCAE_{row.data.name}_Res{row.frame_size}-',
+            f'{RELEASED}/{task}/{row.model}_{row.data.name}_{RELEASED_KIND[row.condition]}{row.frame_size}-')
+
+
+def test_the_table_covers_every_paper_config(experiment_file):
     assert sorted(PAPER) == [key(p) for p in PAPER_FILES]
     for name in PAPER:  # experiments/<name>/ is found from the file name, as in FAR
-        assert load(name).name == Path(name).name
+        assert experiment_file(name).name == Path(name).name
 
 
 @pytest.mark.parametrize('name', PAPER)
-def test_model_has_the_paper_size(name):
-    row, opt = PAPER[name], load(name)
+def test_model_has_the_paper_size(name, experiment_file):
+    row, opt = PAPER[name], experiment_file(name)
     assert opt.model['type'] == row.model
     assert opt.model.get('condition_cfg') == CONDITIONS[row.condition]
     assert opt.model['reference_dtype_rounding']  # bf16-rounded timesteps and positions, as the released models
@@ -182,11 +170,11 @@ def test_model_has_the_paper_size(name):
 
 
 @pytest.mark.parametrize('name', PAPER)
-def test_autoencoder_gives_64_tokens_of_32_channels(name):
-    row, opt = PAPER[name], load(name)
+def test_autoencoder_gives_64_tokens_of_32_channels(name, experiment_file):
+    row, opt = PAPER[name], experiment_file(name)
     block = opt.autoencoder
     assert block['type'] == 'DCAutoencoder' and (REPO / block['config']).is_file()
-    assert block['checkpoint'] == f'{RELEASED}/dcae/{row.dcae}'
+    assert block['checkpoint'].startswith(released_files(name, row)[0]) and block['checkpoint'].endswith('.pth')
     assert block.get('dtype') == 'bfloat16'  # FAR ran the frozen DC-AE in bf16
     with torch.device('meta'):
         autoencoder = AUTOENCODERS.build({**block, 'checkpoint': None})
@@ -196,8 +184,8 @@ def test_autoencoder_gives_64_tokens_of_32_channels(name):
 
 
 @pytest.mark.parametrize('name', TRAINED)
-def test_training_follows_the_paper(name):
-    row, opt = PAPER[name], load(name)
+def test_training_follows_the_paper(name, experiment_file):
+    row, opt = PAPER[name], experiment_file(name)
     trainer = opt.trainer
     assert (opt.mixed_precision, opt.seed, opt.pretrained) == ('bf16', 0, None)
     # v3 Table 8: AdamW 1e-4, constant schedule, batch 32 (8 processes x 4), EMA 0.9999
@@ -219,11 +207,11 @@ def test_training_follows_the_paper(name):
     assert (sampler.num_inference_steps, sampler.guidance_scale, sampler.use_kv_cache) == \
         (50, row.guidance, row.kv_cache)
 
-    train = opt.datasets['train']
-    assert (train['data_list'], train['num_frames'], train.get('frame_interval', 1)) == \
-        (row.data.train, row.data.frames, row.data.interval)
-    assert (train.get('use_latent', False), train.get('flip', False)) == (row.data.latent, row.data.flip)
-    assert train.get('resolution', row.frame_size) == row.frame_size
+    source, read = opt.datasets['train']['source'], opt.datasets['train']['read']
+    assert (source['type'], source['path'], read.num_frames, read.frame_interval) == \
+        ('data_list', row.data.train, row.data.frames, row.data.interval)
+    assert (source.settings['use_latent'], read.flip) == (row.data.latent, row.data.flip)
+    assert read.resolution in (None, row.frame_size)
 
 
 def protocol_settings(block: dict) -> dict:
@@ -232,15 +220,15 @@ def protocol_settings(block: dict) -> dict:
     fixed = {'context_length': 0, 'num_trajectories': 1, 'every': 1, 'annotate_context': False}
     keys = ('context_length', 'unroll_length', 'num_trajectories', 'num_videos', 'every', 'seeds', 'metrics',
             'annotate_context', 'reference_quirks')
-    found = {key: setting(PROTOCOLS, block, key) for key in keys}
+    found = {key: block.settings.get(key) for key in keys}
     return {**fixed, **{key: value for key, value in found.items() if value is not None}}
 
 
 @pytest.mark.parametrize('name', PAPER)
-def test_evaluation_follows_the_paper(name):
-    row, opt = PAPER[name], load(name)
+def test_evaluation_follows_the_paper(name, experiment_file):
+    row, opt = PAPER[name], experiment_file(name)
     test = opt.test
-    assert test.checkpoint == f'{RELEASED}/{row.released}'
+    assert test.checkpoint.startswith(released_files(name, row)[1]) and test.checkpoint.endswith('.pth')
     sampler = FARSampling(**{k: v for k, v in test.sampler.items() if k != 'type'})
     assert test.sampler['type'] == 'FARPipeline' and sampler.scheduler.shift == 1.0
     assert (sampler.num_inference_steps, sampler.guidance_scale, sampler.use_kv_cache) == (50, row.guidance, row.kv_cache)
@@ -255,7 +243,8 @@ def test_evaluation_follows_the_paper(name):
     assert settings['reference_quirks']  # scored like the published numbers
 
     data = opt.datasets[test.dataset]
-    assert data['data_list'] == row.data.eval and data['split'] != 'train'  # frames from 0, centre crop
-    assert data['num_frames'] == expected.context + expected.predicted
-    assert data.get('frame_interval', 1) == row.data.interval and not data.get('use_latent', False)
-    assert data.get('resolution', row.frame_size) == row.frame_size
+    source, read = data['source'], data['read']
+    assert source['path'] == row.data.eval and data['split'] != 'train'  # frames from 0, centre crop
+    assert read.num_frames == expected.context + expected.predicted
+    assert read.frame_interval == row.data.interval and not source.settings['use_latent']
+    assert read.resolution in (None, row.frame_size)

@@ -2,16 +2,20 @@
 import math
 import random
 from collections import Counter
+from pathlib import Path
 
 import imageio
 import pytest
 import torch
 
 import far.metrics  # noqa: F401  (registers the metrics and protocols)
-from far.metrics import LPIPSMetric, MSE, PSNR, SSIM, frechet_distance, mp4_round_trip, paired_mp4_round_trip
+from far.experiment import load_experiment
+from far.metrics import (FVD, FrameMetric, LPIPSMetric, MSE, PSNR, SSIM, frechet_distance, mp4_round_trip,
+                        paired_mp4_round_trip)
 from far.metrics.protocols import LatteProtocol, MCVDProtocol, TECOProtocol
+from far.options import OptionError
 from far.video import decode_video, write_mp4
-from far.registry import PROTOCOLS
+from far.registry import METRICS, PROTOCOLS
 
 PIXEL = ['mse', 'psnr', 'ssim', 'lpips']
 
@@ -37,9 +41,24 @@ def videos():
     return samples, gt, good, bad
 
 
-def mcvd(weights, **kwargs):
+@pytest.fixture
+def weight_variables(weights, monkeypatch):
+    """The weight files found through their environment variables, as a protocol's default metrics find them."""
+    for name, variable in [('i3d', 'FAR_I3D_WEIGHTS'), ('alexnet', 'FAR_ALEXNET_WEIGHTS'),
+                           ('lpips_alex', 'FAR_LPIPS_ALEX_WEIGHTS')]:
+        monkeypatch.setenv(variable, weights[name])
+
+
+def entries(weights, names, **fvd):
+    """``metrics`` entries: the names, LPIPS and FVD as blocks with the test's weight files (and FVD's options)."""
+    blocks = {'lpips': {'type': 'lpips', 'backbone_weights': weights['alexnet'], 'head_weights': weights['lpips_alex']},
+              'fvd': {'type': 'fvd', 'weights': weights['i3d'], **fvd}}
+    return [blocks.get(name, name) if isinstance(name, str) else name for name in names]
+
+
+def mcvd(weights, metrics=PIXEL, fvd=None, **kwargs):
     cfg = {'type': 'mcvd', 'context_length': 2, 'unroll_length': 4, 'num_trajectories': 2, 'num_videos': 2,
-           'metrics': PIXEL, 'weights': weights, **kwargs}
+           'metrics': entries(weights, metrics, **(fvd or {})), **kwargs}
     return PROTOCOLS.build(cfg)
 
 
@@ -86,9 +105,9 @@ def test_fvd_is_the_mean_of_per_trajectory_fvds(weights):
     g = torch.Generator().manual_seed(1)
     gt, other = torch.rand(2, 2, 9, 3, 16, 16, generator=g)
     samples = torch.stack([gt.flip(0), other], dim=1)  # trajectory 0: the same set of videos as gt
-    protocol = mcvd(weights, context_length=3, unroll_length=6, metrics=['fvd'], fvd_min_frames=9)
+    protocol = mcvd(weights, context_length=3, unroll_length=6, metrics=['fvd'], fvd={'min_frames': 9})
     value = protocol.evaluate(samples, gt)['fvd']
-    features = protocol._fvd.features(torch.cat([gt, other]))
+    features = FVD(weights['i3d']).features(torch.cat([gt, other]))
     assert value == pytest.approx(frechet_distance(features[2:], features[:2]) / 2, rel=1e-3)
     assert value > 1
 
@@ -98,20 +117,52 @@ def test_fvd_can_score_the_first_frames_at_a_lower_resolution(weights):
     g = torch.Generator().manual_seed(2)
     gt, other = torch.rand(2, 2, 12, 3, 16, 16, generator=g)
     protocol = mcvd(weights, context_length=2, unroll_length=10, num_trajectories=1, metrics=['fvd'],
-                    fvd_min_frames=9, fvd_frames=10, fvd_resolution=8)
+                    fvd={'min_frames': 9, 'frames': 10, 'resolution': 8})
     value = protocol.evaluate(other[:, None], gt)['fvd']
 
     def scored(videos):
         frames = videos[:, :10].flatten(0, 1)
         return torch.nn.functional.interpolate(frames, size=(8, 8), mode='bilinear').unflatten(0, (2, 10))
 
-    features = protocol._fvd.features(torch.cat([scored(gt), scored(other)]))
+    features = FVD(weights['i3d']).features(torch.cat([scored(gt), scored(other)]))
     assert value == pytest.approx(frechet_distance(features[2:], features[:2]), rel=1e-6)
     assert protocol.describe()['scoring']['fvd'].startswith('the first 10 frames; resized to 8x8 (bilinear)')
-    with pytest.raises(ValueError, match=r'fvd_frames must be in \[1, 12\]'):
-        mcvd(weights, context_length=2, unroll_length=10, metrics=['fvd'], fvd_frames=13)
+    with pytest.raises(ValueError, match=r'metrics: fvd: frames must be in \[1, 12\]'):
+        mcvd(weights, context_length=2, unroll_length=10, metrics=['fvd'], fvd={'frames': 13})
     with pytest.raises(ValueError, match='the protocol scores 8; drop fvd'):
-        mcvd(weights, context_length=2, unroll_length=10, metrics=['fvd'], fvd_frames=8)
+        mcvd(weights, context_length=2, unroll_length=10, metrics=['fvd'], fvd={'frames': 8})
+
+
+class MeanAbsoluteError(FrameMetric):
+    """A metric the package does not have: its class and its registry entry are all a protocol needs."""
+
+    name, higher_is_better = 'mae', False
+
+    def score(self, sample, gt):
+        return (sample - gt).abs().mean(dim=(1, 2, 3))
+
+
+def test_a_new_metric_is_scored_by_a_protocol_from_its_declaration(videos):
+    METRICS.register(MeanAbsoluteError, aliases=('mae', ))
+    samples, gt, good, _ = videos
+    protocol = PROTOCOLS.build({'type': 'rollout', 'context_length': 2, 'unroll_length': 4, 'num_trajectories': 2,
+                                'bucket_size': 3, 'metrics': ['mae', 'psnr']})
+    scores = protocol.evaluate(samples, gt)
+    errors = (good[:, 2:] - gt[:, 2:]).abs().mean(dim=(2, 3, 4))  # [B, F]: the good trajectory wins
+    assert scores['mae'] == pytest.approx(errors.mean().item(), rel=1e-5)
+    assert [bucket['frames'] for bucket in scores['buckets']] == [[2, 4], [5, 5]]
+    assert scores['buckets'][1]['mae'] == pytest.approx(errors[:, 3].mean().item(), rel=1e-5)
+    assert protocol.describe()['scoring']['mae'].startswith('predicted frames; mean over frames; best trajectory')
+    summary = protocol.aggregate([scores, {**scores, 'mae': 0.0}])
+    assert summary['mae'] == pytest.approx(scores['mae'] / 2) and summary['buckets'][1]['mae_std'] == 0
+
+
+def test_metric_options_are_checked_when_the_yaml_is_read():
+    demo = str(Path(__file__).resolve().parents[1] / 'options/demo/far_moving_shapes.yml')
+    fvd = load_experiment(demo, ['test.protocol.metrics=[psnr, {type: fvd, frames: 16, resolution: 64}]'])
+    assert fvd.test.protocol['metrics'] == ['psnr', {'type': 'fvd', 'frames': 16, 'resolution': 64}]
+    with pytest.raises(OptionError, match=r"metrics\[1\]\.framez: unknown key for metric 'fvd' \(did you mean"):
+        load_experiment(demo, ['test.protocol.metrics=[psnr, {type: fvd, framez: 16}]'])
 
 
 class LabelledVideos:
@@ -140,7 +191,7 @@ def far_balanced_draw(labels, num_samples, seed):
 def test_latte_draw_is_class_balanced_seeded_and_the_same_as_far(weights):
     labels = [(i * 7) % 11 for i in range(400)]  # 11 classes, interleaved, 36-37 videos each
     dataset = LabelledVideos(labels)
-    protocol = LatteProtocol(num_videos=100, weights=weights)
+    protocol = LatteProtocol(num_videos=100, metrics=entries(weights, ['fvd']))
     chosen = protocol.select(dataset, seed=2)
     assert len(chosen) == len(set(chosen)) == 100
     assert max(Counter(labels[i] for i in chosen).values()) <= math.ceil(100 / 11)
@@ -162,16 +213,16 @@ def test_prediction_protocols_take_the_first_videos(weights):
     assert mcvd(weights, num_videos=None, metrics=['psnr']).select(range(4), seed=0) == [0, 1, 2, 3]
 
 
-def test_registry_defaults_are_the_papers(weights):
-    teco = PROTOCOLS.build({'type': 'teco', 'weights': weights})
+def test_registry_defaults_are_the_papers(weight_variables):
+    teco = PROTOCOLS.build({'type': 'teco'})
     assert isinstance(teco, TECOProtocol)
     assert (teco.context_length, teco.unroll_length, teco.num_trajectories, teco.num_videos) == (144, 156, 1, 256)
     assert teco.metrics == ['mse', 'psnr', 'ssim', 'lpips'] and len(teco.seeds) == 4
-    teco_fvd = PROTOCOLS.build({'type': 'teco_fvd', 'weights': weights})
+    teco_fvd = PROTOCOLS.build({'type': 'teco_fvd'})
     assert (teco_fvd.context_length, teco_fvd.unroll_length, teco_fvd.metrics) == (36, 264, ['fvd'])
-    latte = PROTOCOLS.build({'type': 'latte', 'weights': weights})
+    latte = PROTOCOLS.build({'type': 'latte'})
     assert (latte.num_videos, latte.seeds, latte.context_length, latte.unroll_length) == (2048, [0, 2, 4, 6], 0, 16)
-    short = PROTOCOLS.build({'type': 'mcvd', 'context_length': 4, 'unroll_length': 12, 'weights': weights})
+    short = PROTOCOLS.build({'type': 'mcvd', 'context_length': 4, 'unroll_length': 12})
     assert isinstance(short, MCVDProtocol)
     assert (short.num_trajectories, short.num_videos, short.seeds) == (100, 256, [0])
     assert short.metrics == ['mse', 'psnr', 'ssim', 'lpips', 'fvd']
@@ -189,8 +240,8 @@ def test_aggregate_and_describe(weights):
     assert (info['num_videos'], info['num_trajectories'], info['seeds']) == (2, 2, [0])
     assert (info['context_frames'], info['predicted_frames'], info['total_frames']) == (2, 4, 6)
     assert info['reference_quirks'] is True
-    assert info['quirks']['context_border'] and info['quirks']['lpips_unnormalized_inputs']
-    assert not info['quirks']['mse_worst_trajectory']  # mse is not evaluated
+    assert info['quirks']['context_border'] and list(info['quirks']['metrics']) == ['lpips']  # mse is not evaluated
+    assert info['scoring']['psnr'] == 'predicted frames; mean over frames; best trajectory per video; mean over videos'
     assert info['weights']['lpips_alex']['sha256'].startswith('df73285e')
     for package in ['torch', 'torchmetrics', 'diffusers', 'av']:
         assert info['environment'][package] != 'not installed'
@@ -198,12 +249,14 @@ def test_aggregate_and_describe(weights):
 
 def test_bad_arguments_and_inputs_are_named(weights, videos):
     samples, gt, _, _ = videos
-    with pytest.raises(ValueError, match='non-empty subset'):
+    with pytest.raises(ValueError, match="unknown metric 'fid'; registered: "):
         mcvd(weights, metrics=['psnr', 'fid'])
-    with pytest.raises(ValueError, match='FVD needs at least fvd_min_frames=10 frames'):
+    with pytest.raises(ValueError, match='listed twice'):
+        mcvd(weights, metrics=['psnr', 'PSNR'])
+    with pytest.raises(ValueError, match='FVD needs at least min_frames=10 frames'):
         mcvd(weights, metrics=['fvd'])
-    with pytest.raises(ValueError, match=r"unknown weights \['i3d_v2'\]"):
-        mcvd({'i3d_v2': 'x'}, metrics=['psnr'])
+    with pytest.raises(TypeError, match='net_weights'):
+        mcvd(weights, metrics=[{'type': 'lpips', 'net_weights': 'x'}])
     protocol = mcvd(weights, metrics=['psnr'])
     with pytest.raises(ValueError, match='the videos have 5 frames, the protocol 6'):
         protocol.evaluate(samples[:, :, :5], gt[:, :5])

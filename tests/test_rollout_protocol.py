@@ -17,14 +17,19 @@ def test_buckets_average_the_best_trajectorys_frames():
     samples += errors.sqrt()[..., None, None, None]  # a constant error e per frame: MSE e
     scores = protocol.evaluate(samples, gt)
     assert scores['mse'] == pytest.approx((0.9 / 5 + 0.6 / 5) / 2)
-    assert scores['mse_frames_2-3'] == pytest.approx((0.1 + 0.1 + 0.4 + 0.0) / 4)
-    assert scores['mse_frames_4-5'] == pytest.approx((0.2 + 0.2) / 4)
-    assert scores['mse_frames_6-6'] == pytest.approx((0.3 + 0.2) / 2)
+    assert scores['buckets'] == [{'frames': [2, 3], 'mse': pytest.approx((0.1 + 0.1 + 0.4 + 0.0) / 4)},
+                                 {'frames': [4, 5], 'mse': pytest.approx((0.2 + 0.2) / 4)},
+                                 {'frames': [6, 6], 'mse': pytest.approx((0.3 + 0.2) / 2)}]
+    summary = protocol.aggregate([scores, scores])
+    assert summary['buckets'][0] == {'frames': [2, 3], 'mse': pytest.approx(0.15), 'mse_std': 0.0}
 
 
-def test_registered_and_checked():
+def test_registered_and_checked(shared_dir):
     assert PROTOCOLS.get('rollout') is RolloutProtocol
     with pytest.raises(ValueError, match='bucket_size must be >= 1'):
         RolloutProtocol(context_length=2, unroll_length=4, bucket_size=0)
-    with pytest.raises(ValueError, match='FVD needs at least fvd_min_frames=10 frames'):
-        RolloutProtocol(context_length=2, unroll_length=4, bucket_size=2, metrics=['fvd'])
+    with pytest.raises(ValueError, match='FVD needs at least min_frames=10 frames'):
+        RolloutProtocol(context_length=2, unroll_length=4, bucket_size=2, metrics=[
+            {'type': 'fvd', 'weights': str(shared_dir / 'weights/i3d_k400/i3d_kinetics400_tfhub.pt')}])
+    with pytest.raises(TypeError, match='reference_quirks'):
+        RolloutProtocol(context_length=2, unroll_length=4, bucket_size=2, reference_quirks=True)

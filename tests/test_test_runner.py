@@ -58,19 +58,26 @@ def test_test_py_writes_results_and_videos(scripts, tmp_path, random_weights):
     assert (out / 'test.log').is_file() and (out / 'options.yml').is_file()
 
 
+@pytest.mark.slow
 def test_a_second_evaluation_never_overwrites_the_first(scripts, tmp_path, random_weights):
     args = ('test.py', '-opt', str(scripts.demo), *scripts.tiny, 'name=eval', f'test.checkpoint={random_weights}')
     first = scripts.run(*args, cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
     results = tmp_path / 'experiments' / 'eval' / 'results'
     before = (results / 'random_far' / 'results.json').read_text()
-    second = scripts.run(*args, 'test.protocol.unroll_length=2', cwd=tmp_path)
+    second = scripts.run(*args, 'test.protocol.unroll_length=2', 'test.protocol.bucket_size=1', cwd=tmp_path)
     assert second.returncode == 0, second.stdout + second.stderr
     assert (results / 'random_far' / 'results.json').read_text() == before
-    assert json.loads((results / 'random_far-2' / 'results.json').read_text())['protocol']['predicted_frames'] == 2
+    scored = json.loads((results / 'random_far-2' / 'results.json').read_text())
+    assert scored['protocol']['predicted_frames'] == 2
+    for key in ('metrics', 'copy_last_frame'):  # one-frame buckets: the per-frame curve
+        buckets = scored[key]['buckets']
+        assert [bucket['frames'] for bucket in buckets] == [[2, 2], [3, 3]] and 'psnr_std' in buckets[0]
+        assert [bucket['psnr'] for bucket in buckets] == pytest.approx(scored['per_frame'][key]['psnr'], rel=1e-9)
     assert 'wrote experiments/eval/results/random_far-2/results.json' in second.stdout + second.stderr
 
 
+@pytest.mark.slow
 def test_missing_or_unfit_weights_are_option_errors(scripts, tmp_path):
     missing = 'experiments/pretrained_models/FAR_Models/FAR_B.pth'
     result = scripts.run('test.py', '-opt', str(scripts.demo), *scripts.tiny, 'name=eval', f'test.checkpoint={missing}', cwd=tmp_path)

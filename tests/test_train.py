@@ -8,12 +8,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from far.trainers import FARTrainer
 from far.trainers.curves import CURVES_FILE, METRICS_FILE, read_metrics
 from far.utils.checkpoints import checkpoint_problem, latest_checkpoint, list_checkpoints, load_weights, resolve_weights
 
@@ -57,6 +59,7 @@ def test_twenty_step_run_writes_the_experiment_folder(finished_run):
     assert any(not torch.equal(model[k], ema[k]) for k in model)  # the EMA is its own average
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(scripts, finished_run, tmp_path):
     args = [sys.executable, str(scripts.repo / 'train.py'), '-opt', str(scripts.demo), *scripts.tiny, 'name=tiny']
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
@@ -85,6 +88,7 @@ def test_killed_run_resumes_to_the_same_weights(scripts, finished_run, tmp_path)
     assert 'training already complete (20/20 steps)' in again.stdout
 
 
+@pytest.mark.slow
 def test_other_options_stop_the_run_and_force_new_archives(scripts, finished_run, tmp_path):
     shutil.copytree(finished_run / 'experiments', tmp_path / 'experiments')
     refused = scripts.run('train.py', '-opt', str(scripts.demo), *scripts.tiny, 'name=tiny', 'trainer.optimizer.lr=0.01', cwd=tmp_path)
@@ -105,6 +109,7 @@ def test_other_options_stop_the_run_and_force_new_archives(scripts, finished_run
     assert list((folder / 'wandb').glob(f'offline-run-*-{run_id}'))
 
 
+@pytest.mark.slow
 def test_raising_the_step_budget_continues_the_run(finished_run, tmp_path, scripts):
     shutil.copytree(finished_run / 'experiments', tmp_path / 'experiments')
     folder = tmp_path / 'experiments' / 'tiny'
@@ -117,6 +122,7 @@ def test_raising_the_step_budget_continues_the_run(finished_run, tmp_path, scrip
     assert ['total_steps: 20' in p.read_text() for p in folder.glob('options.*.yml')] == [True]  # kept
 
 
+@pytest.mark.slow
 def test_an_extended_run_equals_one_planned_that_long(tmp_path, scripts):
     constant = ['trainer.lr_schedule.name=constant', 'trainer.validation=null', 'trainer.checkpoint.every=4']
     scripts.train(tmp_path / 'a', *constant, 'trainer.total_steps=8')
@@ -133,6 +139,14 @@ def test_bad_key_stops_before_any_work(scripts, tmp_path):
     assert (f'error: {scripts.demo}: trainer.optimizer.lrr: unknown key for OptimizerOptions (did you mean \'lr\'?); '
             'allowed keys: betas, decayed_modules, eps, lr, weight_decay') in result.stderr
     assert not (tmp_path / 'experiments').exists() and not (tmp_path / 'datasets').exists()
+
+
+def test_long_context_clip_lengths_are_evenly_spaced_buckets():
+    def lengths(buckets, frames=48):
+        return FARTrainer.clip_lengths(SimpleNamespace(window=8, clip_length_buckets=buckets), frames)
+
+    assert lengths(4) == [8, 21, 35, 48] and sum(lengths(4)) / 4 == (8 + 48) / 2  # the mean length is kept
+    assert lengths(None) == list(range(8, 49)) and lengths(1) == [48] and lengths(8, frames=10) == [8, 9, 10]
 
 
 # ---- checkpoint files ----
@@ -208,6 +222,7 @@ finally:
 '''
 
 
+@pytest.mark.slow
 def test_non_finite_steps_are_skipped_and_too_many_stop_the_run(scripts, tmp_path):
     script = tmp_path / 'nan_spy.py'
     script.write_text(NAN_SPY.format(repo=str(scripts.repo), train=str(scripts.repo / 'train.py'),
@@ -230,6 +245,7 @@ def test_non_finite_steps_are_skipped_and_too_many_stop_the_run(scripts, tmp_pat
     assert all(torch.isfinite(v).all() for part in weights(checkpoints / 'checkpoint-10') for v in part.values())
 
 
+@pytest.mark.slow
 def test_a_damaged_checkpoint_is_reported_and_set_aside(scripts, finished_run, tmp_path):
     shutil.copytree(finished_run / 'experiments', tmp_path / 'experiments')
     checkpoints = tmp_path / 'experiments' / 'tiny' / 'checkpoints'

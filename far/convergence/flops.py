@@ -9,7 +9,7 @@ from torch.utils.data import default_collate
 from torch.utils.flop_counter import FlopCounterMode
 
 from far.experiment import ExperimentOptions
-from far.registry import TRAINERS
+from far.run import build_trainer
 from far.utils.distributed import make_accelerator
 
 
@@ -19,20 +19,14 @@ class StepCost:
     flops_per_clip: int   # one training clip through the trainer's step, forward and backward
 
 
-def measure_step(options: ExperimentOptions) -> StepCost:
+def measure_step(options: ExperimentOptions, file: str) -> StepCost:
     """Build the experiment's trainer as train.py does and count one step on the first training clip."""
     accelerator = make_accelerator(options.mixed_precision)
-    trainer_class = TRAINERS.get(options.trainer['type'])
-    model = options.build_model().to(accelerator.device).train()
-    dataset = options.build_dataset('train')
     with tempfile.TemporaryDirectory() as folder:
-        parts = {'accelerator': accelerator, 'model': model, 'datasets': {'train': dataset}, 'folder': folder,
-                 'seed': options.seed, 'config': {}}
-        if 'autoencoder' in trainer_class.runtime_args:
-            parts['autoencoder'] = options.build_autoencoder()
-        trainer = TRAINERS.build(options.trainer, **{name: parts[name] for name in trainer_class.runtime_args})
+        trainer = build_trainer(options=options, file=file, accelerator=accelerator, folder=folder, config={})
+        model = trainer.model.to(accelerator.device).train()
         batch = {key: value.to(accelerator.device) if torch.is_tensor(value) else value
-                 for key, value in default_collate([dataset[0]]).items()}
+                 for key, value in default_collate([trainer.datasets['train'][0]]).items()}
         with FlopCounterMode(display=False) as counter:
             trainer.train_step(batch, 0)['loss'].backward()
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)

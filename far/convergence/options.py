@@ -2,8 +2,8 @@
 budget they share and the evaluation they share. Validated like experiment files: an unknown key, a wrong type
 or a missing required key stops the study with one line naming the file and the key path.
 """
-from dataclasses import dataclass
-from typing import List, Sequence
+from dataclasses import dataclass, field
+from typing import Dict, List, Sequence
 
 from far.metrics.protocols import MetricName
 from far.options import Block, OptionError, apply_overrides, load_yaml, validate
@@ -14,9 +14,13 @@ CONVERGENCE = 'convergence'  # the name of the evaluation at every step (rollout
 
 @dataclass(frozen=True)
 class Run:
-    """An experiment file and the ``key.path=value`` overrides it runs with (the command line's syntax)."""
+    """An experiment file, the ``key.path=value`` overrides it runs with (the command line's syntax), and what it
+    reads of the runs prepared before it: ``reads`` maps an option's key path to a prepared run's experiment name,
+    and that option is set to the run's final checkpoint in the study (e.g. a tokenizer's, or ``pretrained``
+    weights)."""
     experiment: str
     overrides: List[str] = ()
+    reads: Dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,24 +1,21 @@
 """A study's report from its record: ``report.md`` (the contenders' size and cost, each plotted metric at every
 evaluated step, the roll-outs' scores per bucket of frames) and ``convergence.png`` (each metric against training
 FLOPs, one line per contender, and the roll-outs' PSNR along the predicted frames)."""
-import re
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from far.convergence.options import CONVERGENCE, StudyOptions
 from far.convergence.record import StudyRecord
 from far.convergence.runs import Evaluation, PreparedRun
+from far.metrics.scores import BUCKETS
 
 BASELINE = 'copy_last_frame'
-BUCKET = re.compile(r'^(?P<metric>\w+?)_frames_(?P<first>\d+)-(?P<last>\d+)$')
 ROLLOUT_METRIC = 'psnr'  # what the roll-out panel and table show
 
 
 def buckets(metrics: dict, metric: str) -> List[Tuple[int, int, float]]:
-    """``(first, last, value)`` of every per-bucket score of ``metric`` in ``metrics``, in frame order."""
-    found = [(int(m['first']), int(m['last']), value) for key, value in metrics.items()
-             if (m := BUCKET.match(key)) and m['metric'] == metric]
-    return sorted(found)
+    """``(first, last, value)`` of ``metric`` in every bucket of frames of ``metrics`` (``far.metrics.scores``)."""
+    return [(*bucket['frames'], bucket[metric]) for bucket in metrics.get(BUCKETS, []) if metric in bucket]
 
 
 def _row(cells: Sequence) -> str:

@@ -3,19 +3,19 @@
 The runs to prepare first (e.g. a tokenizer a contender reads) are trained; then, for each contender, the FLOPs of
 its training step are counted, it is trained with train.py (``training.processes`` processes; a run started
 again resumes from its newest checkpoint, as train.py does; one trained before with other options, e.g. another
-budget, starts anew, its old folder archived) and every evaluated checkpoint is scored with test.py's machinery, in
+budget, starts anew, its old folder archived) and every evaluated checkpoint is scored by ``far.run.evaluate``, in
 this process. Each point is recorded in ``points.json`` as soon as it is scored, so a study started again after a
 kill skips what is done; finally the report (``report.md``, ``convergence.png``).
 """
-import argparse
 import logging
 import resource
 import shlex
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, List, Optional
 
+import far.run
 from far.convergence.flops import measure_step
 from far.convergence.options import StudyOptions
 from far.convergence.record import StudyRecord
@@ -42,16 +42,17 @@ class Study:
         study: the validated study options; ``file``: where they were read (for errors and logs).
         root: the folder studies live in (``experiments``).
         train_script: train.py, launched for every training.
-        test: test.py's ``test(args)`` (``args.opt``, ``args.overrides``, ``args.root``), called for every point.
+        evaluate: scores one point: ``far.run.evaluate``'s keywords (``options``, ``file``, ``root``) and results.
         launch: runs a command line and returns its exit status.
     """
 
     def __init__(self, *, study: StudyOptions, file: str, root: str, train_script: Path,
-                 test: Callable[[argparse.Namespace], dict], launch: Callable[[List[str]], int] = subprocess.call):
+                 evaluate: Callable[..., Optional[dict]] = far.run.evaluate,
+                 launch: Callable[[List[str]], int] = subprocess.call):
         self.study, self.file = study, file
         self.folder = Path(root) / study.name
-        self.train_script, self.test, self.launch = train_script, test, launch
-        self.runs = prepare_study(study, file)  # every run checked before any work
+        self.train_script, self.evaluate, self.launch = train_script, evaluate, launch
+        self.runs = prepare_study(study, file, self.folder)  # every run checked before any work
         self.evaluations = evaluations(study)
         self.record = StudyRecord(self.folder / 'points.json')
 
@@ -77,7 +78,7 @@ class Study:
     def _measure(self, run: PreparedRun):
         if self.record.contender(run.label, run.training_key) is not None:
             return
-        cost = measure_step(run.options)
+        cost = measure_step(run.options, run.file)
         clips = self.study.training.batch_size * self.study.training.processes
         self.record.set_contender(run.label, {
             'key': run.training_key, 'experiment': run.file, 'overrides': run.overrides, 'name': run.options.name,
@@ -87,9 +88,9 @@ class Study:
                     f'per clip')
 
     def _train(self, run: PreparedRun):
-        name, steps = run.options.name, run.options.trainer['total_steps']
+        name = run.options.name
         done = self.record.training(name, run.training_key)
-        if done is not None and done['done'] and run.checkpoint(self.folder, steps).is_dir():
+        if done is not None and done['done'] and run.final_checkpoint(self.folder).is_dir():
             return
         # trained before with other options (e.g. another budget): a new run, as a planned one would go
         replaced = self.record.begin_training(name, run.training_key)
@@ -106,12 +107,12 @@ class Study:
         key = run.evaluation_key(evaluation)
         if self.record.point(run.label, evaluation.name, step, key) is not None:
             return
-        overrides = run.test_overrides(evaluation, self.folder, step)
+        options = run.evaluation_options(evaluation, self.folder, step)
         logger.info(f'{run.label}: {evaluation.name} at step {step}: '
-                    f'{shlex.join(["test.py", "-opt", run.file, "--root", str(self.folder), *overrides])}')
+                    f'{shlex.join(run.test_command(evaluation, self.folder, step))}')
         start, cpu = time.perf_counter(), time.process_time()
-        results = self.test(argparse.Namespace(opt=run.file, overrides=overrides, root=str(self.folder)))
-        self._log_to_study()  # test.py's run took the logger over
+        results = self.evaluate(options=options, file=run.file, root=str(self.folder))
+        self._log_to_study()  # the evaluation took the logger over
         flops_per_step = self.record.data['contenders'][run.label]['flops_per_step']
         self.record.add_point({
             'contender': run.label, 'evaluation': evaluation.name, 'step': step, 'key': key,

@@ -9,10 +9,8 @@ FAR evaluates on the first 256 videos of ``bair_val.json`` with 30 frames (2 con
 predicted) or 16 (2 -> 14). Its evaluation always reads consecutive frames whatever ``frame_interval`` says;
 here ``frame_interval`` holds in both modes (every published BAIR config uses 1, where the two agree).
 """
-from far.data.layouts import video_dataset
-from far.registry import DATASETS, variant
+from far.data.dataset import VideoDataset
+from far.registry import DATASETS
 
-BAIR = DATASETS.register(variant(
-    video_dataset, 'BAIR', dataset='BAIR', fields=(), pad_short=True,
-    doc='BAIR robot pushing videos (no actions); keys as far.data.layouts.video_dataset.'))
-BAIR.conditions = {}  # no condition: BAIR is predicted unconditionally
+BAIR = DATASETS.register(VideoDataset(name='BAIR', fields=(), pad_short=True,
+                                      conditions={}), name='BAIR')

@@ -12,12 +12,10 @@ training when ``frame_interval`` does not fit the clip; here such a clip falls b
 as its UCF-101 loader does (the published configs use interval 1, where the two agree). FAR evaluates on
 the first 256 videos of ``dmlab_val.json``, 300 frames each.
 """
-from far.data.layouts import video_dataset
-from far.registry import DATASETS, variant
+from far.data.dataset import VideoDataset
+from far.registry import DATASETS
 
 NUM_ACTIONS = 4
 
-DMLab = DATASETS.register(variant(
-    video_dataset, 'DMLab', dataset='DMLab', fields=('action',), pad_short=False,
-    doc='DMLab videos or latents with per-frame actions; keys as far.data.layouts.video_dataset.'))
-DMLab.conditions = {'action': NUM_ACTIONS}  # what items carry (checked against the model's)
+DMLab = DATASETS.register(VideoDataset(name='DMLab', fields=('action',), pad_short=False,
+                                       conditions={'action': NUM_ACTIONS}), name='DMLab')

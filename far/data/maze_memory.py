@@ -23,14 +23,12 @@ On first use a split is rendered into ``root/<split>/shard-*.tar`` (lossless ``f
 the json) and then read like every real dataset.
 """
 import colorsys
-from pathlib import Path
-from typing import Dict, Iterator, List, Literal, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Literal, Optional, Sequence, Tuple
 
 import numpy as np
 
-from far.data.clips import ClipDataset
-from far.data.layouts import video_dataset
-from far.data.shards import ShardStream, write_generated_split
+from far.data.dataset import GeneratedDataset
 from far.registry import DATASETS
 
 MOVES = {0: (0, -1), 1: (1, 0), 2: (0, 1), 3: (-1, 0)}  # action -> (dx, dy): north, east, south, west
@@ -142,61 +140,59 @@ def generate_samples(split: str, num_episodes: int, episode_length: int, grid: i
         yield {'__key__': f'{split}-{i:06d}', 'frames.npy': frames, 'json': meta}
 
 
-@DATASETS.register()
-def MazeMemory(
-    root: str = 'datasets/maze_memory',
-    split: Literal['train', 'val', 'test'] = 'train',
-    num_episodes: Optional[int] = None,
-    episode_length: int = 96,
-    grid: int = 12,
-    view: int = 4,
-    resolution: int = 32,
-    window: int = 8,
-    stride: int = 1,
-    route: Literal['excursions', 'patrol'] = 'excursions',
-    period: int = 16,
-    seed: int = 0,
-    episodes_per_shard: int = 64,
-    num_samples: Optional[int] = None,
-    streaming: bool = False,
-    shuffle_buffer: int = 64,
-    samples_per_epoch: Optional[int] = None,
-    strict: bool = False,
-    rank: Optional[int] = None,
-    world_size: Optional[int] = None,
-) -> Union[ClipDataset, ShardStream]:
-    """Action-conditioned episodes of a partially observed world, rendered once into ``root/<split>``.
+@dataclass(frozen=True, kw_only=True)
+class MazeMemorySource:
+    """What is rendered into ``root/<split>``: ``num_episodes`` episodes (default 256 for train, 32 for val/test)
+    of ``episode_length`` frames; ``period`` is the lap length of the ``patrol`` route (even, at least 4);
+    ``'revisit'`` is relative to the short-term ``window``."""
+    root: str = 'datasets/maze_memory'
+    num_episodes: Optional[int] = None
+    episode_length: int = 96
+    grid: int = 12
+    view: int = 4
+    resolution: int = 32
+    window: int = 8
+    stride: int = 1
+    route: Literal['excursions', 'patrol'] = 'excursions'
+    period: int = 16
+    seed: int = 0
+    episodes_per_shard: int = 64
 
-    ``num_episodes`` defaults to 256 for train and 32 for val/test; ``period`` is the lap length of the
-    ``patrol`` route (even, at least 4). Items are whole episodes: ``'video'``
-    ``[episode_length, 3, resolution, resolution]``, ``'action'``, ``'revisit'`` (relative to the short-term
-    ``window``), ``'first_visit'``, ``'index'``. Reading keys as ``far.data.layouts.video_dataset``.
-    """
-    num_episodes = DEFAULT_NUM_EPISODES[split] if num_episodes is None else num_episodes
-    if resolution % view or num_episodes < 1 or episode_length < 2 or window < 1 or grid < 2:
-        raise ValueError(f'MazeMemory: need resolution divisible by view ({resolution}, {view}), num_episodes >= 1, '
-                         f'episode_length >= 2, window >= 1 and grid >= 2')
-    if stride < 1:
-        raise ValueError(f'MazeMemory: stride must be >= 1 cell, got {stride}')
-    if route not in ('excursions', 'patrol'):
-        raise ValueError(f"MazeMemory: route must be 'excursions' or 'patrol', got {route!r}")
-    if route == 'patrol' and (period < 4 or period % 2 or period > 4 * (grid - 1)):
-        raise ValueError(f'MazeMemory: a patrol period must be even, >= 4 and <= 4 * (grid - 1) = {4 * (grid - 1)} '
-                         f'(a lap around a block inside the grid), got {period}')
-    params = dict(num_episodes=num_episodes, episode_length=episode_length, grid=grid, view=view,
-                  resolution=resolution, window=window, stride=stride, route=route, period=period, seed=seed,
-                  episodes_per_shard=episodes_per_shard)
-    out_dir = Path(root) / split
-    write_generated_split(
-        out_dir, {'dataset': 'MazeMemory', **params},
-        lambda: generate_samples(split, num_episodes, episode_length, grid, view, resolution, window, seed, stride,
-                                 route, period),
-        episodes_per_shard)
-    return video_dataset(split, episode_length, shards=str(out_dir), num_samples=num_samples, streaming=streaming,
-                         shuffle_buffer=shuffle_buffer, samples_per_epoch=samples_per_epoch, strict=strict,
-                         rank=rank, world_size=world_size, dataset='MazeMemory',
-                         fields=('action', 'revisit', 'first_visit'), pad_short=False)
+    def __post_init__(self):
+        episodes = 1 if self.num_episodes is None else self.num_episodes
+        if self.resolution % self.view or episodes < 1 or self.episode_length < 2 or self.window < 1 or self.grid < 2:
+            raise ValueError(f'MazeMemory: need resolution divisible by view ({self.resolution}, {self.view}), '
+                             f'num_episodes >= 1, episode_length >= 2, window >= 1 and grid >= 2')
+        if self.stride < 1:
+            raise ValueError(f'MazeMemory: stride must be >= 1 cell, got {self.stride}')
+        if self.route == 'patrol' and (self.period < 4 or self.period % 2 or self.period > 4 * (self.grid - 1)):
+            raise ValueError(f'MazeMemory: a patrol period must be even, >= 4 and <= 4 * (grid - 1) = '
+                             f'{4 * (self.grid - 1)} (a lap around a block inside the grid), got {self.period}')
 
 
-MazeMemory.conditions = {'action': NUM_ACTIONS}  # what items carry (checked against the model's)
-MazeMemory.clip_length_arg = 'episode_length'  # items are whole episodes
+class MazeMemoryDataset(GeneratedDataset):
+    """Action-conditioned episodes of a partially observed world. Items are whole episodes: ``'video'``
+    ``[episode_length, 3, resolution, resolution]``, ``'action'``, ``'revisit'``, ``'first_visit'``, ``'index'``."""
+    name, source_class = 'MazeMemory', MazeMemorySource
+    fields, conditions = ('action', 'revisit', 'first_visit'), {'action': NUM_ACTIONS}
+    count_key, default_counts = 'num_episodes', DEFAULT_NUM_EPISODES
+    length_key, shard_key = 'episode_length', 'episodes_per_shard'
+
+    def samples(self, split: str, generation: dict) -> Iterator[Dict]:
+        g = generation
+        return generate_samples(split, g['num_episodes'], g['episode_length'], g['grid'], g['view'], g['resolution'],
+                                g['window'], g['seed'], g['stride'], g['route'], g['period'])
+
+    @staticmethod
+    def check_experiment(experiment, path: str):
+        """The revisit frames are those beyond a long-context model's short-term window: both windows agree."""
+        window, model = experiment.settings(path)['source'].window, experiment.settings('model') or {}
+        model_window = model.get('short_term_ctx_winsize')
+        if model_window is not None and window != model_window:
+            experiment.fail(f'{path}.source.window',
+                            f"is {window}, but model.short_term_ctx_winsize is {model_window}: the dataset's revisit "
+                            f"frames are defined by the model's short-term window; set both to the same number of "
+                            f"frames")
+
+
+MazeMemory = DATASETS.register(MazeMemoryDataset(), name='MazeMemory')

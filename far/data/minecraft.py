@@ -9,12 +9,10 @@ records ``{"video_path": <mp4>, "action_path": <npz with actions [300]>}``; late
 Frame rules as DMLab: a clip shorter than ``num_frames`` is unreadable; evaluation reads the first 300
 frames of the first 256 videos of ``minecraft_val.json``.
 """
-from far.data.layouts import video_dataset
-from far.registry import DATASETS, variant
+from far.data.dataset import VideoDataset
+from far.registry import DATASETS
 
 NUM_ACTIONS = 4
 
-Minecraft = DATASETS.register(variant(
-    video_dataset, 'Minecraft', dataset='Minecraft', fields=('action',), pad_short=False,
-    doc='Minecraft videos or latents with per-frame actions; keys as far.data.layouts.video_dataset.'))
-Minecraft.conditions = {'action': NUM_ACTIONS}  # what items carry (checked against the model's)
+Minecraft = DATASETS.register(VideoDataset(name='Minecraft', fields=('action',), pad_short=False,
+                                           conditions={'action': NUM_ACTIONS}), name='Minecraft')

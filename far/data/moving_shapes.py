@@ -9,14 +9,12 @@ position and velocity. Label-conditional generation and prediction are both lear
 On first use a split is rendered into ``root/<split>/shard-*.tar`` (lossless ``frames.npy`` samples) and
 then read like every real dataset. Splits use disjoint seeds; everything is deterministic given ``seed``.
 """
-from pathlib import Path
-from typing import Dict, Iterator, Literal, Optional, Union
+from dataclasses import dataclass
+from typing import Dict, Iterator, Literal, Optional
 
 import numpy as np
 
-from far.data.clips import ClipDataset
-from far.data.layouts import video_dataset
-from far.data.shards import ShardStream, write_generated_split
+from far.data.dataset import GeneratedDataset
 from far.registry import DATASETS
 
 SHAPES = ('square', 'circle', 'triangle')
@@ -89,42 +87,35 @@ def generate_samples(split: str, num_videos: int, num_frames: int, resolution: i
         yield {'__key__': f'{split}-{i:06d}', 'frames.npy': frames, 'json': meta}
 
 
-@DATASETS.register()
-def MovingShapes(
-    root: str = 'datasets/moving_shapes',
-    split: Literal['train', 'val', 'test'] = 'train',
-    num_videos: Optional[int] = None,
-    num_frames: int = 16,
-    resolution: Literal[16, 32, 64] = 32,
-    max_shapes: int = 2,
-    seed: int = 0,
-    videos_per_shard: int = 512,
-    num_samples: Optional[int] = None,
-    streaming: bool = False,
-    shuffle_buffer: int = 256,
-    samples_per_epoch: Optional[int] = None,
-    strict: bool = False,
-    rank: Optional[int] = None,
-    world_size: Optional[int] = None,
-) -> Union[ClipDataset, ShardStream]:
-    """Class-labelled moving shapes (``NUM_CLASSES`` classes), rendered once into ``root/<split>``.
+@dataclass(frozen=True, kw_only=True)
+class MovingShapesSource:
+    """What is rendered into ``root/<split>``: ``num_videos`` clips (default 2048 for train, 256 for val/test) of
+    ``num_frames`` frames at ``resolution``, 1 to ``max_shapes`` shapes each."""
+    root: str = 'datasets/moving_shapes'
+    num_videos: Optional[int] = None
+    num_frames: int = 16
+    resolution: Literal[16, 32, 64] = 32
+    max_shapes: int = 2
+    seed: int = 0
+    videos_per_shard: int = 512
 
-    ``num_videos`` defaults to 2048 for train and 256 for val/test. Items: ``'video'`` ``[num_frames, 3,
-    resolution, resolution]``, ``'label'``, ``'index'``. Reading keys as ``far.data.layouts.video_dataset``.
-    """
-    num_videos = DEFAULT_NUM_VIDEOS[split] if num_videos is None else num_videos
-    if num_videos < 1 or max_shapes < 1 or num_frames < 2:
-        raise ValueError(f'MovingShapes: need num_videos >= 1, max_shapes >= 1 and num_frames >= 2, '
-                         f'got {num_videos}, {max_shapes}, {num_frames}')
-    params = dict(num_videos=num_videos, num_frames=num_frames, resolution=resolution, max_shapes=max_shapes,
-                  seed=seed, videos_per_shard=videos_per_shard)
-    out_dir = Path(root) / split
-    write_generated_split(out_dir, {'dataset': 'MovingShapes', **params},
-                          lambda: generate_samples(split, num_videos, num_frames, resolution, max_shapes, seed),
-                          videos_per_shard)
-    return video_dataset(split, num_frames, shards=str(out_dir), num_samples=num_samples, streaming=streaming,
-                         shuffle_buffer=shuffle_buffer, samples_per_epoch=samples_per_epoch, strict=strict,
-                         rank=rank, world_size=world_size, dataset='MovingShapes', fields=('label',), pad_short=False)
+    def __post_init__(self):
+        if (self.num_videos is not None and self.num_videos < 1) or self.max_shapes < 1 or self.num_frames < 2:
+            raise ValueError(f'MovingShapes: need num_videos >= 1, max_shapes >= 1 and num_frames >= 2, '
+                             f'got {self.num_videos}, {self.max_shapes}, {self.num_frames}')
 
 
-MovingShapes.conditions = {'label': NUM_CLASSES}  # what items carry (checked against the model's)
+class MovingShapesDataset(GeneratedDataset):
+    """Class-labelled moving shapes (``NUM_CLASSES`` classes). Items: ``'video'`` ``[num_frames, 3, resolution,
+    resolution]``, ``'label'``, ``'index'``."""
+    name, source_class = 'MovingShapes', MovingShapesSource
+    fields, conditions = ('label',), {'label': NUM_CLASSES}
+    count_key, default_counts = 'num_videos', DEFAULT_NUM_VIDEOS
+    length_key, shard_key = 'num_frames', 'videos_per_shard'
+
+    def samples(self, split: str, generation: dict) -> Iterator[Dict]:
+        return generate_samples(split, generation['num_videos'], generation['num_frames'], generation['resolution'],
+                                generation['max_shapes'], generation['seed'])
+
+
+MovingShapes = DATASETS.register(MovingShapesDataset(), name='MovingShapes')

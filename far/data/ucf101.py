@@ -10,12 +10,10 @@ training for generation, and 16 frames at interval 1, ``resolution: 64`` for pre
 subsets (MCVD: every tenth video of ``test03.json``; Latte: a class-balanced draw from ``trainval.json``) are
 chosen by the evaluation protocols from this dataset's fixed order and ``labels``.
 """
-from far.data.layouts import video_dataset
-from far.registry import DATASETS, variant
+from far.data.dataset import VideoDataset
+from far.registry import DATASETS
 
 NUM_CLASSES = 101
 
-UCF101 = DATASETS.register(variant(
-    video_dataset, 'UCF101', dataset='UCF101', fields=('label',), pad_short=True,
-    doc='UCF-101 clips with class labels; keys as far.data.layouts.video_dataset.'))
-UCF101.conditions = {'label': NUM_CLASSES}  # what items carry (checked against the model's)
+UCF101 = DATASETS.register(VideoDataset(name='UCF101', fields=('label',), pad_short=True,
+                                        conditions={'label': NUM_CLASSES}), name='UCF101')

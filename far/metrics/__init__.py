@@ -1,10 +1,10 @@
 """Video metrics (registry ``METRICS``) and the evaluation protocols of FAR's tables (``PROTOCOLS``).
 
-Metrics take videos ``[N,T,3,H,W]`` in [0,1]: ``mse``, ``psnr``, ``ssim`` and ``lpips`` return
-per-frame scores ``[N,T]``; ``fvd`` compares two sets of videos and returns a float. Weight files
-for LPIPS and I3D are found as described in ``far.metrics.weights``.
+Metrics take videos ``[N,T,3,H,W]`` in [0,1] and declare what they need (``base.Metric``): ``mse``, ``psnr``,
+``ssim`` and ``lpips`` return per-frame scores ``[N,T]``; ``fvd`` compares two sets of videos and returns a float.
+Weight files for LPIPS and I3D are found as described in ``far.metrics.weights``.
 """
-from .base import FrameMetric, exact_math
+from .base import FrameMetric, Metric, exact_math
 from .environment import environment_info
 from .fvd import FVD, frechet_distance
 from .i3d import InceptionI3d, load_i3d
@@ -17,7 +17,7 @@ from .round_trip import mp4_round_trip, paired_mp4_round_trip
 from .weights import MissingWeightsError, resolve_weights
 
 __all__ = [
-    'FrameMetric', 'exact_math', 'environment_info', 'FVD', 'frechet_distance', 'InceptionI3d', 'load_i3d',
+    'FrameMetric', 'Metric', 'exact_math', 'environment_info', 'FVD', 'frechet_distance', 'InceptionI3d', 'load_i3d',
     'LPIPS', 'LPIPSMetric', 'MemoryProtocol', 'MSE', 'PSNR', 'SSIM', 'LatteProtocol', 'MCVDProtocol', 'Protocol',
     'TECOProtocol',
     'RolloutProtocol', 'mp4_round_trip', 'paired_mp4_round_trip', 'MissingWeightsError', 'resolve_weights',

@@ -4,7 +4,8 @@
 autoencoder's perceptual loss), ``LPIPSMetric`` the per-frame video metric registered as
 ``lpips``. Both match the ``lpips`` package's numbers with the same weights (see ``weights.py``).
 """
-from typing import Literal, Optional
+import copy
+from typing import Dict, Literal, Optional
 
 import torch
 import torch.nn as nn
@@ -102,7 +103,8 @@ class LPIPSMetric(FrameMetric):
     how FAR's published numbers were computed (lower than correct LPIPS), kept for comparisons.
     """
 
-    higher_is_better = False
+    name, higher_is_better = 'lpips', False
+    quirk = '[0,1] frames fed to the network as if they were in [-1,1]'
 
     def __init__(self, net: Literal['alex', 'vgg'] = 'alex', normalize: bool = True,
                  backbone_weights: Optional[str] = None, head_weights: Optional[str] = None,
@@ -111,6 +113,12 @@ class LPIPSMetric(FrameMetric):
         self.normalize = normalize
         self.network = LPIPS(net, backbone_weights, head_weights)
         self.weight_files = self.network.weight_files
+
+    def published(self) -> Dict[str, FrameMetric]:
+        """The unnormalized LPIPS under the plain name, the correct one as ``lpips_normalized``."""
+        unnormalized, normalized = copy.copy(self), copy.copy(self)
+        unnormalized.normalize, normalized.normalize = False, True
+        return {self.name: unnormalized, f'{self.name}_normalized': normalized}
 
     def score(self, sample: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
         return self.network.to(sample.device)(sample, gt, normalize=self.normalize)

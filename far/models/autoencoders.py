@@ -1,4 +1,4 @@
-"""Latent autoencoders behind one interface: video in [0, 1] <-> scaled latents.
+"""The latent autoencoders (``far.models.interfaces.LatentAutoencoder``): video in [0, 1] <-> scaled latents.
 
 Registry entries (``far.registry.AUTOENCODERS``; the names in parentheses are accepted too):
 
@@ -15,10 +15,8 @@ The scaling factor (and a KL VAE's shift factor) is applied here and nowhere els
 scaled latents, ``decode`` takes them, ``encode_raw`` returns raw ones (what latent shards store) and
 ``scale_latents`` scales raw latents read back from disk.
 """
-import abc
 import json
-from pathlib import Path
-from typing import Callable, Dict, Literal, Optional, Tuple, Union
+from typing import Literal, Optional, Union
 
 import diffusers
 import torch
@@ -27,16 +25,15 @@ import torch.nn.functional as F
 from accelerate import init_empty_weights
 
 from ..registry import AUTOENCODERS
-from ..utils.checkpoints import read_state_dict, resolve_weights
+from ..utils.checkpoints import read_autoencoder_weights
 from ..utils.files import find_file
+from .interfaces import LatentAutoencoder
 
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 DType = Literal['float32', 'bfloat16', 'float16']
 
-DOWNLOAD_HINT = "python scripts/download.py --what models --include 'dcae/*'"
-# Checkpoints of far.trainers.autoencoder_trainer hold the autoencoder under this prefix, next to its
-# discriminator.
-TRAINING_PREFIX = 'autoencoder.'
+DOWNLOAD_HINT = ("download the published ones with `python scripts/download.py --what models --include 'dcae/*'`, "
+                 'or point `checkpoint` at your own autoencoder-training checkpoint')
 
 
 def read_dcae_config(config: Union[str, dict]) -> dict:
@@ -50,109 +47,12 @@ def read_dcae_config(config: Union[str, dict]) -> dict:
     return json.loads(file.read_text())
 
 
-def read_dcae_checkpoint(checkpoint: str) -> Tuple[Path, Dict[str, torch.Tensor]]:
-    """The weight file behind ``checkpoint`` (see ``far.utils.checkpoints.resolve_weights``) and its state dict,
-    unprefixed when it is a training checkpoint."""
-    found = find_file(checkpoint)
-    if found is None:
-        raise FileNotFoundError(f"DC-AE checkpoint '{checkpoint}' (autoencoder key `checkpoint`) does not exist: "
-                                f"download the published ones with `{DOWNLOAD_HINT}`, or point `checkpoint` at "
-                                f"your own autoencoder-training checkpoint")
-    file = resolve_weights(found)
-    state = read_state_dict(file)
-    if any(k.startswith(TRAINING_PREFIX) for k in state):
-        state = {k[len(TRAINING_PREFIX):]: v for k, v in state.items() if k.startswith(TRAINING_PREFIX)}
-    return file, state
-
-
 def cast(model: diffusers.ModelMixin, dtype: str):
     if model.dtype != DTYPES[dtype]:  # diffusers' .to(dtype) logs a warning even when there is nothing to do
         model.to(DTYPES[dtype])
 
 
-class LatentAutoencoder(nn.Module, abc.ABC):
-    """Shared behaviour: ``[B, T, ...]`` videos handled frame by frame, value ranges, scaling, slicing.
-
-    The autoencoder is a frozen feature map: built without gradients and in eval mode, and ``train()``
-    leaves it in eval mode, so BatchNorm statistics never move under a trainer's ``model.train()``. The
-    autoencoder trainer trains the wrapped diffusers model (``.model``) directly.
-
-    ``slicing`` (frames per autoencoder call, ``None`` = all at once) bounds the memory of long videos.
-    Inputs are cast to the autoencoder's dtype; outputs are float32.
-
-    Subclasses set ``in_channels``, ``latent_channels``, ``spatial_compression``, ``scaling_factor`` (and
-    ``shift_factor``) and implement ``_encode``/``_decode`` on frames ``[N, C, H, W]`` in [-1, 1].
-    """
-    in_channels: int
-    latent_channels: int
-    spatial_compression: int
-    scaling_factor: float
-    shift_factor: float = 0.0
-
-    def __init__(self, slicing: Optional[int]):
-        super().__init__()
-        if slicing is not None and slicing < 1:
-            raise ValueError(f'autoencoder key `slicing` is a number of frames per call (>= 1) or null, got {slicing}')
-        self.slicing = slicing
-
-    @abc.abstractmethod
-    def _encode(self, frames: torch.Tensor) -> torch.Tensor:
-        """Frames ``[N, C, H, W]`` in [-1, 1] -> raw latents ``[N, c, h, w]``."""
-
-    @abc.abstractmethod
-    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Raw latents ``[N, c, h, w]`` -> frames ``[N, C, H, W]`` in about [-1, 1]."""
-
-    def _freeze(self):
-        self.requires_grad_(False)
-        self.eval()
-
-    def train(self, mode: bool = True):
-        return super().train(False)  # frozen: always in eval mode
-
-    @property
-    def dtype(self) -> torch.dtype:
-        param = next(self.parameters(), None)
-        return torch.float32 if param is None else param.dtype
-
-    def _per_frame(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """``fn`` over the frames of ``x [B, T, ...]``, ``slicing`` frames at a time."""
-        frames = x.flatten(0, 1).to(self.dtype)
-        chunks = frames.split(self.slicing) if self.slicing else (frames,)
-        return torch.cat([fn(chunk) for chunk in chunks]).float().unflatten(0, x.shape[:2])
-
-    @torch.no_grad()
-    def encode_raw(self, video: torch.Tensor) -> torch.Tensor:
-        """``video [B, T, C, H, W]`` in [0, 1] -> raw (unscaled) latents ``[B, T, c, h, w]``."""
-        if video.ndim != 5 or video.shape[2] != self.in_channels:
-            raise ValueError(f'{type(self).__name__}.encode expects video [B, T, {self.in_channels}, H, W], '
-                             f'got {tuple(video.shape)}')
-        r = self.spatial_compression
-        if video.shape[-2] % r or video.shape[-1] % r:
-            raise ValueError(f'{type(self).__name__}: frame size {tuple(video.shape[-2:])} is not a multiple of the '
-                             f'spatial compression {r}')
-        return self._per_frame(self._encode, video * 2 - 1)
-
-    def scale_latents(self, raw: torch.Tensor) -> torch.Tensor:
-        """Raw latents (``encode_raw``, latent shards) -> the scaled latents the FAR model sees."""
-        return (raw - self.shift_factor) * self.scaling_factor
-
-    def encode(self, video: torch.Tensor) -> torch.Tensor:
-        """``video [B, T, C, H, W]`` in [0, 1] -> scaled latents ``[B, T, c, h, w]``."""
-        return self.scale_latents(self.encode_raw(video))
-
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents ``[B, T, c, h, w]`` -> video ``[B, T, C, H, W]`` in [0, 1] (clamped)."""
-        if latents.ndim != 5 or latents.shape[2] != self.latent_channels:
-            raise ValueError(f'{type(self).__name__}.decode expects latents [B, T, {self.latent_channels}, h, w], '
-                             f'got {tuple(latents.shape)}')
-        raw = latents.float() / self.scaling_factor + self.shift_factor
-        return ((self._per_frame(self._decode, raw) + 1) / 2).clamp(0, 1)
-
-    def extra_repr(self) -> str:
-        return (f'latent_channels={self.latent_channels}, spatial_compression={self.spatial_compression}, '
-                f'scaling_factor={self.scaling_factor}, slicing={self.slicing}')
+LATENT_FAMILIES = ('DC-AE', 'KL', 'identity')  # the ``family`` of each latent autoencoder below
 
 
 @AUTOENCODERS.register(aliases=('AutoencoderDC',))
@@ -162,12 +62,15 @@ class DCAutoencoder(LatentAutoencoder):
     Args:
         config: a JSON config path (e.g. ``options/model_cfg/dcae/model_8x_c32_config.json``) or a dict.
         checkpoint: weights, loaded strictly: a ``.pth``/``.safetensors`` state dict (the published
-            ``DCAE_*.pth``), a checkpoint folder of the autoencoder trainer (its EMA weights) or a
-            ``save_pretrained`` folder. ``None`` leaves the weights random (training from scratch).
+            ``DCAE_*.pth``), a checkpoint of the autoencoder trainer (its EMA weights) or its ``checkpoints``
+            folder (the newest), or a ``save_pretrained`` folder (see
+            ``far.utils.checkpoints.read_autoencoder_weights``). ``None`` leaves the weights random.
         scaling_factor: overrides the config's.
         dtype: weights' dtype.
         slicing: frames per autoencoder call (``None``: all at once).
     """
+
+    family = 'DC-AE'
 
     def __init__(self, config: Union[str, dict], checkpoint: Optional[str] = None,
                  scaling_factor: Optional[float] = None, dtype: DType = 'float32', slicing: Optional[int] = None):
@@ -178,7 +81,7 @@ class DCAutoencoder(LatentAutoencoder):
         if checkpoint is None:
             self.model = diffusers.AutoencoderDC.from_config(cfg)
         else:
-            file, state = read_dcae_checkpoint(checkpoint)
+            file, state = read_autoencoder_weights(checkpoint, DOWNLOAD_HINT)
             with init_empty_weights():  # the weights are replaced next: skip the random init (seconds at 32x)
                 self.model = diffusers.AutoencoderDC.from_config(cfg)
             try:
@@ -200,6 +103,13 @@ class DCAutoencoder(LatentAutoencoder):
     def _decode(self, latents):
         return self.model.decode(latents).sample
 
+    def trainable_weights(self) -> nn.Module:
+        return self.model
+
+    def last_layer(self) -> torch.Tensor:
+        conv_out = self.model.decoder.conv_out
+        return getattr(conv_out, 'conv', conv_out).weight  # a pixel-shuffle block around a conv in FAR's configs
+
 
 @AUTOENCODERS.register(aliases=('AutoencoderKL',))
 class KLAutoencoder(LatentAutoencoder):
@@ -213,6 +123,8 @@ class KLAutoencoder(LatentAutoencoder):
         dtype: weights' dtype.
         slicing: frames per autoencoder call (``None``: all at once).
     """
+
+    family = 'KL'
 
     def __init__(self, pretrained: str, subfolder: Optional[str] = None, scaling_factor: Optional[float] = None,
                  sample_posterior: bool = False, dtype: DType = 'float32', slicing: Optional[int] = None):
@@ -252,6 +164,7 @@ class IdentityAutoencoder(LatentAutoencoder):
     value per colour channel instead of ``k * k`` copies of it."""
 
     scaling_factor = 1.0
+    family = 'identity'
 
     def __init__(self, in_channels: int = 3, pixel_unshuffle: int = 1, downsample: int = 1):
         super().__init__(slicing=None)

@@ -24,6 +24,7 @@ class FAR(FrameTransformer):
 
     attention = 'frame_causal'
     supports_kv_cache = True
+    family = 'FAR'  # what samplers and trainers accept (model_families)
 
     def _kv_cache_tokens(self, num_frames: int, height: int, width: int) -> int:
         return num_frames * self.tokens_per_frame(height, width)

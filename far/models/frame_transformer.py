@@ -42,10 +42,11 @@ class StreamLayout(NamedTuple):
 class FrameTransformer(ModelMixin, ConfigMixin):
     """A transformer over frames of latent tokens: per-frame embeddings, ``FARBlock``s, per-frame unembedding.
 
-    A family says how its frames attend to each other (``attention_for``) and declares what it supports:
-    ``attention`` (``'frame_causal'`` or ``'full'``), ``supports_kv_cache`` (cached sampling,
-    ``far.pipelines.cached_sampling``), ``has_long_term_stream`` (FAR-Long's coarse distant frames) and
-    ``condition_kinds``. Samplers, trainers and checks read these declarations.
+    A family says how its frames attend to each other (``attention_for``) and declares what it is and supports:
+    ``family`` (the name samplers and trainers accept, ``model_families``), ``attention`` (``'frame_causal'`` or
+    ``'full'``), ``supports_kv_cache`` (cached sampling, ``far.pipelines.cached_sampling``),
+    ``has_long_term_stream`` (FAR-Long's coarse distant frames) and ``condition_kinds``. Samplers, trainers and
+    checks read these declarations.
 
     Args:
         patch_size: spatial patch size of a frame's latent.
@@ -69,6 +70,7 @@ class FrameTransformer(ModelMixin, ConfigMixin):
 
     _supports_gradient_checkpointing = True
     _no_split_modules = ['FARBlock']
+    family: ClassVar[str]
     attention: ClassVar[str]
     supports_kv_cache: ClassVar[bool] = False
     has_long_term_stream: ClassVar[bool] = False

@@ -31,18 +31,15 @@ defines condition dropout but its scripts leave it off), so guidance needs a mod
 ``condition_dropout > 0``.
 
 Parameter names are those of the reference GPT; the released Lightning checkpoints store them under
-``transformer.`` (see :meth:`NBPTransformer.load_reference_state_dict`).
+``transformer.`` (see ``far.conversions.nbp``). The training objective is ``far.objectives.NextBlockObjective``.
 """
-import argparse
-from pathlib import Path
-from typing import Dict, Mapping, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
-from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from ..conditions import Condition
 from ..registry import MODELS, variant
@@ -51,7 +48,6 @@ from .kv_cache import TokenKVCache
 # LLaMA ids of the class name, looked up from the dataset label (far.conditions)
 UCF101_TEXT_CONDITION = {'type': 'text', 'vocab_size': 32000, 'num_tokens': 8,
                          'class_text_ids': 'options/model_cfg/nbp/ucf101_class_text_ids.json'}
-CHECKPOINT_PREFIX = 'transformer.'  # the GPT inside the reference Lightning module
 BOV_ID = 0
 
 
@@ -119,6 +115,7 @@ class NBPTransformer(ModelMixin, ConfigMixin):
 
     _no_split_modules = ['Block']
     condition_kinds = ('label', 'text')
+    family = 'NBP'  # what samplers and trainers accept (model_families)
 
     @register_to_config
     def __init__(
@@ -176,72 +173,6 @@ class NBPTransformer(ModelMixin, ConfigMixin):
             nn.init.normal_(module.weight, std=0.02)
             if getattr(module, 'bias', None) is not None:
                 nn.init.zeros_(module.bias)
-
-    @classmethod
-    def from_reference_config(cls, gpt_config: Mapping, wrapper_config: Mapping, **kwargs) -> 'NBPTransformer':
-        """Build from the reference GPT arguments (``n_layer``, ``n_head``, ``n_embd``, ``block_size``,
-        ``vocab_size``, ``embd_pdrop``, ...) and its wrapper's settings (``hybrid``, ``unconditional``,
-        ``cond_stage_key``, ``cond_stage_vocab_size``, ``cond_token_num``, ``first_stage_vocab_size``,
-        ``token_number_per_step``), as the parity fixture stores them."""
-        w = wrapper_config
-        if bool(w.get('starts_with_bov')) != bool(w['hybrid']):
-            raise ValueError('NBPTransformer supports the reference layouts hybrid + BOV and non-hybrid without '
-                             f"BOV, got hybrid={w['hybrid']}, starts_with_bov={w.get('starts_with_bov')}")
-        if w['unconditional']:
-            condition = None
-        elif w['cond_stage_key'] == 'text':
-            condition = {'type': 'text', 'vocab_size': w['cond_stage_vocab_size'], 'num_tokens': w['cond_token_num']}
-        else:
-            condition = {'type': 'label', 'num_classes': w['cond_stage_vocab_size']}
-        model = cls(num_layers=gpt_config['n_layer'], num_attention_heads=gpt_config['n_head'],
-                    hidden_size=gpt_config['n_embd'], max_positions=gpt_config['block_size'],
-                    video_vocab_size=w['first_stage_vocab_size'], token_number_per_step=w['token_number_per_step'],
-                    hybrid=bool(w['hybrid']), condition_cfg=condition, dropout=gpt_config.get('embd_pdrop', 0.0),
-                    **kwargs)
-        if model.vocab_size != gpt_config['vocab_size']:
-            raise ValueError(f"NBPTransformer: the configs give vocabulary {model.vocab_size}, the GPT has "
-                             f"{gpt_config['vocab_size']}")
-        return model
-
-    @staticmethod
-    def reference_weights(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """The GPT weights of a reference state dict: a Lightning ``state_dict`` (GPT under ``transformer.``, the
-        tokenizer's ``first_stage_model.*`` left out), optionally ``module.``-prefixed, or plain GPT names."""
-        state = dict(state_dict)
-        consume_prefix_in_state_dict_if_present(state, 'module.')
-        if any(key.startswith(CHECKPOINT_PREFIX) for key in state):
-            state = {key[len(CHECKPOINT_PREFIX):]: value for key, value in state.items()
-                     if key.startswith(CHECKPOINT_PREFIX)}
-        return state
-
-    @classmethod
-    def read_reference_checkpoint(cls, path: str) -> Dict[str, torch.Tensor]:
-        """The GPT weights of a released Lightning ``.ckpt`` (e.g. ``ucf_base_nbp16_hybrid.ckpt``)."""
-        file = Path(path)
-        if not file.is_file():
-            raise FileNotFoundError(f"NBP checkpoint '{path}' does not exist: download it from the NBP release "
-                                    '(huggingface.co/ShuhuaiRen, e.g. NBP-ucf-base) and pass its path')
-        try:
-            with torch.serialization.safe_globals([argparse.Namespace]):
-                checkpoint = torch.load(file, map_location='cpu', weights_only=True)
-        except Exception as error:
-            raise ValueError(f'{file} holds more than tensors and argparse arguments ({type(error).__name__}); if you '
-                             "trust it, torch.load it with weights_only=False and pass its ['state_dict'] to "
-                             'load_reference_state_dict') from None
-        return cls.reference_weights(checkpoint.get('state_dict', checkpoint))
-
-    def load_reference_state_dict(self, state_dict: Mapping[str, torch.Tensor]):
-        """Strictly load reference weights (see :meth:`reference_weights`)."""
-        try:
-            self.load_state_dict(self.reference_weights(state_dict), strict=True)
-        except RuntimeError as error:
-            summary = ' '.join(str(error).split())
-            raise ValueError(f'the weights do not fit {type(self).__name__}({dict(self.config)}): build it with '
-                             f'the checkpoint\'s sizes and layout. {summary[:500]}') from None
-
-    def load_reference_checkpoint(self, path: str):
-        """Load a released Lightning ``.ckpt`` (e.g. ``ucf_base_nbp16_hybrid.ckpt``) strictly."""
-        self.load_reference_state_dict(self.read_reference_checkpoint(path))
 
     # ----- sequence layout -----
 
@@ -355,26 +286,6 @@ class NBPTransformer(ModelMixin, ConfigMixin):
 
         # ----- output: logits over the whole vocabulary -----
         return self.head(self.ln_f(x))                                 # [B, L, V]
-
-    # ----- training -----
-
-    def logits(self, z_indices: torch.Tensor, cond_ids: Optional[torch.Tensor] = None, *,
-               network: Optional[nn.Module] = None) -> torch.Tensor:
-        """Logits of every training prediction, ``[B, N, V]`` (hybrid) or ``[B, N - k, V]``, aligned with
-        :meth:`targets`. ``z_indices``: video codes ``[B, T, h, w]`` or ``[B, N]``. ``network`` runs the forward
-        pass: this model (default) or a wrapper of it, such as DistributedDataParallel's, whose forward must run
-        for gradients to be synchronised."""
-        input_ids = self.input_ids(z_indices, cond_ids)
-        null = None
-        if self.training and self.config.condition_dropout > 0:
-            null = torch.rand(input_ids.shape[0], device=input_ids.device) < self.config.condition_dropout
-        return (network or self)(input_ids, null_condition=null)[:, self.condition_length:]
-
-    def loss(self, z_indices: torch.Tensor, cond_ids: Optional[torch.Tensor] = None, *,
-             network: Optional[nn.Module] = None) -> torch.Tensor:
-        """Mean cross-entropy of the next-block predictions (full vocabulary); ``network`` as in :meth:`logits`."""
-        logits = self.logits(z_indices, cond_ids, network=network)
-        return F.cross_entropy(logits.flatten(0, 1).float(), self.targets(z_indices).flatten())
 
 
 # ----- paper sizes (reference training scripts): 5120 positions, k = 16, 64000 video codes -----

@@ -17,8 +17,9 @@ Layout, as in the released ``magvit2_*.pt`` (parameter names are theirs, so they
   depth-to-space, whose block offsets are the slow part of the channel axis; a temporal block of 2 drops
   its first output frame, so ``T'`` latent frames decode to ``4 (T' - 1) + 1`` frames.
 
-Tokens are flattened in (frame, row, column) order. The decoded video is not clamped.
+Tokens are flattened in (frame, row, column) order. ``decode_clip`` does not clamp, ``decode_tokens`` does.
 """
+import math
 from contextlib import nullcontext
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -27,16 +28,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from accelerate import init_empty_weights
 from einops import rearrange
-from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from ..registry import AUTOENCODERS
-from ..utils.checkpoints import latest_checkpoint, read_state_dict, resolve_weights
-from ..utils.files import find_file
-from .autoencoders import TRAINING_PREFIX
+from ..utils.checkpoints import read_autoencoder_weights
 from .fsq import FSQ
+from .interfaces import VideoTokenizer
 
 DOWNLOAD_HINT = ('download magvit2_ucf.pt (huggingface.co/ShuhuaiRen/NBP-tokenizer-ucf) or magvit2_k600.pt '
-                 '(huggingface.co/ShuhuaiRen/NBP-tokenizer-k600) and pass its path')
+                 '(huggingface.co/ShuhuaiRen/NBP-tokenizer-k600) and pass its path, or train one '
+                 '(options/demo/nbp_tokenizer_moving_shapes.yml)')
 
 
 # ----- building blocks -----
@@ -115,30 +115,13 @@ def upsample(channels: int, block: Tuple[int, int, int]) -> List[nn.Module]:
     return [CausalConv3d(channels, volume * channels), Depth2Space3D(block)]
 
 
-def read_checkpoint(checkpoint: str) -> Dict[str, torch.Tensor]:
-    """The state dict of a released ``magvit2_*.pt`` (``model_state_dict``), of a plain state dict file, or of a
-    tokenizer trained here (an experiment checkpoint, or its ``checkpoints`` folder: the newest one, EMA weights),
-    without the ``module.`` prefix of a DistributedDataParallel save."""
-    path = find_file(checkpoint)
-    if path is None:
-        raise FileNotFoundError(f"NBP tokenizer checkpoint '{checkpoint}' (autoencoder key `checkpoint`) does not "
-                                f'exist: {DOWNLOAD_HINT}, or train one (options/demo/nbp_tokenizer_moving_shapes.yml)')
-    if path.is_dir():
-        path = resolve_weights(latest_checkpoint(path) or path)
-    package = read_state_dict(path) if path.suffix == '.safetensors' else torch.load(path, map_location='cpu',
-                                                                                      weights_only=True)
-    state = dict(package.get('model_state_dict', package))
-    consume_prefix_in_state_dict_if_present(state, 'module.')
-    if any(key.startswith(TRAINING_PREFIX) for key in state):  # the autoencoder trainer's checkpoint
-        state = {key[len(TRAINING_PREFIX):]: value for key, value in state.items() if key.startswith(TRAINING_PREFIX)}
-    return state
-
-
 # ----- tokenizer -----
 
 @AUTOENCODERS.register()
-class NBPTokenizer(nn.Module):
-    """NBP's causal 3D CNN video tokenizer with FSQ (see the module docstring).
+class NBPTokenizer(VideoTokenizer):
+    """NBP's causal 3D CNN video tokenizer with FSQ (see the module docstring), a ``VideoTokenizer``. Its own
+    methods ``encode_latents``, ``encode_clip`` and ``decode_clip`` take clips channels first, ``[B, 3, T, H, W]``,
+    as the reference tokenizer does.
 
     Args (keyword-only; defaults are the released 128x128 tokenizer):
         image_size: frame height = width; fixes the token grid of flattened indices (``image_size / 8``).
@@ -148,13 +131,31 @@ class NBPTokenizer(nn.Module):
         residual_units: residual units of the encoder's four stages, finest first (the decoder mirrors them); the
             released tokenizers have (4, 4, 4, 8), smaller counts make a shallow tokenizer that trains fast.
         fsq_levels: FSQ levels; their number is the latent width (no projections).
-        checkpoint: a released ``magvit2_*.pt`` (or a plain state dict), loaded strictly; a ``module.``
-            prefix is stripped. ``None`` leaves the weights random.
+        checkpoint: a released ``magvit2_*.pt`` (or a plain state dict), or a checkpoint of the autoencoder
+            trainer (or its ``checkpoints`` folder: the newest), loaded strictly (see
+            ``far.utils.checkpoints.read_autoencoder_weights``). ``None`` leaves the weights random.
     """
 
-    in_channels = 3
     spatial_compression = 8
     temporal_compression = 4
+    family = 'NBP-tokenizer'  # what samplers and trainers accept (autoencoder_families)
+
+    @staticmethod
+    def check_experiment(experiment, path: str):
+        """A token model's video vocabulary is the codebook (the product of the FSQ levels), and the datasets'
+        frames are the size the tokenizer was built for (see ``far.checks``)."""
+        levels, size = experiment.settings(path)['fsq_levels'], experiment.settings(path)['image_size']
+        vocabulary = (experiment.settings('model') or {}).get('video_vocab_size')
+        codes = math.prod(levels)
+        if vocabulary is not None and codes != vocabulary:
+            experiment.fail('model.video_vocab_size', f'is {vocabulary}, but the codebook of {path}.fsq_levels '
+                                                      f'{list(levels)} has {codes} codes; set model.video_vocab_size: '
+                                                      f'{codes}')
+        for key in experiment.options.datasets:
+            where, resolution = experiment.dataset_option(key, 'resolution')
+            if resolution is not None and resolution != size:
+                experiment.fail(where, f'is {resolution}, but {path}.image_size is {size}: the tokenizer reads '
+                                       f'{size}x{size} frames; set both to the same size')
 
     def __init__(self, *, image_size: int = 128, channels: Sequence[int] = (128, 256, 512), num_groups: int = 32,
                  residual_units: Sequence[int] = (4, 4, 4, 8), fsq_levels: Sequence[int] = (8, 8, 8, 5, 5, 5),
@@ -168,11 +169,12 @@ class NBPTokenizer(nn.Module):
         c1, c2, c3 = channels
         self.image_size, self.channels, self.residual_units = image_size, (c1, c2, c3), tuple(residual_units)
         self.quantizer = FSQ(fsq_levels)
-        state = None if checkpoint is None else read_checkpoint(checkpoint)  # fails before the layers are built
+        # read before the layers are built, so that a missing file fails at once
+        state = None if checkpoint is None else read_autoencoder_weights(checkpoint, DOWNLOAD_HINT)[1]
         with init_empty_weights() if state is not None else nullcontext():  # skip the random init of loaded weights
             self._build_layers(c1, c2, c3, num_groups, self.quantizer.dim)
         if state is not None:
-            self._load(state, checkpoint, assign=True)
+            self._load(state, checkpoint)
 
     def _build_layers(self, c1: int, c2: int, c3: int, g: int, latent: int):
         n1, n2, n3, n4 = self.residual_units
@@ -201,32 +203,15 @@ class NBPTokenizer(nn.Module):
             CausalConv3d(c1, self.in_channels),
         ])
 
-    @classmethod
-    def from_reference_config(cls, config: Dict, **kwargs) -> 'NBPTokenizer':
-        """Build from a reference-style config (``image_size``, ``channels``, ``num_groups``, ``fsq_levels``,
-        ``embed_dim``), e.g. the parity fixture's ``tokenizer.config``."""
-        levels = list(config['fsq_levels'])
-        if config.get('embed_dim', len(levels)) != len(levels):
-            raise ValueError(f"NBPTokenizer: embed_dim {config['embed_dim']} must equal the number of FSQ levels "
-                             f'{levels} (the tokenizer has no FSQ projections)')
-        return cls(image_size=config['image_size'], channels=tuple(config['channels']),
-                   num_groups=config['num_groups'], fsq_levels=levels, **kwargs)
-
-    def load_checkpoint(self, checkpoint: str):
-        """Strictly load a ``magvit2_*.pt`` (``model_state_dict`` with ``module.`` prefixes) or a state dict."""
-        self._load(read_checkpoint(checkpoint), checkpoint)
-
-    def _load(self, state: Dict[str, torch.Tensor], checkpoint: str, assign: bool = False):
+    def _load(self, state: Dict[str, torch.Tensor], checkpoint: str):
         try:
-            self.load_state_dict(state, strict=True, assign=assign)
+            self.load_state_dict(state, strict=True, assign=True)
         except RuntimeError as error:
             summary = ' '.join(str(error).split())
             raise ValueError(f'{checkpoint} does not fit NBPTokenizer(channels={self.channels}, residual_units='
                              f'{self.residual_units}, fsq_levels='
                              f'{self.quantizer.levels}) (autoencoder keys `checkpoint`, `channels`, `fsq_levels`): '
                              f'{summary[:500]}') from None
-
-    # ----- sizes -----
 
     @property
     def latent_channels(self) -> int:
@@ -236,71 +221,71 @@ class NBPTokenizer(nn.Module):
     def codebook_size(self) -> int:
         return self.quantizer.codebook_size
 
-    @property
-    def latent_size(self) -> int:
-        """Tokens per row and per column of a latent frame."""
-        return self.image_size // self.spatial_compression
+    # ----- the reference's layout: clips [B, 3, T, H, W] -----
 
-    def latent_frames(self, num_frames: int) -> int:
-        """Latent frames of a ``num_frames`` clip: ``(T - 1) / 4 + 1``."""
-        r = self.temporal_compression
-        if num_frames < 1 or (num_frames - 1) % r:
-            raise ValueError(f'NBPTokenizer encodes 1 + {r} k frames (1, 5, 9, 13, 17, ...), got {num_frames}')
-        return (num_frames - 1) // r + 1
-
-    def num_frames(self, latent_frames: int) -> int:
-        """Frames decoded from ``latent_frames`` latent frames."""
-        return (latent_frames - 1) * self.temporal_compression + 1
-
-    # ----- encode / decode -----
-
-    def encode_latents(self, video: torch.Tensor) -> torch.Tensor:
+    def encode_latents(self, clip: torch.Tensor) -> torch.Tensor:
         """``[B, 3, T, H, W]`` in [0, 1] -> continuous latents ``[B, D, T', H/8, W/8]`` (before FSQ)."""
-        if video.ndim != 5 or video.shape[1] != self.in_channels:
-            raise ValueError(f'NBPTokenizer.encode expects video [B, 3, T, H, W] in [0, 1], got {tuple(video.shape)}')
+        if clip.ndim != 5 or clip.shape[1] != self.in_channels:
+            raise ValueError(f'NBPTokenizer expects clips [B, 3, T, H, W] in [0, 1], got {tuple(clip.shape)}')
         r = self.spatial_compression
-        if video.shape[-2] % r or video.shape[-1] % r:
-            raise ValueError(f'NBPTokenizer: frame size {tuple(video.shape[-2:])} is not a multiple of {r}')
-        self.latent_frames(video.shape[2])
-        x = video.to(self.encoder_layers[0].conv.weight.dtype)
+        if clip.shape[-2] % r or clip.shape[-1] % r:
+            raise ValueError(f'NBPTokenizer: frame size {tuple(clip.shape[-2:])} is not a multiple of {r}')
+        self.latent_frames(clip.shape[2])
+        x = clip.to(self.encoder_layers[0].conv.weight.dtype)
         for layer in self.encoder_layers:
             x = layer(x)
         return x
 
-    def encode(self, video: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def encode_clip(self, clip: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``[B, 3, T, H, W]`` in [0, 1] -> (codes ``[B, D, T', h, w]``, indices int32 ``[B, T', h, w]``)."""
-        return self.quantizer(self.encode_latents(video))
+        return self.quantizer(self.encode_latents(clip))
 
-    @torch.no_grad()
-    def encode_tokens(self, video: torch.Tensor) -> torch.Tensor:
-        """Videos as the framework holds them, ``[B, T, 3, H, W]`` in [0, 1] -> token ids ``[B, T', h, w]`` (int64;
-        ids carry no gradient)."""
-        return self.encode(video.transpose(1, 2))[1].long()
-
-    def decode(self, quantized: torch.Tensor) -> torch.Tensor:
-        """Codes ``[B, D, T', h, w]`` -> video ``[B, 3, 4 (T' - 1) + 1, 8 h, 8 w]`` (not clamped)."""
-        if quantized.ndim != 5 or quantized.shape[1] != self.latent_channels:
-            raise ValueError(f'NBPTokenizer.decode expects codes [B, {self.latent_channels}, T, h, w], '
-                             f'got {tuple(quantized.shape)}')
-        x = quantized.to(self.decoder_layers[0].conv.weight.dtype)
+    def decode_clip(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes ``[B, D, T', h, w]`` -> clip ``[B, 3, 4 (T' - 1) + 1, 8 h, 8 w]`` (not clamped)."""
+        if codes.ndim != 5 or codes.shape[1] != self.latent_channels:
+            raise ValueError(f'NBPTokenizer.decode_clip expects codes [B, {self.latent_channels}, T, h, w], '
+                             f'got {tuple(codes.shape)}')
+        x = codes.to(self.decoder_layers[0].conv.weight.dtype)
         for layer in self.decoder_layers:
             x = layer(x)
         return x
 
-    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
-        """Indices ``[B, T', h, w]``, or flattened ``[B, T' h w]`` in (frame, row, column) order on the
-        ``image_size / 8`` grid -> video ``[B, 3, T, H, W]`` (not clamped)."""
-        if indices.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f'NBPTokenizer.decode_indices expects int32/int64 indices, got {indices.dtype}')
-        if indices.ndim == 2:
+    def codes(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids ``[B, T', h, w]``, or flattened ``[B, T' h w]`` -> codes ``[B, D, T', h, w]``."""
+        if ids.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f'NBPTokenizer expects int32/int64 token ids, got {ids.dtype}')
+        if ids.ndim == 2:
             side = self.latent_size
-            if indices.shape[1] % (side * side):
-                raise ValueError(f'NBPTokenizer: {indices.shape[1]} flattened indices are not whole latent frames '
-                                 f'of {side}x{side} tokens (image_size {self.image_size}); pass [B, T, h, w]')
-            indices = indices.unflatten(1, (-1, side, side))
-        if indices.ndim != 4:
-            raise ValueError(f'NBPTokenizer.decode_indices expects [B, T, h, w] or [B, N], got {tuple(indices.shape)}')
-        return self.decode(self.quantizer.indices_to_codes(indices))
+            if ids.shape[1] % (side * side):
+                raise ValueError(f'NBPTokenizer: {ids.shape[1]} flattened ids are not whole latent frames of '
+                                 f'{side}x{side} tokens (image_size {self.image_size}); pass [B, T, h, w]')
+            ids = ids.unflatten(1, (-1, side, side))
+        if ids.ndim != 4:
+            raise ValueError(f'NBPTokenizer expects token ids [B, T, h, w] or [B, N], got {tuple(ids.shape)}')
+        return self.quantizer.indices_to_codes(ids)
+
+    # ----- VideoTokenizer: videos [B, T, 3, H, W] -----
+
+    @torch.no_grad()
+    def encode_tokens(self, video: torch.Tensor) -> torch.Tensor:
+        return self.encode_clip(video.transpose(1, 2))[1].long()
+
+    @torch.no_grad()
+    def decode_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.decode_clip(self.codes(ids)).float().clamp(0, 1).transpose(1, 2)
+
+    def trainable_weights(self) -> nn.Module:
+        return self
+
+    def training_encode(self, video: torch.Tensor) -> torch.Tensor:
+        # FSQ has no codebook to learn: rounding passes gradients straight through
+        return self.encode_clip((video.transpose(1, 2) + 1) / 2)[0]
+
+    def training_decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.decode_clip(latents).transpose(1, 2) * 2 - 1
+
+    def last_layer(self) -> torch.Tensor:
+        return self.decoder_layers[-1].conv.weight
 
     def extra_repr(self) -> str:
         return (f'image_size={self.image_size}, latent_channels={self.latent_channels}, '

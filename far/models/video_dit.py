@@ -24,6 +24,7 @@ class VideoDiT(FrameTransformer):
     stay 0 (a causal bias). No KV cache: every frame attends to frames still being denoised."""
 
     attention = 'full'
+    family = 'VideoDiT'
 
     def attention_for(self, q_segments: Sequence[Segment], k_segments: Sequence[Segment], device: torch.device,
                       slope: float) -> FullAttention:

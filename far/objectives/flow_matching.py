@@ -61,17 +61,28 @@ class FlowMatchingObjective:
         """The training schedule (built once; training only reads it)."""
         return self.scheduler.build()
 
+    @functools.cached_property
+    def _tables(self) -> dict:
+        return {}
+
+    def schedule_tables(self, device) -> torch.Tensor:
+        """``[2, num_train_timesteps]``: the training schedule's timesteps and sigmas on ``device``, copied there once,
+        so that drawing timesteps never waits on the host."""
+        device = torch.device(device)
+        if device not in self._tables:
+            scheduler = self.noise_schedule
+            self._tables[device] = torch.stack([scheduler.timesteps, scheduler.sigmas]).to(device)
+        return self._tables[device]
+
     def sample_timesteps(self, batch: int, frames: int, device, generator: Optional[torch.Generator] = None):
         """Per-frame ``(timesteps, sigmas)``, each [batch, frames], drawn as indices into the training schedule."""
-        scheduler = self.noise_schedule
         u = compute_density_for_timestep_sampling(
             weighting_scheme=self.weighting_scheme, batch_size=batch * frames, logit_mean=self.logit_mean,
             logit_std=self.logit_std, mode_scale=self.mode_scale, device=device, generator=generator)
-        indices = (u * scheduler.config.num_train_timesteps).long().cpu()
-        # `scheduler.sigmas[i]` is the noise level of `scheduler.timesteps[i]`: looking both up by index is
-        # what `scheduler.scale_noise` does element by element, done here once per batch.
-        timesteps = scheduler.timesteps[indices].reshape(batch, frames).to(device)
-        sigmas = scheduler.sigmas[indices].reshape(batch, frames).to(device)
+        indices = (u * self.noise_schedule.config.num_train_timesteps).long()
+        # `sigmas[i]` is the noise level of `timesteps[i]`: looking both up by index is what
+        # `scheduler.scale_noise` does element by element, done here once per batch.
+        timesteps, sigmas = self.schedule_tables(device)[:, indices].reshape(2, batch, frames)
         return timesteps, sigmas
 
     def clean_frames(self, batch: int, frames: int, window: int, device,

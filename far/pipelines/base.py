@@ -20,12 +20,14 @@ class VideoSampler(abc.ABC):
     """A sampler: ``predict`` continues (or starts) videos; ``replace`` gives the same sampler with other settings.
 
     ``runtime_args`` names the constructor arguments that receive the experiment's model and autoencoder, in
-    that order (``('transformer', 'vae')`` for FAR); ``model_class`` is the class of the models it samples
-    (checked when an experiment file loads). ``options`` is an instance of ``options_class``.
+    that order (``('transformer', 'vae')`` for FAR); ``model_families`` and ``autoencoder_families`` name the
+    ``family`` of the models and autoencoders it samples (checked when an experiment file loads). ``options`` is an
+    instance of ``options_class``.
     """
 
     runtime_args: ClassVar[Tuple[str, str]] = ('transformer', 'vae')
-    model_class: ClassVar[type]
+    model_families: ClassVar[Tuple[str, ...]]
+    autoencoder_families: ClassVar[Tuple[str, ...]]
     options_class: ClassVar[type]
     options: object
 

@@ -16,7 +16,6 @@ from typing import Literal, Optional
 import torch
 
 from ..conditions import Conditions
-from ..models.far import FAR
 from ..objectives.flow_matching import FlowMatchSchedule
 from ..registry import PIPELINES
 from .cached_sampling import CachedFrameSampler, compiled_engine
@@ -83,7 +82,7 @@ class FARPipeline(LatentFlowSampler):
     The per-frame progress bar is switched off with ``pipe.set_progress_bar_config(disable=True)``.
     """
 
-    model_class = FAR
+    model_families = ('FAR',)
     options_class = FARSampling
 
     @torch.no_grad()

@@ -1,6 +1,6 @@
 """What the flow-matching samplers of latent frames share (FAR's frame-by-frame sampler, the Video DiT's window
 sampler): their modules and settings, the condition ids of a guided batch, and pixels in and out through the
-autoencoder, and the Euler update. A subclass declares ``model_class`` and ``options_class`` (a dataclass with
+autoencoder, and the Euler update. A subclass declares ``model_families`` and ``options_class`` (a dataclass with
 ``guidance_scale``, ``guided`` and ``scheduler``) and implements ``generate_latents``.
 """
 import abc
@@ -12,6 +12,7 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..conditions import Condition, Conditions
+from ..models.autoencoders import LATENT_FAMILIES
 from ..objectives.flow_matching import CLEAN_TIMESTEP
 from .base import VideoSampler, guide
 
@@ -38,14 +39,16 @@ class LatentFlowSampler(DiffusionPipeline, VideoSampler):
     defaults when ``None``), which every generate call may change in part."""
 
     model_cpu_offload_seq = 'transformer->vae'
+    autoencoder_families = LATENT_FAMILIES
 
     def __init__(self, transformer: torch.nn.Module, vae: Optional[torch.nn.Module] = None, scheduler=None,
                  options=None):
         super().__init__()
         options = self.options_class() if options is None else options
-        if not isinstance(transformer, self.model_class):
-            raise ValueError(f'{type(self).__name__} samples {self.model_class.__name__} models, got a '
-                             f'{type(transformer).__name__}')
+        family = getattr(transformer, 'family', None)
+        if family not in self.model_families:
+            raise ValueError(f'{type(self).__name__} samples {" or ".join(self.model_families)} models, got a '
+                             f'{type(transformer).__name__} (family {family})')
         if options.guidance_scale != 1 and transformer.condition is None:
             raise ValueError(f'guidance_scale is {options.guidance_scale}, but the transformer is unconditional: '
                              'guidance needs a label- or action-conditioned model; set it to 1')

@@ -11,12 +11,14 @@ As in the reference sampler, every drawn id is fed back as drawn, even when it i
 head scores the whole vocabulary); video codes are ``clamp(id - video_offset, 0, codebook - 1)``.
 
 Unlike the reference: batches of any size (one generator per video reproduces the reference's
-one-video-per-call draws), classifier-free guidance that works (a second, null-condition half of the batch:
+one-video-per-call draws), classifier-free guidance that works (a null-condition half of the batch before the
+conditional one, as ``far.pipelines.base.guide`` reads it:
 the reference's guidance path cannot run, and its null embedding was never trained, so guidance needs a model
 trained here with ``condition_dropout > 0``), and ``top_p`` also applies without ``top_k``.
 
 As a :class:`~far.pipelines.base.VideoSampler` (``test.sampler: {type: NBPPipeline, top_k: 16000, top_p: 0.9}``)
-it samples the experiment's NBP model through its ``NBPTokenizer``; the settings are :class:`NBPSampling`.
+it samples the experiment's NBP model through its ``VideoTokenizer`` (``NBPTokenizer``); the settings are
+:class:`NBPSampling`.
 """
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple, Union
@@ -25,10 +27,10 @@ import torch
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 
 from ..conditions import Condition, Conditions
+from ..models.interfaces import VideoTokenizer
 from ..models.nbp import NBPTransformer
-from ..models.nbp_tokenizer import NBPTokenizer
 from ..registry import PIPELINES
-from .base import VideoSampler
+from .base import VideoSampler, guide
 
 Generators = Optional[Union[torch.Generator, Sequence[Optional[torch.Generator]]]]
 StepCallback = Callable[[int, torch.Tensor, int, torch.Tensor], None]
@@ -90,7 +92,7 @@ class NBPPipeline(DiffusionPipeline, VideoSampler):
 
     Args:
         transformer: an ``NBPTransformer``.
-        tokenizer: an ``NBPTokenizer`` to encode context frames and decode videos (``generate``, ``predict``), or
+        tokenizer: a ``VideoTokenizer`` to encode context frames and decode videos (``generate``, ``predict``), or
             ``None`` to sample tokens only (``generate_indices``).
         options: :class:`NBPSampling`; every generate call may change some of them (``top_k=1``).
 
@@ -99,11 +101,11 @@ class NBPPipeline(DiffusionPipeline, VideoSampler):
 
     model_cpu_offload_seq = 'transformer->tokenizer'
     runtime_args = ('transformer', 'tokenizer')
-    model_class = NBPTransformer
-    autoencoder_class = NBPTokenizer
+    model_families = ('NBP',)
+    autoencoder_families = ('NBP-tokenizer',)
     options_class = NBPSampling
 
-    def __init__(self, *, transformer: NBPTransformer, tokenizer: Optional[NBPTokenizer] = None,
+    def __init__(self, *, transformer: NBPTransformer, tokenizer: Optional[VideoTokenizer] = None,
                  options: NBPSampling = NBPSampling()):
         super().__init__()
         if options.guided and transformer.condition is None:
@@ -203,7 +205,7 @@ class NBPPipeline(DiffusionPipeline, VideoSampler):
             generator: a generator, or one per video.
             callback: ``callback(step, input_ids, past_length, logits)`` after every forward pass, with the fed
                 ids, their first position and their logits ``[B', L, V]`` (B' = 2B under guidance,
-                conditional half first).
+                null-condition half first).
             options: :class:`NBPSampling` settings for this call (``top_k=1``: greedy decoding); under guidance
                 the unconditional branch uses the null condition (``uncond_embedding``).
         """
@@ -213,9 +215,9 @@ class NBPPipeline(DiffusionPipeline, VideoSampler):
         batch, k, guided = prefix.shape[0], model.block_size, opt.guided
         generators = self._generator_list(generator, batch)
 
-        # ----- prompt: condition, BOV (hybrid), prefix; under guidance a second, null-condition half -----
+        # ----- prompt: condition, BOV (hybrid), prefix; under guidance a null-condition half first -----
         pending = model.layout_ids(prefix, cond)                                 # [B, L0]
-        null = torch.arange(2 * batch, device=device) >= batch if guided else None
+        null = torch.arange(2 * batch, device=device) < batch if guided else None
         cache = model.make_kv_cache(2 * batch if guided else batch,
                                     pending.shape[1] + num_tokens - prefix.shape[1] + k)
 
@@ -229,8 +231,7 @@ class NBPPipeline(DiffusionPipeline, VideoSampler):
                 callback(step, pending, past_length, logits)
             scores = logits[:, -width:].float() / opt.temperature               # [B', width, V]
             if guided:
-                cond_scores, uncond_scores = scores.chunk(2)
-                scores = uncond_scores + opt.guidance_scale * (cond_scores - uncond_scores)
+                scores = guide(scores, opt.guidance_scale)                       # [B, width, V]
             pending = self._draw(scores, opt.top_k, opt.top_p, generators)       # [B, width]
             drawn.append(pending)
             count += width
@@ -243,24 +244,22 @@ class NBPPipeline(DiffusionPipeline, VideoSampler):
 
     @torch.no_grad()
     def generate(self, *, num_frames: int = 17, context: Optional[torch.Tensor] = None, **sampling) -> torch.Tensor:
-        """Videos ``[B, num_frames, 3, H, W]`` in [0, 1] (frames second, clamped), decoded by the tokenizer.
+        """Videos ``[B, Tc + num_frames, 3, H, W]`` in [0, 1] (frames second, clamped), decoded by the tokenizer.
 
         Args:
-            num_frames: frames of the whole video, context included, ``1 + 4 m`` (17: 5 latent frames).
+            num_frames: new frames after the context (as in every sampler, see ``VideoSampler.predict``); the whole
+                video, ``Tc + num_frames``, is ``1 + 4 m`` frames (17: 5 latent frames).
             context: given first frames ``[B, Tc, 3, H, W]`` in [0, 1], ``1 + 4 m`` of them (K600: 5); they
                 are tokenized into the prefix and come back as reconstructions.
             sampling: the arguments of :meth:`generate_indices` (``cond_ids``, ``generator``, ``batch_size``,
                 :class:`NBPSampling` settings, ...), except ``num_tokens`` and ``prefix``.
         """
         tokenizer = self._tokenizer('generate')
-        tokens_per_frame = tokenizer.latent_size ** 2
-        prefix = None
-        if context is not None:
-            prefix = tokenizer.encode_tokens(context.to(self.device))
-        indices = self.generate_indices(num_tokens=tokenizer.latent_frames(num_frames) * tokens_per_frame,
+        total = num_frames + (0 if context is None else context.shape[1])
+        prefix = None if context is None else tokenizer.encode_tokens(context.to(self.device))
+        indices = self.generate_indices(num_tokens=tokenizer.latent_frames(total) * tokenizer.latent_size ** 2,
                                         prefix=prefix, **sampling)
-        video = tokenizer.decode_indices(indices)                                # [B, 3, T, H, W]
-        return video.float().clamp(0, 1).transpose(1, 2)
+        return tokenizer.decode_tokens(indices)
 
     def predict(self, *, context: Optional[torch.Tensor], num_frames: int, conditions: Conditions,
                 generators: Sequence[torch.Generator], height: int, width: int) -> torch.Tensor:
@@ -268,16 +267,16 @@ class NBPPipeline(DiffusionPipeline, VideoSampler):
         if (height, width) != (size, size):
             raise ValueError(f'the tokenizer reads {size}x{size} frames (its image_size), the videos are '
                              f'{height}x{width}: set the dataset resolution or the tokenizer image_size to match')
-        total = num_frames + (0 if context is None else context.shape[1])
         cond_ids = None
         if self.condition is not None:
+            total = num_frames + (0 if context is None else context.shape[1])
             cond_ids = self.condition.check(conditions, len(generators), total, 'the transformer')
         elif conditions is not None:
             raise ValueError('the transformer is unconditional: pass conditions=None')
-        return self.generate(num_frames=total, context=context, cond_ids=cond_ids, generator=list(generators),
+        return self.generate(num_frames=num_frames, context=context, cond_ids=cond_ids, generator=list(generators),
                              batch_size=len(generators))
 
-    def _tokenizer(self, method: str) -> NBPTokenizer:
+    def _tokenizer(self, method: str) -> VideoTokenizer:
         if self.tokenizer is None:
             raise ValueError(f'NBPPipeline.{method} decodes videos: build the pipeline with a tokenizer (or use '
                              'generate_indices)')

@@ -64,7 +64,7 @@ class VideoDiTPipeline(LatentFlowSampler):
         options: :class:`VideoDiTSampling`; every generate call may change some of them.
     """
 
-    model_class = VideoDiT
+    model_families = ('VideoDiT',)
     options_class = VideoDiTSampling
 
     def __init__(self, transformer: VideoDiT, vae: Optional[torch.nn.Module] = None, scheduler=None,

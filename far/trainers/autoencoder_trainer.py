@@ -11,10 +11,9 @@ from accelerate.utils import DistributedDataParallelKwargs, gather_object
 from torch.utils.data import default_collate
 
 from far.losses.autoencoder_loss import AutoencoderLoss
-from far.models.autoencoders import DCAutoencoder
-from far.models.nbp_tokenizer import NBPTokenizer
+from far.models.interfaces import Autoencoder
 from far.registry import METRICS, TRAINERS
-from far.trainers.autoencoder_networks import trainable
+from far.trainers.autoencoder_networks import AutoencoderWithDiscriminator
 from far.trainers.base import OptimizerOptions, Trainer
 from far.utils.distributed import split_batches
 from far.grids import save_grid
@@ -53,24 +52,25 @@ class AutoencoderTrainer(Trainer):
     ``disc_start``). ``batch_size`` counts clips.
 
     A checkpoint loads back as ``autoencoder: {type: DCAutoencoder, config: ..., checkpoint:
-    experiments/<name>/checkpoints/checkpoint-<step>}`` (its EMA weights), and an NBP tokenizer's also as
-    ``checkpoint: experiments/<name>/checkpoints`` (the newest).
+    experiments/<name>/checkpoints/checkpoint-<step>}`` (its EMA weights), or ``checkpoint:
+    experiments/<name>/checkpoints`` (the newest; see ``far.utils.checkpoints.read_autoencoder_weights``).
     """
 
     runtime_args = ('accelerator', 'autoencoder', 'datasets', 'folder', 'seed', 'config')
-    autoencoder_class = (DCAutoencoder, NBPTokenizer)
+    model_families = ()  # it trains the autoencoder alone
+    autoencoder_families = ('DC-AE', 'NBP-tokenizer')
 
     def __init__(
         self,
         *,
         accelerator,
-        autoencoder: nn.Module,
+        autoencoder: Autoencoder,
         optimizer: OptimizerOptions = OptimizerOptions(betas=(0.5, 0.9)),
         loss: AutoencoderLoss = AutoencoderLoss(),
         validation: Optional[ReconstructionValidation] = None,
         **options,
     ):
-        model = trainable(autoencoder, loss.discriminator())
+        model = AutoencoderWithDiscriminator(autoencoder, loss.discriminator())
         if accelerator.num_processes > 1 and loss.disc_weight > 0:
             # Each phase leaves some parameters without gradient (the discriminator before disc_start,
             # the encoder after it), which DDP must be told about.

@@ -5,19 +5,20 @@ A trainer subclass says what one step computes (``train_step``) and what validat
 (seed, rank, step), and a checkpoint holds the model, optimizer, lr schedule, EMA and RNG states.
 """
 import logging
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Literal, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from accelerate.utils import set_seed
-from diffusers.optimization import get_scheduler
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, IterableDataset
 
 from far.trainers.curves import TrainingCurves
+from far.trainers.ema import EMA
 from far.trainers.guards import FaultOptions, NonFiniteGuard
+from far.trainers.lr_schedule import AppliedStepsSchedule, LRScheduleOptions
 from far.utils.checkpoints import load_checkpoint, resume_checkpoint, save_checkpoint
 from far.utils.compile import compile_blocks
 from far.utils.distributed import StepBatchSampler, seed_for
@@ -46,13 +47,6 @@ class OptimizerOptions:
         trained = [p for p in model.parameters() if p.requires_grad]
         return [{'params': [p for p in trained if id(p) in decayed]},
                 {'params': [p for p in trained if id(p) not in decayed], 'weight_decay': 0.0}]
-
-
-@dataclass(frozen=True)
-class LRScheduleOptions:
-    """Linear warmup over ``warmup_steps``, then constant or cosine decay to zero at the last step."""
-    name: Literal['constant', 'cosine'] = 'constant'
-    warmup_steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -86,7 +80,12 @@ class Trainer(ABC):
     newest checkpoint.
 
     ``compile``: regional compilation (``torch.compile`` of each transformer block, once for all of them); it pays
-    on GPUs and takes minutes to warm up on a CPU. The optimiser is AdamW, fused into one kernel on CUDA.
+    on GPUs and takes minutes to warm up on a CPU. The optimiser is AdamW, fused into one kernel. ``num_workers``:
+    the data loader's worker processes; null: 0 on CPU (workers would take the training's cores), else up to
+    ``CUDA_WORKERS`` per process, with pinned memory.
+
+    A step waits on the host only at log, checkpoint and validation steps: whether its update is applied is
+    decided on the device (``NonFiniteGuard``) and the optimizer, lr schedule and EMA obey that decision there.
 
     A subclass takes its own options as keyword arguments and hands the rest on (``**options``); the YAML
     validator reads the whole chain of signatures, so the defaults here are the only ones.
@@ -94,17 +93,19 @@ class Trainer(ABC):
 
     # Built by train.py, not set in the YAML file.
     runtime_args = ('accelerator', 'model', 'datasets', 'folder', 'seed', 'config')
+    CUDA_WORKERS = 4  # data loader workers per process on CUDA, when num_workers is null
 
     def __init__(self, *, accelerator, model: torch.nn.Module, datasets: dict, folder: Path, seed: int,
                  config: dict, total_steps: int, batch_size: int, optimizer: OptimizerOptions = OptimizerOptions(),
                  lr_schedule: LRScheduleOptions = LRScheduleOptions(), max_grad_norm: Optional[float] = 1.0,
                  ema_decay: Optional[float] = 0.9999, gradient_checkpointing: bool = False,
                  checkpoint: CheckpointOptions = CheckpointOptions(), log: LogOptions = LogOptions(),
-                 fault: FaultOptions = FaultOptions(), num_workers: int = 0, compile: bool = False, validation=None):
+                 fault: FaultOptions = FaultOptions(), num_workers: Optional[int] = None, compile: bool = False,
+                 validation=None):
         if 'train' not in datasets:
             raise ValueError("the trainer needs datasets['train']")
-        if total_steps < 1 or batch_size < 1 or num_workers < 0:
-            raise ValueError(f'need total_steps >= 1, batch_size >= 1 and num_workers >= 0, got {total_steps}, '
+        if total_steps < 1 or batch_size < 1 or (num_workers is not None and num_workers < 0):
+            raise ValueError(f'need total_steps >= 1, batch_size >= 1 and num_workers >= 0 or null, got {total_steps}, '
                              f'{batch_size} and {num_workers}')
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
             raise ValueError(f'ema_decay must be in [0, 1) or null, got {ema_decay}')
@@ -121,7 +122,7 @@ class Trainer(ABC):
         self.gradient_checkpointing, self.compile = gradient_checkpointing, compile
         self.checkpoint, self.log, self.validation = checkpoint, log, validation
         self.guard = NonFiniteGuard(accelerator, fault.max_nonfinite_steps, self.folder / 'checkpoints')
-        self.ema: Optional[AveragedModel] = None
+        self.ema: Optional[EMA] = None
         self.wandb = None
         self.curves = TrainingCurves(self.folder)
 
@@ -142,7 +143,7 @@ class Trainer(ABC):
         """Endless training batches from ``start_step`` on, on the accelerator's device."""
         dataset = self.datasets['train']
         acc = self.accelerator
-        loader_args = dict(num_workers=self.num_workers, pin_memory=acc.device.type == 'cuda',
+        loader_args = dict(num_workers=self._loader_workers(), pin_memory=acc.device.type == 'cuda',
                            generator=torch.Generator().manual_seed(self.seed))
         if isinstance(dataset, IterableDataset):  # a stream splits itself over ranks, evenly
             batches = self._stream_batches(dataset, start_step, loader_args)
@@ -153,11 +154,19 @@ class Trainer(ABC):
         for batch in batches:
             yield {k: v.to(acc.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
+    def _loader_workers(self) -> int:
+        """``num_workers``, or its default for the device (see the class docstring)."""
+        if self.num_workers is not None:
+            return self.num_workers
+        if self.accelerator.device.type != 'cuda':
+            return 0
+        return min(self.CUDA_WORKERS, (os.cpu_count() or 1) // max(torch.cuda.device_count(), 1))
+
     def _stream_batches(self, stream, start_step: int, loader_args: dict):
         """A stream's batches from ``start_step`` on. Epoch e of the stream is a function of (seed, e), so a
         resumed epoch continues after the samples each of its readers had yielded."""
         loader = DataLoader(stream, batch_size=self.batch_size, drop_last=True, **loader_args)
-        position = stream.resume_point(start_step, batch_size=self.batch_size, num_workers=self.num_workers)
+        position = stream.resume_point(start_step, batch_size=self.batch_size, num_workers=loader_args['num_workers'])
         while True:
             stream.start_epoch(seed=self.seed, position=position)
             yield from loader
@@ -173,16 +182,13 @@ class Trainer(ABC):
             logger.info(f'compiling {compile_blocks(model)} transformer blocks (regional compilation)')
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
-        # one fused kernel for the whole update on CUDA
+        # One kernel for the whole update, which skips it on the device when told to (`found_inf`, see `_update`).
         optimizer = torch.optim.AdamW(opt.parameter_groups(model), lr=opt.lr, betas=tuple(opt.betas),
-                                      weight_decay=opt.weight_decay, eps=opt.eps, fused=acc.device.type == 'cuda')
-        schedule = get_scheduler('constant_with_warmup' if self.lr_schedule.name == 'constant' else 'cosine',
-                                 optimizer, num_warmup_steps=self.lr_schedule.warmup_steps,
-                                 num_training_steps=self.total_steps)
+                                      weight_decay=opt.weight_decay, eps=opt.eps, fused=True)
+        schedule = self.lr_schedule.build(optimizer, self.total_steps)
         if self.ema_decay is not None:
             # Built before prepare(): a copy of the plain module, not of a wrapper.
-            self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay)).requires_grad_(False)
-            self.ema.eval()
+            self.ema = EMA(model, decay=self.ema_decay)
         self.model, optimizer, schedule = acc.prepare(model, optimizer, schedule)
         logger.info(f'model: {sum(p.numel() for p in params) / 1e6:.2f}M trained parameters; '
                     f'{acc.num_processes} process(es) x batch {self.batch_size}')
@@ -192,7 +198,8 @@ class Trainer(ABC):
         if latest is not None:
             step = load_checkpoint(acc, latest, self.ema)
             logger.info(f'resumed from {latest} (step {step})')
-        return optimizer, schedule, step
+        return optimizer, AppliedStepsSchedule(schedule.scheduler, optimizer, total_steps=self.total_steps,
+                                               device=acc.device), step
 
     def fit(self):
         acc = self.accelerator
@@ -210,26 +217,36 @@ class Trainer(ABC):
             # Data augmentation, noise and dropout of a step depend on the step only: resuming is exact.
             set_seed(seed_for(self.seed, acc.process_index, step))
             logs = self.train_step(next(batches), step)
-            acc.backward(logs['loss'])
+            acc.backward(self.guard.backward_loss(logs['loss']))
             logs['grad_norm'] = self._grad_norm()
-            if self.guard.allows(step + 1, logs['loss'], logs['grad_norm']):
-                optimizer.step()
-                schedule.step()
-                if self.ema is not None:
-                    self.ema.update_parameters(acc.unwrap_model(self.model))
-            optimizer.zero_grad(set_to_none=True)
+            self._update(optimizer, schedule, self.guard.check(step + 1, logs['loss'], logs['grad_norm']))
             step += 1
 
             last = step == self.total_steps
-            if step % self.log.every == 0 or last:
-                self._log(step, logs, schedule.get_last_lr()[0], progress(step))
+            log, checkpoint = step % self.log.every == 0 or last, step % self.checkpoint.every == 0 or last
+            if log or checkpoint:
+                self.guard.review()
+            if log:
+                self._log(step, logs, schedule.last_lr(), progress(step))
             # Not while updates are skipped: the weights may be what diverged. The final one always.
-            if (step % self.checkpoint.every == 0 and not self.guard.in_a_row) or last:
+            if (checkpoint and not self.guard.in_a_row) or last:
+                schedule.sync()
                 self._save(step)
             if self.validation is not None and (step % self.validation.every == 0 or last):
                 self.validate(step)
         if self.wandb is not None:
             self.wandb.finish()
+
+    def _update(self, optimizer, schedule: AppliedStepsSchedule, applied: torch.Tensor):
+        """The optimiser, lr schedule and EMA steps, each leaving its state exactly as it was where ``applied`` (a
+        bool tensor on the device) is false."""
+        # Fused AdamW then skips its update and keeps its step count (what GradScaler uses it for).
+        optimizer.optimizer.found_inf = (~applied).float()
+        optimizer.step()
+        schedule.advance(applied)
+        if self.ema is not None:
+            self.ema.update_parameters(self.accelerator.unwrap_model(self.model), applied)
+        optimizer.zero_grad(set_to_none=True)
 
     def _grad_norm(self) -> torch.Tensor:
         """The gradients' total norm, after clipping them to ``max_grad_norm`` when set."""

@@ -3,8 +3,7 @@ from typing import Dict
 
 import torch
 
-from far.models.nbp import NBPTransformer
-from far.models.nbp_tokenizer import NBPTokenizer
+from far.objectives import NextBlockObjective
 from far.registry import TRAINERS
 from far.trainers.base import OptimizerOptions
 from far.trainers.generative import GenerativeTrainer
@@ -12,8 +11,8 @@ from far.trainers.generative import GenerativeTrainer
 
 @TRAINERS.register()
 class NBPTrainer(GenerativeTrainer):
-    """Trains an ``NBPTransformer`` with its next-block cross-entropy on shifted targets (``model.loss``) over the
-    tokens of the frozen ``NBPTokenizer`` of the ``autoencoder`` block.
+    """Trains an ``NBPTransformer`` with :class:`NextBlockObjective` (next-block cross-entropy on shifted targets) over
+    the tokens of the frozen ``VideoTokenizer`` (``NBPTokenizer``) of the ``autoencoder`` block.
 
     Items carry pixels (``'video'``, clips of 1 + 4 m frames, tokenized on the fly) or the tokens of token shards
     (``'tokens'``, read with ``use_tokens: true``, see ``scripts/extract_latents.py``), and ``'label'`` for a
@@ -25,12 +24,13 @@ class NBPTrainer(GenerativeTrainer):
     ``GenerativeTrainer`` and ``Trainer``.
     """
 
-    model_class = NBPTransformer
-    autoencoder_class = NBPTokenizer
+    model_families = ('NBP',)
+    autoencoder_families = ('NBP-tokenizer',)
 
     def __init__(self, *, optimizer: OptimizerOptions = OptimizerOptions(
             betas=(0.9, 0.95), weight_decay=0.01, decayed_modules=('Linear',)), **options):
         super().__init__(optimizer=optimizer, **options)
+        self.objective = NextBlockObjective()
 
     def train_step(self, batch: dict, step: int) -> Dict[str, torch.Tensor]:
         model = self.accelerator.unwrap_model(self.model)
@@ -41,4 +41,4 @@ class NBPTrainer(GenerativeTrainer):
                 tokens = self.autoencoder.encode_tokens(batch['video'])
         condition = model.condition
         cond_ids = None if condition is None else condition.from_batch(batch)[condition.kind]
-        return {'loss': model.loss(tokens, cond_ids, network=self.model)}
+        return {'loss': self.objective(self.model, model, tokens, cond_ids)}

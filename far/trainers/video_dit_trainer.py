@@ -10,5 +10,7 @@ class VideoDiTTrainer(FARTrainer):
     """:class:`FARTrainer` (the same data, latents, conditions and loss window) with
     :class:`ClipFlowMatchingObjective`: one noise level per clip, clean context as a leading run of frames."""
 
+    model_families = ('VideoDiT',)
+
     def __init__(self, *, objective: ClipFlowMatchingObjective = ClipFlowMatchingObjective(), **options):
         super().__init__(objective=objective, **options)

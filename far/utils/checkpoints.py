@@ -24,6 +24,7 @@ from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from far.utils.faults import (CheckpointLoadError, CheckpointWriteError, drop_frames, first_line, free_space, size_text,
                               write_cause)
+from far.utils.files import find_file
 from far.utils.integrity import MANIFEST_FILE, file_problem, folder_problem, has_manifest, read_manifest, write_manifest
 
 logger = logging.getLogger('far')
@@ -35,6 +36,9 @@ EMA_FILE = 'ema.safetensors'
 MODEL_FILE = 'model.safetensors'  # written by accelerator.save_state
 PRETRAINED_FILES = ('diffusion_pytorch_model.safetensors', 'diffusion_pytorch_model.bin')
 STATE_DICT_SUFFIXES = ('.safetensors', '.pth', '.pt', '.bin', '.ckpt')
+PACKAGE_KEY = 'model_state_dict'  # a torch.save package holding the weights next to other entries (magvit2_*.pt)
+# The autoencoder trainer's network holds the autoencoder's weights under this prefix, next to its discriminator.
+AUTOENCODER_PREFIX = 'autoencoder.'
 # What writing a checkpoint raises on a full or unwritable disk (torch.save says RuntimeError).
 WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
 # What reading a damaged weight or state file raises.
@@ -182,8 +186,8 @@ def _load_state(accelerator, path: Path, ema) -> int:
 
 
 def read_state_dict(file) -> Dict[str, torch.Tensor]:
-    """The tensors of a weight file; ValueError naming the file when it is damaged (checked against the
-    manifest of its checkpoint when it has one)."""
+    """The tensors of a weight file (of its ``model_state_dict`` when it is a package); ValueError naming the file
+    when it is damaged (checked against the manifest of its checkpoint when it has one)."""
     file = Path(file)
     problem = manifest_problem(file)
     if problem is not None:
@@ -194,6 +198,8 @@ def read_state_dict(file) -> Dict[str, torch.Tensor]:
         state = torch.load(file, map_location='cpu', weights_only=True)
     except READ_ERRORS as error:
         raise ValueError(f'{file} cannot be read, it is damaged or truncated ({first_line(error)})') from None
+    if isinstance(state, dict) and isinstance(state.get(PACKAGE_KEY), dict):
+        state = state[PACKAGE_KEY]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         keys = ', '.join(list(state)[:5]) if isinstance(state, dict) else type(state).__name__
         raise ValueError(f'{file} is not a plain state dict of tensors (found: {keys})')
@@ -251,3 +257,21 @@ def load_weights(model: torch.nn.Module, source, use_ema: bool = True) -> Path:
         raise ValueError(f'{problem}: missing {show(result.missing_keys) or "none"}; '
                          f'unexpected {show(result.unexpected_keys) or "none"}')
     return file
+
+
+def read_autoencoder_weights(checkpoint: str, missing: str) -> Tuple[Path, Dict[str, torch.Tensor]]:
+    """The weight file and state dict behind an autoencoder block's ``checkpoint``: a state dict file (a released
+    package's ``model_state_dict``), a ``save_pretrained`` folder, a checkpoint of the autoencoder trainer (its EMA
+    weights) or its ``checkpoints`` folder (the newest one); without the ``module.`` prefix of a
+    DistributedDataParallel save and the trainer's ``autoencoder.`` prefix. ``missing`` says how to get one."""
+    found = find_file(checkpoint)
+    if found is None:
+        raise FileNotFoundError(f"autoencoder checkpoint '{checkpoint}' (autoencoder key `checkpoint`) does not "
+                                f'exist: {missing}')
+    file = resolve_weights(latest_checkpoint(found) or found)
+    state = read_state_dict(file)
+    consume_prefix_in_state_dict_if_present(state, 'module.')
+    if any(key.startswith(AUTOENCODER_PREFIX) for key in state):  # the trainer's network: leave its discriminator
+        state = {key[len(AUTOENCODER_PREFIX):]: value for key, value in state.items()
+                 if key.startswith(AUTOENCODER_PREFIX)}
+    return file, state

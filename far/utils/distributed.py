@@ -1,4 +1,4 @@
-"""Distributed helpers: the Accelerator, a launch check, deterministic seeds and even work splits.
+"""Distributed helpers: the Accelerator, a launch check, the rank, deterministic seeds and even work splits.
 
 Randomness in training and sampling is a pure function of (seed, rank, step) or (seed, video): a
 resumed run draws exactly what an uninterrupted one would, and sampled videos do not depend on the
@@ -6,10 +6,11 @@ number of processes.
 """
 import os
 from datetime import timedelta
-from typing import Iterator, List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs
 
@@ -45,6 +46,20 @@ def check_launch(num_processes: int, environ=os.environ):
     if num_processes == 1 and not world_size and 'ACCELERATE_USE_CPU' in environ and 'MASTER_ADDR' in environ:
         raise LaunchError('accelerate launch was asked for several processes but started one; add --multi_gpu '
                           '(also on CPU): accelerate launch --multi_gpu --num_processes N train.py -opt ...')
+
+
+def distributed_rank(rank: Optional[int] = None, world_size: Optional[int] = None) -> Tuple[int, int]:
+    """``(rank, world_size)``: the arguments when given, else torch.distributed when initialised, else the
+    ``RANK``/``WORLD_SIZE`` environment variables, else ``(0, 1)``."""
+    if dist.is_available() and dist.is_initialized():
+        found = dist.get_rank(), dist.get_world_size()
+    else:
+        found = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
+    rank = found[0] if rank is None else rank
+    world_size = found[1] if world_size is None else world_size
+    if not 0 <= rank < world_size:
+        raise ValueError(f'rank {rank} is not in [0, world_size={world_size})')
+    return rank, world_size
 
 
 def seed_for(*keys: int) -> int:
