@@ -8,6 +8,7 @@ Everything here goes through the sampler protocol (``far.pipelines.base.VideoSam
 sampler of any model family is evaluated the same way.
 """
 import logging
+from copy import deepcopy
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -43,6 +44,34 @@ class SamplingOptions:
         if self.batch_size < 1 or self.num_grid_videos < 1:
             raise ValueError(f'batch_size and num_grid_videos must be >= 1, got {self.batch_size} and '
                              f'{self.num_grid_videos}')
+
+
+def sampling_dtype(mixed_precision: str) -> Optional[torch.dtype]:
+    """The dtype to keep sampling weights in under ``mixed_precision`` (``None``: as they are): with 16-bit autocast,
+    weights already in its dtype are not cast again at every pass of every step."""
+    return {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(mixed_precision)
+
+
+def cast_for_sampling(model: torch.nn.Module, mixed_precision: str) -> torch.nn.Module:
+    """``model`` cast in place to the ``sampling_dtype`` of ``mixed_precision`` (unchanged when there is none)."""
+    dtype = sampling_dtype(mixed_precision)
+    if dtype is not None:
+        # a plain cast: diffusers' to() warns about modules to keep in float32, which these models do not have
+        torch.nn.Module.to(model, dtype)
+    return model
+
+
+def refresh_sampling_copy(model: torch.nn.Module, copy: Optional[torch.nn.Module],
+                          mixed_precision: str) -> torch.nn.Module:
+    """``model``'s weights in the ``sampling_dtype`` of ``mixed_precision``: ``copy`` (the result of an earlier call)
+    refreshed in place, so that what was built for it (compiled sampling engines) stays valid, or a new copy the
+    first time."""
+    if copy is None:
+        return cast_for_sampling(deepcopy(model), mixed_precision).eval().requires_grad_(False)
+    with torch.no_grad():
+        for target, source in zip(copy.state_dict().values(), model.state_dict().values()):
+            target.copy_(source)
+    return copy
 
 
 def copy_last_frame(gt: torch.Tensor, context_length: int) -> torch.Tensor:

@@ -286,7 +286,13 @@ class Validator:
             parameters = yaml_parameters(target)
             params = {n: (p.annotation, p.default is p.empty) for n, p in parameters.items()}
             defaults = {n: p.default for n, p in parameters.items() if p.default is not p.empty}
-        written = {'type': name, **self._fields(kwargs, params, path, f'{registry.name} {name!r}')}
+        fields = self._fields(kwargs, params, path, f'{registry.name} {name!r}')
+        if options_class is not None:
+            try:  # the settings' own checks (__post_init__), before any work starts
+                options_class(**fields)
+            except (TypeError, ValueError) as e:
+                self.fail(path, str(e))
+        written = {'type': name, **fields}
         return ValidBlock(written, {**defaults, **getattr(target, 'fixed_kwargs', {}), **written})
 
     def group(self, value: Any, cls, path: str):

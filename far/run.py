@@ -159,7 +159,7 @@ def evaluate(*, options: ExperimentOptions, file: str, root: str = 'experiments'
     except (ValueError, FileNotFoundError) as error:
         raise OptionError(file, 'test.checkpoint', str(error)) from None
     logger.info(f'{file}: evaluating {weights} on {accelerator.num_processes} process(es) ({accelerator.device})')
-    model.to(accelerator.device).eval()
+    evaluation.cast_for_sampling(model.to(accelerator.device), options.mixed_precision).eval()  # cast once, not per pass
     with building(file, 'autoencoder'):
         autoencoder = options.build_autoencoder().to(accelerator.device).eval()
     with accelerator.main_process_first(), building(file, f'datasets.{topt.dataset}'):

@@ -1,9 +1,13 @@
 """FAR-Long: parity with the reference implementation, checkpoint names, sizes, multi-level KV cache,
 test-time temporal decay."""
+import warnings
+
 import pytest
 import torch
 
+from far.experiment import load_experiment
 from far.models import FAR_Long, build_model
+from far.options import OptionError, yaml_parameters
 
 MODES = {'no_cache': dict(use_kv_cache=False), 'single_level': dict(use_kv_cache=True, multi_level_cache=False),
          'multi_level': dict(use_kv_cache=True, multi_level_cache=True)}
@@ -89,15 +93,6 @@ def test_training_forward_is_causal_over_long_and_short_frames(tiny_far_long):
     assert torch.equal(out[:, :4], out2[:, :4]) and not torch.allclose(out[:, 5], out2[:, 5])
 
 
-def test_cache_that_missed_a_window_slide_is_rejected(tiny_far_long):
-    model = tiny_far_long(short_term_ctx_winsize=2)
-    cache = model.make_kv_cache(1, 4, 4, 4)
-    frames, actions = randn(1, 2, 4, 4, 4), {'action': torch.zeros(1, 1).long()}
-    model(frames, torch.full((1, 2), -1.0), {'action': torch.zeros(1, 2).long()}, kv_cache=cache, cache_frames=2)
-    with pytest.raises(ValueError, match='truncate'):
-        model(frames[:, :1], torch.full((1, 1), -1.0), actions, kv_cache=cache)
-
-
 def test_test_time_temporal_decay(make_pipeline, tiny_far_long):
     model = tiny_far_long(short_term_ctx_winsize=3)
     pipe = make_pipeline(model)
@@ -105,7 +100,7 @@ def test_test_time_temporal_decay(make_pipeline, tiny_far_long):
                   conditions={'action': torch.ones(1, 5).long()}, num_inference_steps=2)
     plain = pipe.generate_latents(**kwargs)
     decayed = pipe.generate_latents(**kwargs, slope_scale=0.5)
-    assert model.slope_scale == 0.0  # the override lasts one call
+    assert model.slope_scale == 0.0  # the sampler passes its slope on: the model is left as it is
     assert not torch.allclose(plain[:, 3:], decayed[:, 3:])
     assert (decayed - pipe.generate_latents(**kwargs, slope_scale=0.5, use_kv_cache=False)).abs().max() < 1e-4
     model.slope_scale = 0.5  # or set on the model
@@ -117,6 +112,9 @@ def test_save_pretrained_round_trip(tiny_far_long, tmp_path):
     model.save_pretrained(tmp_path)
     loaded = FAR_Long.from_pretrained(tmp_path).eval()
     assert loaded.config.context_patch_size == 2 and loaded.config.short_term_ctx_winsize == 2
+    # every key FAR_Long hands on to FAR is recorded and read back
+    assert {k: v for k, v in loaded.config.items() if not k.startswith('_')} == \
+        {k: v for k, v in model.config.items() if not k.startswith('_')}
     latents, timestep, actions = randn(1, 4, 4, 4, 4), torch.full((1, 4), 300.0), {'action': torch.ones(1, 4).long()}
     assert torch.equal(loaded(latents, timestep, actions).sample, model(latents, timestep, actions).sample)
 
@@ -143,3 +141,28 @@ def test_reference_dtype_rounding_feeds_the_embeddings_what_bf16_made_of_them(ti
     table = tiny_far_long().rope(0, 259, 1, 1, 1, torch.device('cpu'))
     assert torch.equal(exact[0], table[0][255:259])
     assert torch.equal(rounded[0], table[0][[255, 256, 256, 258]])  # 257 -> 256
+
+
+def test_flex_attention_masks_long_and_short_frames_by_frame_arithmetic(tiny_far_long):
+    """FlexAttention's block mask and bias compute each token's frame from the segments (long-term frames of 4
+    tokens, short-term frames of 16): the same as SDPA's dense mask."""
+    model = tiny_far_long(short_term_ctx_winsize=2, slope_scale=0.05)
+    latents, timestep, actions = randn(1, 5, 4, 4, 4), torch.full((1, 5), 300.0), {'action': torch.ones(1, 5).long()}
+    with torch.no_grad():
+        reference = model(latents, timestep, actions).sample
+        model.attention_backend = 'flex'  # unfused on CPU (forward only)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            flex = model(latents, timestep, actions).sample
+    torch.testing.assert_close(flex, reference, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('override, message', [
+    ('model.context_patch_sise=2', r"model\.context_patch_sise: unknown key for model 'FAR_Long' \(did you mean "
+                                   r"'context_patch_size'\?\)"),
+    ('model.num_layer=2', r"model\.num_layer: unknown key for model 'FAR_Long' \(did you mean 'num_layers'\?\)"),
+])
+def test_misspelt_keys_are_refused_though_far_long_hands_its_options_to_far(override, message):
+    with pytest.raises(OptionError, match=message):
+        load_experiment('options/long_context/far_long_maze_memory.yml', [override])
+    assert {'context_patch_size', 'num_layers', 'slope_scale'} <= set(yaml_parameters(FAR_Long))

@@ -5,7 +5,7 @@ import warnings
 import pytest
 import torch
 
-from far.models import FAR, KVCache, build_model
+from far.models import FAR, SlotKVCache, build_model
 from far.registry import MODELS
 
 
@@ -102,31 +102,43 @@ def test_action_conditioning_is_per_frame(tiny_far):
     assert torch.equal(out[:, :3], out2[:, :3]) and not torch.allclose(out[:, 3], out2[:, 3])
 
 
-def test_kv_cache_forward_equals_full_forward(tiny_far):
+def cached_pass(model, cache, cached, inputs, first, count, slope):
+    """Feed frames ``first..first+count-1`` after the ``cached`` segments, as the cached sampler does."""
+    latents, timestep, conditions = inputs
+    fed = [(first, count, 16)]
+    start = sum(frames * tokens for _, frames, tokens in cached)
+    cache.write, cache.visible = slice(start, start + count * 16), start + count * 16
+    attend = model.attention_for(fed, cached + fed, latents.device, slope)
+    return model.forward_cached(latents[:, first:first + count], timestep[:, first:first + count], conditions,
+                                cache=cache, frames=range(first, first + count), attend=attend)
+
+
+def test_cached_passes_equal_the_full_forward(tiny_far):
     model = tiny_far(slope_scale=0.1)
-    latents, timestep, conditions = inputs(frames=5)
-    full = model(latents, timestep, conditions).sample
-    cache = model.make_kv_cache(batch_size=2, num_frames=5, height=4, width=4)
+    batch = inputs(frames=5)
+    full = model(*batch).sample
+    cache = model.make_slot_cache(batch_size=2, num_frames=5, height=4, width=4)
     buffer = cache.keys.data_ptr()
-    # frames 0-2 in one pass (all kept), then frame 3 alone (kept), then frame 4 alone (not kept)
-    first = model(latents[:, :3], timestep[:, :3], conditions, kv_cache=cache, cache_frames=3).sample
-    third = model(latents[:, 3:4], timestep[:, 3:4], conditions, kv_cache=cache, cache_frames=1).sample
-    fourth = model(latents[:, 4:], timestep[:, 4:], conditions, kv_cache=cache).sample
+    # frames 0-2 in one pass, then frame 3, then frame 4, each attending to the frames cached before it
+    first = cached_pass(model, cache, [], batch, 0, 3, 0.1)
+    third = cached_pass(model, cache, [(0, 3, 16)], batch, 3, 1, 0.1)
+    fourth = cached_pass(model, cache, [(0, 4, 16)], batch, 4, 1, 0.1)
     torch.testing.assert_close(torch.cat([first, third, fourth], 1), full, rtol=1e-4, atol=1e-5)
-    assert cache.num_frames == 4 and cache.num_tokens == 4 * 16
     assert cache.keys.data_ptr() == buffer  # preallocated, written in place
-    with pytest.raises(ValueError, match='KV cache is full'):
-        model(latents[:, :2], timestep[:, :2], conditions, kv_cache=cache)
+    # forward's slope is an argument too (the model's by default)
+    assert not torch.allclose(model(*batch, slope_scale=0.0).sample, full)
 
 
-def test_kv_cache_returns_views_of_its_buffer():
-    cache = KVCache(num_layers=2, batch_size=1, num_heads=2, head_dim=4, max_tokens=8, device=torch.device('cpu'),
-                    dtype=torch.float32)
-    cache.commit([(0, 1, 3)], num_frames=1)
+def test_slot_cache_writes_in_place_and_returns_the_visible_slots():
+    cache = SlotKVCache(num_layers=2, batch_size=1, num_heads=2, head_dim=4, num_slots=8, device=torch.device('cpu'),
+                        dtype=torch.float32)
+    cache.write, cache.visible = slice(3, 5), 5
     k, v = cache.layer(1).extend(torch.ones(1, 2, 2, 4), torch.ones(1, 2, 2, 4))
     assert k.shape == (1, 2, 5, 4) and k.data_ptr() == cache.keys[1].data_ptr()
-    cache.truncate(0)
-    assert cache.num_frames == 0 and cache.num_tokens == 0
+    assert cache.keys[1, :, :, 3:5].eq(1).all() and cache.keys[1, :, :, :3].eq(0).all()
+    cache.write, cache.visible = torch.tensor([6, 7]), None  # a compiled pass: index slots, every slot visible
+    k, _ = cache.layer(0).extend(torch.full((1, 2, 2, 4), 2.0), torch.ones(1, 2, 2, 4))
+    assert k.shape == (1, 2, 8, 4) and cache.keys[0, :, :, 6:].eq(2).all()
 
 
 def test_flex_attention_backend_matches_sdpa(tiny_far):

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from far.experiment import load_experiment
-from far.models import VideoDiT
+from far.models import FAR, VideoDiT
 from far.options import OptionError
-from far.pipelines import VideoDiTPipeline, VideoDiTSampling
+from far.pipelines import FARPipeline, VideoDiTPipeline, VideoDiTSampling
 
 CONFIGS = 'options/convergence/contenders'
 
@@ -47,8 +47,18 @@ def test_attention_is_bidirectional(tiny_far, tiny_dit):
 def test_causal_options_are_refused(tiny_dit):
     with pytest.raises(ValueError, match='slope_scale'):
         tiny_dit(slope_scale=0.1)(latents(1, 2, 4, 4, 4), torch.zeros(1, 2))
-    with pytest.raises(ValueError, match='no KV cache'):
-        tiny_dit().make_kv_cache(1, 2, 4, 4)
+
+
+
+def test_families_declare_what_they_support(tiny_dit, tiny_far):
+    """Siblings over one frame transformer: neither inherits features the other has to refuse."""
+    dit, far = tiny_dit(), tiny_far()
+    assert (dit.attention, dit.supports_kv_cache, far.attention, far.supports_kv_cache) == \
+        ('full', False, 'frame_causal', True)
+    assert not isinstance(dit, FAR) and not hasattr(dit, 'make_slot_cache')
+    assert sorted(dit.state_dict()) == sorted(far.state_dict())  # the same parameters, the same names
+    with pytest.raises(ValueError, match='FARPipeline samples FAR models, got a VideoDiT'):
+        FARPipeline(transformer=dit)
 
 
 def fed_inputs(model):

@@ -25,9 +25,10 @@ _compiled_flex_attention = None
 
 
 def _flex_attention(device: torch.device):
-    """FlexAttention is only fused (fast, memory-light) when compiled; compile once, on CUDA only."""
+    """FlexAttention is only fused (fast, memory-light) when compiled: compiled once, on CUDA only, and never while
+    Dynamo traces a compiled block (which inlines FlexAttention itself and must not leave its state behind)."""
     global _compiled_flex_attention
-    if device.type != 'cuda':
+    if device.type != 'cuda' or torch.compiler.is_compiling():
         return flex_attention
     if _compiled_flex_attention is None:
         # default dynamic=None: after a second sequence length it recompiles once for dynamic shapes
@@ -92,26 +93,42 @@ class FrameCausalAttention:
     def block_mask(self):
         """FlexAttention's block-sparse mask (fully masked 128x128 blocks are skipped)."""
         if self._block_mask is None:
-            q, k = self.frames()
+            frame_of = self._frame_arithmetic()
 
             def frame_causal(b, h, q_idx, kv_idx):
-                return q[q_idx] >= k[kv_idx]
+                return frame_of(q_idx) >= frame_of(kv_idx)
 
-            self._block_mask = create_block_mask(
-                frame_causal, None, None, len(q), len(k), device=self.device)
+            length = sum(count * tokens for _, count, tokens in self.q_segments)
+            self._block_mask = create_block_mask(frame_causal, None, None, length, length, device=self.device)
         return self._block_mask
 
     def score_mod(self):
         """FlexAttention's temporal bias, or None; one function per instance, so compiled kernels are reused."""
         if self.slope != 0 and self._score_mod is None:
-            q, k = self.frames()
-            slope = self.slope
+            frame_of, slope = self._frame_arithmetic(), self.slope
 
             def temporal_bias(score, b, h, q_idx, kv_idx):
-                return score + slope * (k[kv_idx] - q[q_idx]).to(score.dtype)
+                return score + slope * (frame_of(kv_idx) - frame_of(q_idx)).to(score.dtype)
 
             self._score_mod = temporal_bias
         return self._score_mod
+
+    def _frame_arithmetic(self):
+        """The frame of a token index of the (query = key) sequence, computed from the segments rather than read
+        from memory: ``first + (index - offset) // tokens_per_frame`` in each segment."""
+        bounds, offset = [], 0
+        for first, count, tokens in self.q_segments:
+            bounds.append((offset, offset + count * tokens, first, tokens))
+            offset += count * tokens
+
+        def frame_of(index):
+            frame = None
+            for start, end, first, tokens in reversed(bounds):
+                inside = first + (index - start) // tokens
+                frame = inside if frame is None else torch.where(index < end, inside, frame)
+            return frame
+
+        return frame_of
 
     @property
     def uses_flex(self) -> bool:
@@ -146,10 +163,12 @@ class FullAttention:
 
 
 class SlotAttention:
-    """Attention of the fed tokens over every slot of a ``SlotKVCache``: the same shapes for every pass."""
+    """Attention of the fed tokens over every slot of a ``SlotKVCache`` (a compiled pass: the same shapes for every
+    frame), masked by the frame of each slot."""
 
-    def __init__(self, query_frames: torch.Tensor, slot_frames: torch.Tensor, slope: float, dtype: torch.dtype):
-        self.mask = frame_causal_mask(query_frames, slot_frames, slope, dtype)
+    def __init__(self, query_frames: torch.Tensor, slot_frames: torch.Tensor, slope: float):
+        self.query_frames, self.slot_frames, self.slope = query_frames, slot_frames, slope
 
     def __call__(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        return F.scaled_dot_product_attention(query, key, value, attn_mask=self.mask)
+        mask = frame_causal_mask(self.query_frames, self.slot_frames, self.slope, query.dtype)
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask)

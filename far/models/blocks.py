@@ -18,7 +18,7 @@ from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.normalization import RMSNorm
 
 from .attention import FrameCausalAttention
-from .kv_cache import LayerKVCache
+from .kv_cache import SlotLayerKVCache
 
 Rope = Tuple[torch.Tensor, torch.Tensor]
 
@@ -72,7 +72,7 @@ class FrameAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: Rope, attend: FrameCausalAttention,
                 long: Optional[torch.Tensor] = None, long_rope: Optional[Rope] = None,
-                kv_cache: Optional[LayerKVCache] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+                kv_cache: Optional[SlotLayerKVCache] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """``x`` ``[B, S, D]`` (and ``long`` ``[B, S_long, D]``) -> attention outputs of the same shapes."""
         query, key, value = self._qkv(x, rope, self.to_q, self.to_k, self.to_v, self.norm_q, self.norm_k)
         num_long = 0
@@ -107,7 +107,7 @@ class FARBlock(nn.Module):
     def forward(self, x: torch.Tensor, emb: torch.Tensor, rope: Rope, attend: FrameCausalAttention,
                 long: Optional[torch.Tensor] = None, long_emb: Optional[torch.Tensor] = None,
                 long_rope: Optional[Rope] = None,
-                kv_cache: Optional[LayerKVCache] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+                kv_cache: Optional[SlotLayerKVCache] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """``x`` ``[B, T, n, D]`` with per-frame ``emb`` ``[B, T, D]``; ``long`` likewise (FAR-Long)."""
         shift, scale, gate = self.norm1(emb)
         h = modulate(x, shift, scale).flatten(1, 2)

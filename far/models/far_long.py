@@ -9,54 +9,38 @@ position, and long-term patches use full-resolution RoPE coordinates (row, colum
 
 Parameter names are those of the published FAR-Long checkpoints, which load strictly.
 """
-from typing import List, Optional
-
 import torch
 import torch.nn as nn
 from diffusers.configuration_utils import register_to_config
 
 from ..registry import MODELS, variant
 from ..conditions import Conditions
-from .far import FAR, StreamLayout
-from .kv_cache import KVCache
+from .far import FAR
+from .frame_transformer import StreamLayout
 
 
 @MODELS.register()
 class FAR_Long(FAR):
-    """FAR with long-term context. Arguments as :class:`FAR`, plus ``context_patch_size``: the patch size
-    of frames older than the short-term window of ``short_term_ctx_winsize`` frames."""
+    """FAR with long-term context: ``context_patch_size``, the patch size of frames older than the short-term window
+    of ``short_term_ctx_winsize`` frames; every other argument is :class:`FAR`'s (``options``)."""
 
     has_long_term_stream = True
+    ignore_for_config = ['options']
 
     @register_to_config
-    def __init__(
-        self,
-        *,
-        patch_size: int = 1,
-        context_patch_size: int = 4,
-        in_channels: int = 32,
-        out_channels: int = 32,
-        num_layers: int = 12,
-        attention_head_dim: int = 64,
-        num_attention_heads: int = 12,
-        axes_dims_rope: List[int] = (16, 24, 24),
-        slope_scale: float = 0.0,
-        short_term_ctx_winsize: int = 16,
-        condition_cfg: Optional[dict] = None,
-        condition_dropout: float = 0.1,
-        reference_dtype_rounding: bool = False,
-    ):
-        if context_patch_size % patch_size:
+    def __init__(self, *, context_patch_size: int = 4, **options):
+        super().__init__(**options)
+        cfg = self.config
+        if context_patch_size % cfg.patch_size:
             raise ValueError(f'FAR_Long: context_patch_size={context_patch_size} must be a multiple of '
-                             f'patch_size={patch_size}')
-        if short_term_ctx_winsize < 1:
-            raise ValueError(f'FAR_Long: short_term_ctx_winsize must be >= 1, got {short_term_ctx_winsize}')
-        super().__init__(
-            patch_size=patch_size, in_channels=in_channels, out_channels=out_channels, num_layers=num_layers,
-            attention_head_dim=attention_head_dim, num_attention_heads=num_attention_heads,
-            axes_dims_rope=axes_dims_rope, slope_scale=slope_scale,
-            short_term_ctx_winsize=short_term_ctx_winsize, condition_cfg=condition_cfg,
-            condition_dropout=condition_dropout, reference_dtype_rounding=reference_dtype_rounding)
+                             f'patch_size={cfg.patch_size}')
+        if cfg.short_term_ctx_winsize < 1:
+            raise ValueError(f'FAR_Long: short_term_ctx_winsize must be >= 1, got {cfg.short_term_ctx_winsize}')
+
+    @staticmethod
+    def _get_init_keys(input_class) -> set:
+        """The config keys of the constructor: its own and those ``options`` hands to FAR (for ``from_config``)."""
+        return FAR._get_init_keys(input_class) | FAR._get_init_keys(FAR)
 
     def _build_long_term_stream(self):
         patch, channels = self.config.context_patch_size, self.config.in_channels
@@ -77,27 +61,13 @@ class FAR_Long(FAR):
         long_tokens = (num_frames - window) * (height // long_patch) * (width // long_patch)
         return long_tokens + super()._kv_cache_tokens(window, height, width)
 
-    def _check_inputs(self, latents: torch.Tensor, timestep: torch.Tensor,
-                      conditions: Conditions, kv_cache: Optional[KVCache],
-                      cache_frames: int) -> torch.Tensor:
-        timestep = super()._check_inputs(latents, timestep, conditions, kv_cache, cache_frames)
+    def _check_inputs(self, latents: torch.Tensor, timestep: torch.Tensor, conditions: Conditions) -> torch.Tensor:
+        timestep = super()._check_inputs(latents, timestep, conditions)
         patch = self.config.context_patch_size
         if latents.shape[3] % patch or latents.shape[4] % patch:
             raise ValueError(f'FAR_Long: latent size {latents.shape[3]}x{latents.shape[4]} must be divisible '
                              f'by context_patch_size={patch}')
         return timestep
-
-    def _fed_long_term_frames(self, first_frame: int, num_frames: int, kv_cache: Optional[KVCache]) -> int:
-        """How many of the fed frames are long-term, checking that the cache agrees with the window."""
-        total = first_frame + num_frames
-        num_long = self.num_long_term_frames(total)
-        cached_long = kv_cache.num_long_term_frames if kv_cache is not None else 0
-        if num_long < cached_long or (first_frame > cached_long and num_long > cached_long):
-            raise ValueError(
-                f'FAR_Long: at {total} frames, frames 0..{num_long - 1} are long-term, but the KV cache holds '
-                f'{cached_long} long-term and {first_frame - cached_long} short-term frames; truncate the cache '
-                f'to its long-term frames (kv_cache.truncate({cached_long})) and feed the window again')
-        return max(num_long - first_frame, 0)
 
     def stream_layout(self, long_term: bool = False) -> StreamLayout:
         if not long_term:

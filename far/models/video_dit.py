@@ -13,28 +13,22 @@ import torch
 
 from ..registry import MODELS
 from .attention import FullAttention, Segment
-from .far import FAR
+from .frame_transformer import FrameTransformer
 
 _FULL_ATTENTION = FullAttention()  # stateless: one instance serves every layout
-_NO_CACHE = 'VideoDiT: no KV cache (every frame attends to later frames); sample it with VideoDiTPipeline'
 
 
 @MODELS.register()
-class VideoDiT(FAR):
-    """FAR with bidirectional attention over the clip. Arguments as :class:`FAR`; ``slope_scale`` must stay 0
-    (a causal bias) and the model has no KV cache (every frame attends to frames still being denoised)."""
+class VideoDiT(FrameTransformer):
+    """FAR's transformer with bidirectional attention over the clip. Arguments as :class:`FAR`; ``slope_scale`` must
+    stay 0 (a causal bias). No KV cache: every frame attends to frames still being denoised."""
 
+    attention = 'full'
     family = 'VideoDiT'
 
-    def _attention(self, q_segments: Sequence[Segment], k_segments: Sequence[Segment],
-                   device: torch.device) -> FullAttention:
-        if self.slope_scale:
-            raise ValueError(f'VideoDiT: slope_scale is {self.slope_scale}, a bias towards earlier frames; a '
+    def attention_for(self, q_segments: Sequence[Segment], k_segments: Sequence[Segment], device: torch.device,
+                      slope: float) -> FullAttention:
+        if slope:
+            raise ValueError(f'VideoDiT: slope_scale is {slope}, a bias towards earlier frames; a '
                              f'VideoDiT attends to all frames alike: set it to 0')
         return _FULL_ATTENTION
-
-    def make_kv_cache(self, batch_size: int, num_frames: int, height: int, width: int):
-        raise ValueError(_NO_CACHE)
-
-    def make_slot_cache(self, batch_size: int, num_frames: int, height: int, width: int):
-        raise ValueError(_NO_CACHE)

@@ -1,18 +1,35 @@
 """What the flow-matching samplers of latent frames share (FAR's frame-by-frame sampler, the Video DiT's window
 sampler): their modules and settings, the condition ids of a guided batch, and pixels in and out through the
-autoencoder. A subclass declares ``model_families`` and ``options_class`` (a dataclass with ``guidance_scale``,
-``guided`` and ``scheduler``) and implements ``generate_latents``.
+autoencoder, and the Euler update. A subclass declares ``model_families`` and ``options_class`` (a dataclass with
+``guidance_scale``, ``guided`` and ``scheduler``) and implements ``generate_latents``.
 """
 import abc
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..conditions import Condition, Conditions
 from ..models.autoencoders import LATENT_FAMILIES
-from .base import VideoSampler
+from ..objectives.flow_matching import CLEAN_TIMESTEP
+from .base import VideoSampler, guide
+
+
+def euler_step(sample: torch.Tensor, velocity: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
+    """One Euler step of the flow ``x + (sigma_next - sigma) * v`` (``dt = sigma_next - sigma``), in float32."""
+    return sample + dt * velocity.float()
+
+
+def euler_steps(scheduler, num_inference_steps: int, device: torch.device) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    """``(timestep, sigma_next - sigma)`` of every step of ``scheduler``, whose step must be :func:`euler_step`."""
+    if not isinstance(scheduler, FlowMatchEulerDiscreteScheduler) or scheduler.config.stochastic_sampling:
+        raise ValueError(f'the FAR samplers step x + (sigma_next - sigma) * velocity: they need a deterministic '
+                         f'FlowMatchEulerDiscreteScheduler, got {type(scheduler).__name__}')
+    scheduler.set_timesteps(num_inference_steps, device=device)
+    sigmas = scheduler.sigmas
+    return [(t, sigmas[i + 1] - sigmas[i]) for i, t in enumerate(scheduler.timesteps)]
 
 
 class LatentFlowSampler(DiffusionPipeline, VideoSampler):
@@ -28,6 +45,10 @@ class LatentFlowSampler(DiffusionPipeline, VideoSampler):
                  options=None):
         super().__init__()
         options = self.options_class() if options is None else options
+        family = getattr(transformer, 'family', None)
+        if family not in self.model_families:
+            raise ValueError(f'{type(self).__name__} samples {" or ".join(self.model_families)} models, got a '
+                             f'{type(transformer).__name__} (family {family})')
         if options.guidance_scale != 1 and transformer.condition is None:
             raise ValueError(f'guidance_scale is {options.guidance_scale}, but the transformer is unconditional: '
                              'guidance needs a label- or action-conditioned model; set it to 1')
@@ -60,6 +81,28 @@ class LatentFlowSampler(DiffusionPipeline, VideoSampler):
         elif options.guided:
             ids = torch.cat([condition.null(ids), ids])
         return {condition.kind: ids}
+
+    def denoise(self, clean: torch.Tensor, x: torch.Tensor, conditions: Conditions, options) -> torch.Tensor:
+        """The new frames ``x`` (noise ``[B, n, C, H, W]``) denoised beside the clean frames ``clean``
+        ``[B, m, C, H, W]`` (timestep -1), the whole clip fed at every step (no cache). ``conditions`` cover the
+        ``m + n`` frames (the guided batch under guidance)."""
+        num_clean = clean.shape[1]
+        for t, dt in euler_steps(self.scheduler, options.num_inference_steps, x.device):
+            frames = torch.cat([clean, x], dim=1)                                  # [B, m + n, C, H, W]
+            timestep = torch.full(frames.shape[:2], CLEAN_TIMESTEP, device=x.device, dtype=t.dtype)
+            timestep[:, num_clean:] = t
+            if options.guided:
+                frames, timestep = torch.cat([frames, frames]), torch.cat([timestep, timestep])
+            velocity = self.forward_uncached(frames, timestep, conditions, options)[:, num_clean:]
+            if options.guided:
+                velocity = guide(velocity, options.guidance_scale)
+            x = euler_step(x, velocity, dt)
+        return x
+
+    def forward_uncached(self, frames: torch.Tensor, timestep: torch.Tensor, conditions: Conditions,
+                         options) -> torch.Tensor:
+        """The transformer's velocity of every frame of ``frames`` (a sampler may add settings of its own)."""
+        return self.transformer(frames, timestep=timestep, conditions=conditions).sample
 
     @abc.abstractmethod
     def generate_latents(self, context: Optional[torch.Tensor], noise: torch.Tensor, conditions: Conditions = None,

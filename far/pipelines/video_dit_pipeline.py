@@ -13,9 +13,8 @@ import torch
 
 from ..conditions import Conditions
 from ..models.video_dit import VideoDiT
-from ..objectives.flow_matching import CLEAN_TIMESTEP, FlowMatchSchedule
+from ..objectives.flow_matching import FlowMatchSchedule
 from ..registry import PIPELINES
-from .base import guide
 from .latent_flow import LatentFlowSampler
 
 
@@ -100,24 +99,7 @@ class VideoDiTPipeline(LatentFlowSampler):
         video = torch.cat([context.float(), noise.float()], 1) if context is not None else noise.float()
         conditions = self._guided_conditions(conditions, opt, batch, num_context + num_new, noise.device)
         for first, start, end in self.progress_bar(self.windows(num_context, num_context + num_new, opt)):
-            video[:, start:end] = self._denoise_window(
+            video[:, start:end] = self.denoise(
                 video[:, first:start], video[:, start:end], self.transformer.condition_frames(conditions, first, end),
                 opt)
         return video
-
-    def _denoise_window(self, clean: torch.Tensor, x: torch.Tensor, conditions: Conditions,
-                        opt: VideoDiTSampling) -> torch.Tensor:
-        """Denoise the new frames ``x`` (noise ``[B, n, C, H, W]``) next to the clean frames ``clean``."""
-        num_clean = clean.shape[1]
-        self.scheduler.set_timesteps(opt.num_inference_steps, device=x.device)
-        for t in self.scheduler.timesteps:
-            frames = torch.cat([clean, x], dim=1)
-            timestep = torch.full(frames.shape[:2], CLEAN_TIMESTEP, device=x.device, dtype=t.dtype)
-            timestep[:, num_clean:] = t
-            if opt.guided:
-                frames, timestep = torch.cat([frames, frames]), torch.cat([timestep, timestep])
-            velocity = self.transformer(frames, timestep=timestep, conditions=conditions).sample[:, num_clean:]
-            if opt.guided:
-                velocity = guide(velocity, opt.guidance_scale)
-            x = self.scheduler.step(velocity.float(), t, x).prev_sample
-        return x

@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 
-from far.evaluation import SamplingOptions, row_label, sample_videos
+from far.evaluation import SamplingOptions, refresh_sampling_copy, row_label, sample_videos, sampling_dtype
 from far.grids import save_grid
 from far.pipelines import VideoSampler, build_sampler
 from far.trainers.base import Trainer
@@ -41,10 +41,21 @@ class GenerativeTrainer(Trainer):
     def __init__(self, *, autoencoder: torch.nn.Module, validation: Optional[ValidationOptions] = None, **options):
         super().__init__(validation=validation, **options)
         self.autoencoder = autoencoder.to(self.accelerator.device).eval().requires_grad_(False)
+        self._sampling_copy: Optional[torch.nn.Module] = None
+
+    def sampling_weights(self) -> torch.nn.Module:
+        """The sampling (EMA) weights as validation samples them: under bf16/fp16 mixed precision, one persistent
+        copy in that dtype, refreshed in place before each validation (cast once per validation, not per pass)."""
+        precision = self.accelerator.mixed_precision
+        dtype = sampling_dtype(precision)
+        if dtype is None or next(self.sampling_model.parameters()).dtype == dtype:
+            return self.sampling_model
+        self._sampling_copy = refresh_sampling_copy(self.sampling_model, self._sampling_copy, precision)
+        return self._sampling_copy
 
     def sampler(self) -> VideoSampler:
         """A sampler of the current sampling weights (a new one each time: sampling changes a scheduler's state)."""
-        sampler = build_sampler(self.validation.sampler, model=self.sampling_model, autoencoder=self.autoencoder)
+        sampler = build_sampler(self.validation.sampler, model=self.sampling_weights(), autoencoder=self.autoencoder)
         sampler.set_progress_bar_config(disable=True)
         return sampler
 
