@@ -151,6 +151,52 @@ def make_pipeline():
     return make
 
 
+@pytest.fixture
+def reference_model(parity):
+    """``reference_model('far.pt', FAR, **overrides)``: a parity file and its model with the reference's weights,
+    loaded strictly (the published parameter names)."""
+
+    def load(name: str, model_class, **overrides):
+        fixture = parity(name)
+        model = model_class(**{**fixture['config'], **overrides})
+        model.load_state_dict(fixture['state_dict'])
+        return fixture, model
+
+    return load
+
+
+@pytest.fixture
+def reference_forward_error(reference_model):
+    """``reference_forward_error('far.pt', FAR)``: the largest difference of the model's training-mode forward pass
+    to the reference's (every frame, long-term ones included)."""
+
+    def error(name: str, model_class) -> float:
+        fixture, model = reference_model(name, model_class, condition_dropout=0.0)
+        forward = fixture['forward']
+        out = model.train()(forward['latents'], timestep=forward['timesteps'], conditions=forward['conditions']).sample
+        assert out.shape == forward['output'].shape
+        return (out - forward['output']).abs().max().item()
+
+    return error
+
+
+@pytest.fixture
+def reference_generation_error(reference_model, make_pipeline):
+    """``reference_generation_error('far.pt', FAR, **sampling)``: the largest difference of our sampled latents to the
+    reference's, with and without its KV cache (which agree), from the same context, noise and conditions."""
+
+    def error(name: str, model_class, **sampling) -> float:
+        fixture, model = reference_model(name, model_class)
+        g = fixture['generate']
+        out = make_pipeline(model.eval()).generate_latents(
+            context=g['context'], noise=g['noise'], conditions=g['conditions'],
+            num_inference_steps=g['num_inference_steps'], guidance_scale=g['guidance_scale'], **sampling)
+        assert out.shape == g['output_kv_cache'].shape
+        return max((out - g[key]).abs().max().item() for key in ('output_kv_cache', 'output_no_cache'))
+
+    return error
+
+
 # ----- the repository's scripts -----
 
 class Scripts:

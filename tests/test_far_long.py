@@ -17,27 +17,13 @@ def randn(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
-def test_forward_matches_reference(parity):
-    fixture = parity('far_long.pt')
-    model = FAR_Long(**fixture['config'], condition_dropout=0.0)
-    model.load_state_dict(fixture['state_dict'])  # strict: the published parameter names
-    fw = fixture['forward']
-    out = model.train()(fw['latents'], timestep=fw['timesteps'], conditions=fw['conditions']).sample
-    assert out.shape == fw['output'].shape  # long-term frames included
-    assert (out - fw['output']).abs().max() < 1e-4
+def test_forward_matches_reference(reference_forward_error):
+    assert reference_forward_error('far_long.pt', FAR_Long) < 1e-4  # long-term frames included
 
 
 @pytest.mark.parametrize('mode', MODES)
-def test_generation_matches_reference(make_pipeline, parity, mode):
-    fixture = parity('far_long.pt')
-    model = FAR_Long(**fixture['config']).eval()
-    model.load_state_dict(fixture['state_dict'])
-    g = fixture['generate']
-    out = make_pipeline(model).generate_latents(
-        context=g['context'], noise=g['noise'], conditions=g['conditions'],
-        num_inference_steps=g['num_inference_steps'], guidance_scale=g['guidance_scale'], **MODES[mode])
-    assert (out - g['output_kv_cache']).abs().max() < 1e-4
-    assert (out - g['output_no_cache']).abs().max() < 1e-4
+def test_generation_matches_reference(reference_generation_error, mode):
+    assert reference_generation_error('far_long.pt', FAR_Long, **MODES[mode]) < 1e-4
 
 
 def test_parameter_names_are_the_checkpoint_names(parity):

@@ -25,14 +25,8 @@ def inputs(batch=2, frames=4, channels=4, size=4, seed=1):
 
 # ----- parity and released-checkpoint names -----
 
-def test_forward_matches_reference(parity):
-    fixture = parity('far.pt')
-    model = FAR(**fixture['config'], condition_dropout=0.0)
-    model.load_state_dict(fixture['state_dict'])  # strict: the published parameter names
-    fw = fixture['forward']
-    out = model.train()(fw['latents'], timestep=fw['timesteps'], conditions=fw['conditions']).sample
-    assert out.shape == fw['output'].shape
-    assert (out - fw['output']).abs().max() < 1e-4
+def test_forward_matches_reference(reference_forward_error):
+    assert reference_forward_error('far.pt', FAR) < 1e-4
 
 
 def test_parameter_names_are_the_checkpoint_names(parity):
