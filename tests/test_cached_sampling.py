@@ -125,13 +125,8 @@ def test_a_graph_break_falls_back_to_eager_with_one_warning(tiny_far, make_pipel
     assert len(warnings) == 1 and 'runs eagerly' in warnings[0]
 
 
-def test_the_former_static_execution_is_the_eager_cached_path():
-    with pytest.warns(FutureWarning, match="'static' is now 'eager'"):
-        assert FARSampling(execution='static').execution == 'eager'
-
-
 @pytest.mark.parametrize('settings, message', [
-    (dict(execution='fast'), "execution must be 'eager' or 'compiled'"),
+    (dict(execution='static'), "execution must be 'eager' or 'compiled'"),
     (dict(execution='compiled', use_kv_cache=False), 'needs use_kv_cache: true'),
     (dict(execution='compiled', context_window=3), 'no context_window'),
 ])

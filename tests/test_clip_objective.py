@@ -1,8 +1,11 @@
 """Clip-wise flow matching (the Video DiT's objective): one noise level per clip, a leading run of clean frames."""
+from dataclasses import dataclass
+
 import pytest
 import torch
 
 from far.objectives import CLEAN_TIMESTEP, ClipFlowMatchingObjective, FlowMatchingObjective
+from far.options import OptionError, validate
 
 
 def gen(seed=0):
@@ -37,6 +40,12 @@ def test_the_loss_is_the_frame_wise_objectives():
     assert ClipFlowMatchingObjective.loss is FlowMatchingObjective.loss
 
 
-def test_long_context_training_is_refused():
-    with pytest.raises(ValueError, match="whole clips: use 'base'"):
-        ClipFlowMatchingObjective(training_type='long_context')
+@dataclass
+class _Holder:
+    objective: ClipFlowMatchingObjective
+
+
+def test_long_context_training_is_not_a_clip_wise_setting():
+    assert not ClipFlowMatchingObjective().long_context
+    with pytest.raises(OptionError, match=r"objective\.training_type: unknown key for ClipFlowMatchingObjective"):
+        validate({'objective': {'training_type': 'long_context'}}, _Holder, 'run.yml')

@@ -1,6 +1,6 @@
 """Clip-wise flow matching, the objective of a video diffusion transformer (``far.models.VideoDiT``).
 
-As FAR's frame-wise objective (``FlowMatchingObjective``: the same schedule, timestep density, noising, velocity
+As FAR's frame-wise objective (``FlowMatching``'s parts: the same schedule, timestep density, noising, velocity
 target and masked loss), except that all noised frames of a clip share one timestep, and that the clean frames,
 when a clip has any, are its first frames: the context a prediction starts from, as the sampler gives it
 (inpainting-style conditioning). They are tagged with timestep -1 and left out of the loss.
@@ -10,20 +10,14 @@ from typing import Optional
 
 import torch
 
-from .flow_matching import FlowMatchingObjective
+from .flow_matching import FlowMatching
 
 
 @dataclass(frozen=True)
-class ClipFlowMatchingObjective(FlowMatchingObjective):
-    """``trainer.objective`` of ``VideoDiTTrainer``: the keys of ``FlowMatchingObjective``, where
-    ``clean_context_ratio`` is the share of clips trained as predictions: their first k frames (k uniform in
-    1..T-1) are clean context; the other clips are generated whole. ``training_type`` must be ``base``."""
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.training_type != 'base':
-            raise ValueError(f"training_type is '{self.training_type}', but a clip-wise objective trains on whole "
-                             f"clips: use 'base'")
+class ClipFlowMatchingObjective(FlowMatching):
+    """``trainer.objective`` of ``VideoDiTTrainer``: the keys of ``FlowMatching``, where ``clean_context_ratio`` is
+    the share of clips trained as predictions: their first k frames (k uniform in 1..T-1) are clean context; the
+    other clips are generated whole."""
 
     def sample_timesteps(self, batch: int, frames: int, device, generator: Optional[torch.Generator] = None):
         """One ``(timestep, sigma)`` per clip, repeated over its ``frames``: each ``[batch, frames]``."""

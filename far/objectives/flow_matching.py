@@ -6,6 +6,7 @@ every frame at once under a frame-causal mask. A random share of the frames is k
 tagged with timestep -1: they act as clean context for the later frames, which is how the model learns
 to condition on clean history at no extra cost, and they are left out of the loss.
 """
+import abc
 import functools
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, Optional
@@ -38,23 +39,29 @@ class NoisedFrames(NamedTuple):
 
 
 @dataclass(frozen=True)
-class FlowMatchingObjective:
-    """Hyper-parameters of FAR's training objective; `trainer.objective` in the YAML file.
-
-    ``training_type: long_context`` trains the long-context models: every frame before the last
-    short-term window is clean context (and outside the loss), as FAR-Long is used at test time.
-    """
+class FlowMatching(abc.ABC):
+    """What frame-wise and clip-wise flow matching share: the schedule, the timestep density, the noising, the
+    velocity target and the masked loss. A subclass says which frames stay clean (``clean_frames``)."""
     clean_context_ratio: float = 0.1
     weighting_scheme: Literal['logit_normal', 'mode', 'uniform'] = 'logit_normal'
     logit_mean: float = 0.0
     logit_std: float = 1.0
     mode_scale: float = 1.29
-    training_type: Literal['base', 'long_context'] = 'base'
     scheduler: FlowMatchSchedule = FlowMatchSchedule()
 
     def __post_init__(self):
         if not 0.0 <= self.clean_context_ratio < 1.0:
             raise ValueError(f'clean_context_ratio must be in [0, 1), got {self.clean_context_ratio}')
+
+    @property
+    def long_context(self) -> bool:
+        """Whether clips are cut to random lengths with every frame before the last window clean (FAR-Long)."""
+        return False
+
+    @abc.abstractmethod
+    def clean_frames(self, batch: int, frames: int, window: int, device,
+                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """``[batch, frames]`` bool: the frames kept clean (timestep -1, outside the loss)."""
 
     @functools.cached_property
     def noise_schedule(self) -> FlowMatchEulerDiscreteScheduler:
@@ -85,15 +92,6 @@ class FlowMatchingObjective:
         timesteps, sigmas = self.schedule_tables(device)[:, indices].reshape(2, batch, frames)
         return timesteps, sigmas
 
-    def clean_frames(self, batch: int, frames: int, window: int, device,
-                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """``[batch, frames]`` bool: the frames kept clean, a random ``clean_context_ratio`` of them (and, for
-        ``long_context`` training, every frame before the last ``window``)."""
-        clean = torch.rand((batch, frames), generator=generator, device=device) < self.clean_context_ratio
-        if self.training_type == 'long_context':
-            clean[:, :max(frames - window, 0)] = True
-        return clean
-
     def noise(self, latents: torch.Tensor, window: int, generator: Optional[torch.Generator] = None) -> NoisedFrames:
         """Noise ``latents`` [B, T, C, H, W] at timesteps drawn by ``sample_timesteps``; keep the ``clean_frames``."""
         batch, frames = latents.shape[:2]
@@ -121,3 +119,25 @@ class FlowMatchingObjective:
         noised = self.noise(latents, window, generator)
         prediction = model(noised.inputs, timestep=noised.timesteps, conditions=conditions).sample
         return self.loss(prediction, noised.target, noised.clean, window)
+
+
+@dataclass(frozen=True)
+class FlowMatchingObjective(FlowMatching):
+    """FAR's frame-wise objective; `trainer.objective` in the YAML file. A random ``clean_context_ratio`` of the
+    frames stay clean.
+
+    ``training_type: long_context`` trains the long-context models: every frame before the last
+    short-term window is clean context (and outside the loss), as FAR-Long is used at test time.
+    """
+    training_type: Literal['base', 'long_context'] = 'base'
+
+    @property
+    def long_context(self) -> bool:
+        return self.training_type == 'long_context'
+
+    def clean_frames(self, batch: int, frames: int, window: int, device,
+                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        clean = torch.rand((batch, frames), generator=generator, device=device) < self.clean_context_ratio
+        if self.long_context:
+            clean[:, :max(frames - window, 0)] = True
+        return clean

@@ -9,7 +9,6 @@ whole video (the reference's uncached sampler).
 ``context_window`` samples with a sliding window instead: each frame sees only the last few frames, renumbered
 from 0, e.g. a FAR-Long model restricted to its short-term window (the memory baseline).
 """
-import warnings
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -53,12 +52,9 @@ class FARSampling:
             raise ValueError(f'num_inference_steps must be >= 1, got {self.num_inference_steps}')
         if self.context_window is not None and self.context_window < 1:
             raise ValueError(f'context_window must be >= 1 frame (or null for all), got {self.context_window}')
-        if self.execution == 'static':  # the uncompiled fixed-slot passes of old: now the eager cached path
-            warnings.warn("FARSampling: execution 'static' is now 'eager' (the KV cache always uses fixed slots)",
-                          FutureWarning)
-            object.__setattr__(self, 'execution', 'eager')
         if self.execution not in ('eager', 'compiled'):
-            raise ValueError(f"execution must be 'eager' or 'compiled', got '{self.execution}'")
+            raise ValueError(f"execution must be 'eager' or 'compiled' (the KV cache always has fixed slots), got "
+                             f"'{self.execution}'")
         if self.execution == 'compiled' and (not self.use_kv_cache or self.context_window is not None):
             raise ValueError('execution: compiled compiles the KV-cached passes over the whole context: it needs '
                              'use_kv_cache: true and no context_window (use execution: eager)')

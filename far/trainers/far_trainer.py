@@ -60,7 +60,7 @@ class FARTrainer(GenerativeTrainer):
         return {k: v[:, start:start + length] if torch.is_tensor(v) and v.dim() > 1 else v for k, v in batch.items()}
 
     def train_step(self, batch: dict, step: int) -> Dict[str, torch.Tensor]:
-        if self.objective.training_type == 'long_context':
+        if self.objective.long_context:
             batch = self._random_clip(batch, step)
         with torch.no_grad(), self.accelerator.autocast():
             if 'video' in batch:
