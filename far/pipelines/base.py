@@ -5,6 +5,16 @@ Evaluation (``test.py``, ``far.evaluation``) and validation during training know
 with :func:`build_sampler`. A new model family adds its model and a registered sampler class; nothing else
 changes. A sampler class holds its sampling settings in one frozen dataclass, ``options_class``, whose fields
 are the keys of its YAML block and whose defaults are the only ones.
+
+One meaning per argument name, in every sampler:
+
+- ``context`` / ``context_video``: the clean frames a prediction starts from (``None``: from nothing);
+- ``num_frames``: how many NEW frames to make after the context (the result holds context + new frames);
+- ``conditions``: the condition ids of every frame of the result, context included (a label per video, or an
+  action per frame);
+- ``guidance_scale``: classifier-free guidance ``uncond + s * (cond - uncond)`` (:func:`guide`), the batch doubled
+  as ``[unconditional, conditional]``; 1 turns it off;
+- ``num_inference_steps``: the flow-matching samplers' Euler steps of each new frame (FAR) or window (Video DiT).
 """
 import abc
 import dataclasses
