@@ -90,6 +90,7 @@ def test_missing_or_unfit_weights_are_option_errors(scripts, tmp_path):
     assert result.returncode == 1 and 'Traceback' not in result.stderr
     assert f'error: {scripts.demo}: test.checkpoint: {other} does not fit the model built from the YAML `model` block' in (
         result.stderr)
+    assert not (tmp_path / 'experiments' / 'eval' / 'results').exists()  # the next evaluation's folder keeps its name
 
 
 def test_latest_without_checkpoint_says_what_to_do(scripts, tmp_path):
