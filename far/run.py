@@ -22,7 +22,7 @@ from far.registry import PROTOCOLS, TRAINERS
 from far.trainers.guards import fault_options
 from far.utils.checkpoints import latest_checkpoint, load_weights, resolve_weights
 from far.utils.distributed import make_accelerator
-from far.utils.experiment_dir import prepare_experiment_dir
+from far.utils.experiment_dir import prepare_experiment_dir, record_options
 from far.utils.logger import setup_logging
 
 PER_FRAME_PLOT = 'per_frame_metrics.png'
@@ -93,6 +93,7 @@ def train(*, options: ExperimentOptions, file: str, root: str = 'experiments', f
 
     set_seed(options.seed)  # the same initial weights on every rank
     trainer = build_trainer(options=options, file=file, accelerator=accelerator, folder=folder, config=config)
+    record_options(folder, config, bool(changes), accelerator)  # only now: a failed build leaves the rerun free
     trainer.fit()
     accelerator.end_training()
     return trainer

@@ -110,6 +110,17 @@ def test_other_options_stop_the_run_and_force_new_archives(scripts, finished_run
 
 
 @pytest.mark.slow
+def test_a_run_that_failed_before_its_first_step_does_not_block_its_rerun(scripts, tmp_path):
+    failed = scripts.run('train.py', '-opt', str(scripts.demo), *scripts.tiny, 'name=tiny', 'trainer.total_steps=2',
+                         f'pretrained={tmp_path / "nowhere.pth"}', cwd=tmp_path)
+    assert failed.returncode == 1 and 'nowhere.pth' in failed.stderr
+    assert not (tmp_path / 'experiments' / 'tiny' / 'options.yml').exists()
+    rerun = scripts.train(tmp_path, 'trainer.total_steps=2')
+    assert 'training from step 0 to 2' in rerun.stdout
+    assert 'pretrained: null' in (tmp_path / 'experiments' / 'tiny' / 'options.yml').read_text()
+
+
+@pytest.mark.slow
 def test_raising_the_step_budget_continues_the_run(finished_run, tmp_path, scripts):
     shutil.copytree(finished_run / 'experiments', tmp_path / 'experiments')
     folder = tmp_path / 'experiments' / 'tiny'
