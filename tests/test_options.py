@@ -217,6 +217,11 @@ NBP_UCF = DEMO.parents[1] / 'train' / 'nbp' / 'NBP_base_ucf101_cond_res128_100K_
     (DEMO, ['test.sampler={type: VideoDiTPipeline}'],
      r'test\.sampler\.type: VideoDiTPipeline samples VideoDiT models, but model\.type is FAR'),
     (MEMORY, ['test.sampler={type: NBPPipeline}'], r'test\.sampler\.type: NBPPipeline samples NBP models'),
+    # only the type overridden: the misfit is named, not the old sampler's settings the new one does not take
+    (DEMO, ['test.sampler.type=NBPPipeline'], r'test\.sampler\.type: NBPPipeline samples NBP models, but model\.type '
+                                              r'is FAR; choose the sampler of that model family: FARPipeline'),
+    (VIDEO_DIT, ['trainer.validation.sampler.type=FARPipeline'],
+     r'trainer\.validation\.sampler\.type: FARPipeline samples FAR models, but model\.type is VideoDiT'),
 ])
 def test_a_trainer_or_sampler_of_another_family_fails_at_load(file, overrides, expected):
     assert re.search(expected, error(str(file), overrides))
