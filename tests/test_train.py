@@ -54,7 +54,8 @@ def test_twenty_step_run_writes_the_experiment_folder(finished_run):
     assert logged['train/lr'][20] == 0.0  # the cosine schedule's end
     with Image.open(folder / CURVES_FILE) as curves:
         assert curves.size[0] > 2 * curves.size[1]  # three panels side by side
-    assert json.loads((folder / 'checkpoints' / 'checkpoint-20' / 'trainer_state.json').read_text()) == {'step': 20}
+    state = json.loads((folder / 'checkpoints' / 'checkpoint-20' / 'trainer_state.json').read_text())
+    assert state == {'step': 20, 'ema_updates': 20}
     model, ema = weights(folder / 'checkpoints' / 'checkpoint-20')
     assert any(not torch.equal(model[k], ema[k]) for k in model)  # the EMA is its own average
 
