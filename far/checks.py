@@ -168,14 +168,36 @@ def _check_families(experiment: Experiment):
                                            f"{opt.trainer['type']} trains {_families(accepted)} {key}s; change the "
                                            f"{key} block or the trainer")
         for sampling in experiment.samplings:
-            name = sampling.sampler['type']
-            accepted = getattr(PIPELINES.get(name), f'{key}_families', None)
-            if accepted is not None and family not in accepted:
-                fitting = [n for n in PIPELINES.keys() if family in getattr(PIPELINES.get(n), f'{key}_families', ())]
-                experiment.fail(f'{sampling.path}.sampler.type',
-                                f"{name} samples {_families(accepted)} {key}s, but {key}.type is {block['type']}; "
-                                f"choose the sampler of that {key} family: "
-                                f"{', '.join(fitting) or 'none is registered'}")
+            problem = _sampler_misfit(sampling.sampler['type'], key, block['type'], family)
+            if problem:
+                experiment.fail(f'{sampling.path}.sampler.type', problem)
+
+
+def _sampler_misfit(name: str, key: str, block_type: str, family: Optional[str]) -> Optional[str]:
+    """Why sampler ``name`` cannot sample the ``key`` ('model', 'autoencoder') of ``family``; None if it can."""
+    accepted = getattr(PIPELINES.get(name), f'{key}_families', None)
+    if accepted is None or family in accepted:
+        return None
+    fitting = [n for n in PIPELINES.keys() if family in getattr(PIPELINES.get(n), f'{key}_families', ())]
+    return (f"{name} samples {_families(accepted)} {key}s, but {key}.type is {block_type}; choose the sampler of "
+            f"that {key} family: {', '.join(fitting) or 'none is registered'}")
+
+
+def explain_sampler_error(opt: dict, error: OptionError):
+    """Raise, instead of ``error`` (a key of a sampler block refused while validating ``opt``, the options as
+    written), that the sampler is of another family when it is: with only ``test.sampler.type`` overridden, the
+    old sampler's settings that the new one does not take are not the problem."""
+    for path in ('trainer.validation.sampler', 'test.sampler'):
+        sampler = option(opt, path)
+        if not (error.path.startswith(f'{path}.') and isinstance(sampler, dict) and sampler.get('type') in PIPELINES):
+            continue
+        for key, registry in (('model', MODELS), ('autoencoder', AUTOENCODERS)):
+            block = opt.get(key)
+            if isinstance(block, dict) and block.get('type') in registry:
+                family = getattr(entry_class(registry, block['type']), 'family', None)
+                problem = _sampler_misfit(sampler['type'], key, block['type'], family)
+                if problem:
+                    raise OptionError(error.file, f'{path}.type', problem) from None
 
 
 def _check_dataset_conditions(experiment: Experiment, key: str, condition: Optional[Condition]):

@@ -92,7 +92,7 @@ def sample_videos(sampler: VideoSampler, dataset, indices: Sequence[int], *, con
     """
     num_frames = context_length + unroll_length
     mine = split_batches(list(indices), batch_size, accelerator.num_processes, accelerator.process_index)
-    progress, results = Progress(len(mine)), []
+    progress, results = Progress(len(mine), first_is_one_off=True), []
     for done, (number, batch_indices) in enumerate(mine, 1):
         batch = default_collate([dataset[i] for i in batch_indices])
         if 'video' not in batch:

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Dict, Iterator, Literal, Optional, Sequence, Tuple
 
-from far.checks import check_experiment
+from far.checks import check_experiment, explain_sampler_error
 from far.evaluation import SamplingOptions
 from far.options import Block, OptionError, apply_overrides, load_yaml, validate
 from far.registry import AUTOENCODERS, DATASETS, MODELS, PROTOCOLS, TRAINERS
@@ -71,7 +71,12 @@ def dataset_references(opt: ExperimentOptions) -> Iterator[Tuple[str, str]]:
 
 def load_experiment(path: str, overrides: Sequence[str] = ()) -> ExperimentOptions:
     """Read ``path``, apply ``key.path=value`` overrides, validate; raise OptionError on any problem."""
-    opt = validate(apply_overrides(load_yaml(path), overrides, file=path), ExperimentOptions, path)
+    written = apply_overrides(load_yaml(path), overrides, file=path)
+    try:
+        opt = validate(written, ExperimentOptions, path)
+    except OptionError as error:
+        explain_sampler_error(written, error)
+        raise
     for key_path, key in dataset_references(opt):
         if key not in opt.datasets:
             raise OptionError(path, key_path, f"names dataset '{key}', which is not a key of `datasets` "

@@ -22,7 +22,7 @@ from far.registry import PROTOCOLS, TRAINERS
 from far.trainers.guards import fault_options
 from far.utils.checkpoints import latest_checkpoint, load_weights, resolve_weights
 from far.utils.distributed import make_accelerator
-from far.utils.experiment_dir import prepare_experiment_dir
+from far.utils.experiment_dir import prepare_experiment_dir, record_options
 from far.utils.logger import setup_logging
 
 PER_FRAME_PLOT = 'per_frame_metrics.png'
@@ -93,6 +93,7 @@ def train(*, options: ExperimentOptions, file: str, root: str = 'experiments', f
 
     set_seed(options.seed)  # the same initial weights on every rank
     trainer = build_trainer(options=options, file=file, accelerator=accelerator, folder=folder, config=config)
+    record_options(folder, config, bool(changes), accelerator)  # only now: a failed build leaves the rerun free
     trainer.fit()
     accelerator.end_training()
     return trainer
@@ -143,32 +144,16 @@ def evaluate(*, options: ExperimentOptions, file: str, root: str = 'experiments'
     accelerator = make_accelerator(options.mixed_precision)
     folder = Path(root) / options.name
     source = weights_source(options, file, folder)
-    out = fresh_folder(folder / 'results' / result_tag(source, resolve_weights(source, topt.use_ema)))
+    sampler, weights, dataset, protocol = _build_for_test(options, file, source, accelerator)
+    # created only now, so that bad options or weights leave no folder that shifts the next run's suffix
+    out = fresh_folder(folder / 'results' / result_tag(source, weights))
     accelerator.wait_for_everyone()  # every process chose the folder before the main one creates it
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / 'options.yml').write_text(yaml.safe_dump(to_dict(options), sort_keys=False))
     accelerator.wait_for_everyone()
     setup_logging(out / 'test.log', accelerator.is_main_process)
-
-    set_seed(options.seed)
-    with building(file, 'model'):
-        model = options.build_model()
-    try:
-        weights = load_weights(model, source, topt.use_ema)
-    except (ValueError, FileNotFoundError) as error:
-        raise OptionError(file, 'test.checkpoint', str(error)) from None
     logger.info(f'{file}: evaluating {weights} on {accelerator.num_processes} process(es) ({accelerator.device})')
-    evaluation.cast_for_sampling(model.to(accelerator.device), options.mixed_precision).eval()  # cast once, not per pass
-    with building(file, 'autoencoder'):
-        autoencoder = options.build_autoencoder().to(accelerator.device).eval()
-    with accelerator.main_process_first(), building(file, f'datasets.{topt.dataset}'):
-        dataset = options.build_dataset(topt.dataset)  # the first use of a dataset may write it to disk
-    with building(file, 'test.protocol'):
-        protocol = PROTOCOLS.build(topt.protocol)
-    with building(file, 'test.sampler'):
-        sampler = build_sampler(topt.sampler, model=model, autoencoder=autoencoder)
-    sampler.set_progress_bar_config(disable=True)
 
     with accelerator.autocast():
         results = evaluation.evaluate(sampler, dataset, protocol, accelerator, batch_size=topt.batch_size,
@@ -181,6 +166,30 @@ def evaluate(*, options: ExperimentOptions, file: str, root: str = 'experiments'
         _write_results(results, out, protocol)
     accelerator.end_training()
     return results
+
+
+def _build_for_test(options: ExperimentOptions, file: str, source: Path, accelerator):
+    """The sampler over the loaded weights, the weights' file, the test dataset and protocol, each built as
+    ``options`` say; raises OptionError naming the key at fault."""
+    topt = options.test
+    set_seed(options.seed)
+    with building(file, 'model'):
+        model = options.build_model()
+    try:
+        weights = load_weights(model, source, topt.use_ema)
+    except (ValueError, FileNotFoundError) as error:
+        raise OptionError(file, 'test.checkpoint', str(error)) from None
+    evaluation.cast_for_sampling(model.to(accelerator.device), options.mixed_precision).eval()  # cast once, not per pass
+    with building(file, 'autoencoder'):
+        autoencoder = options.build_autoencoder().to(accelerator.device).eval()
+    with accelerator.main_process_first(), building(file, f'datasets.{topt.dataset}'):
+        dataset = options.build_dataset(topt.dataset)  # the first use of a dataset may write it to disk
+    with building(file, 'test.protocol'):
+        protocol = PROTOCOLS.build(topt.protocol)
+    with building(file, 'test.sampler'):
+        sampler = build_sampler(topt.sampler, model=model, autoencoder=autoencoder)
+    sampler.set_progress_bar_config(disable=True)
+    return sampler, weights, dataset, protocol
 
 
 def _write_results(results: dict, out: Path, protocol):

@@ -36,6 +36,13 @@ AVAILABLE: Dict[str, Download] = {
                                  'Minecraft DC-AE latents'),
     'models': Download('guyuchao/FAR_Models', 'model', 'experiments/pretrained_models/FAR_Models',
                        'FAR and DC-AE checkpoints'),
+    # NBP's released files, where options/*/nbp configs look for them
+    'nbp_tokenizer_ucf': Download('ShuhuaiRen/NBP-tokenizer-ucf', 'model', 'experiments/pretrained_models/NBP',
+                                  'NBP tokenizer for UCF-101 (magvit2_ucf.pt)'),
+    'nbp_tokenizer_k600': Download('ShuhuaiRen/NBP-tokenizer-k600', 'model', 'experiments/pretrained_models/NBP',
+                                   'NBP tokenizer for Kinetics-600 (magvit2_k600.pt)'),
+    'nbp_ucf_base': Download('ShuhuaiRen/NBP-ucf-base', 'model', 'experiments/pretrained_models/NBP',
+                             'NBP-base transformer for UCF-101 (Lightning .ckpt)'),
 }
 
 
@@ -44,7 +51,7 @@ class DownloadError(RuntimeError):
 
 
 def listing() -> str:
-    rows = [f'{key:<17} {d.repo_id:<27} -> {d.destination:<42} {d.description}' for key, d in AVAILABLE.items()]
+    rows = [f'{key:<18} {d.repo_id:<29} -> {d.destination:<42} {d.description}' for key, d in AVAILABLE.items()]
     return '\n'.join(['available (--what KEY ...):'] + rows)
 
 

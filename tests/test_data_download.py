@@ -1,9 +1,13 @@
 """scripts/download.py: the listing, a fast clear failure offline, archive extraction."""
 import io
+import re
 import tarfile
 import time
 
 import pytest
+
+from far.conversions import nbp
+from far.models import autoencoders, nbp_tokenizer
 
 
 @pytest.fixture(scope='module')
@@ -15,7 +19,8 @@ def test_list_names_every_published_repository(download, capsys):
     assert download.main(['--list']) == 0
     out = capsys.readouterr().out
     for repo in ('guyuchao/UCF101', 'guyuchao/BAIR', 'guyuchao/DMLab', 'guyuchao/DMLab_Latent',
-                 'guyuchao/Minecraft', 'guyuchao/Minecraft_Latent', 'guyuchao/FAR_Models'):
+                 'guyuchao/Minecraft', 'guyuchao/Minecraft_Latent', 'guyuchao/FAR_Models',
+                 'ShuhuaiRen/NBP-tokenizer-ucf', 'ShuhuaiRen/NBP-tokenizer-k600', 'ShuhuaiRen/NBP-ucf-base'):
         assert repo in out
     assert 'datasets/dmlab_latent' in out and 'experiments/pretrained_models/FAR_Models' in out
 
@@ -56,3 +61,12 @@ def test_archives_are_extracted_once(download, tmp_path):
     (tmp_path / 'bair_val.json').write_text('edited')
     download.extract_archives(tmp_path)
     assert (tmp_path / 'bair_val.json').read_text() == 'edited'  # not extracted a second time
+
+
+def test_every_download_hint_names_a_listed_entry(download):
+    with pytest.raises(FileNotFoundError) as missing_ckpt:
+        nbp.read_lightning_checkpoint('missing.ckpt')
+    hints = ' '.join([autoencoders.DOWNLOAD_HINT, nbp_tokenizer.DOWNLOAD_HINT, str(missing_ckpt.value)])
+    named = re.findall(r'--what (\w+)', hints) + re.findall(r'\(or (\w+)\)', hints)
+    assert {'models', 'nbp_tokenizer_ucf', 'nbp_tokenizer_k600', 'nbp_ucf_base'} <= set(named)
+    assert set(named) <= set(download.AVAILABLE)

@@ -96,6 +96,14 @@ def test_checkpoints_without_manifest_load_with_a_note(state, caplog):
         load_checkpoint(accelerator, path, ema)
 
 
+def test_a_resumed_ema_counts_its_own_updates_not_the_steps(state):
+    """The EMA's warm-up reads its update count: steps whose update was skipped do not count."""
+    accelerator, _, ema, folder = state  # one update
+    path, = saved(state, 4)
+    ema.n_averaged.fill_(0)
+    assert load_checkpoint(accelerator, path, ema) == 4
+    assert ema.n_averaged == 1
+
 def test_a_damaged_weight_file_is_named_in_one_line(state, tmp_path):
     _, model, _, _ = state
     path, = saved(state, 4)

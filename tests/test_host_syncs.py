@@ -3,6 +3,7 @@ checkpoint and validation steps, with nothing changed by a skipped step (a real 
 the demo YAML file, its host syncs counted step by step); the EMA and the lr schedule, which count on the device."""
 import pytest
 import torch
+from diffusers.training_utils import EMAModel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from far.trainers.ema import EMA
@@ -84,7 +85,7 @@ def test_training_steps_wait_on_the_host_only_to_log_save_and_validate(scripts, 
 def test_the_ema_averages_as_torchs_averaged_model_and_keeps_still_on_skipped_steps():
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 3)
-    ema, reference = EMA(model, decay=0.9), AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9))
+    ema, reference = EMA(model, decay=0.9, warmup=False), AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9))
     for applied in (False, True, True, False, True):
         with torch.no_grad():
             for p in model.parameters():
@@ -96,6 +97,34 @@ def test_the_ema_averages_as_torchs_averaged_model_and_keeps_still_on_skipped_st
             reference.update_parameters(model)
         assert same(ema.state_dict(), reference.state_dict())  # the same state: checkpoints load either way
     assert ema.n_averaged == 3
+
+
+
+def test_the_ema_warmup_grows_the_decay_as_diffusers_ema_model_on_the_device():
+    model = torch.nn.Linear(2, 2)
+    ema, reference = EMA(model, decay=0.999, warmup=True), EMAModel(model.parameters(), decay=0.999)
+    for n in range(1, 3000):  # past 991 updates the decay reaches 0.999; the first update copies in both
+        ema.n_averaged.fill_(n)
+        # diffusers counts its updates from 1: its k-th follows k - 1 averaged ones
+        assert float(ema.current_decay()) == pytest.approx(reference.get_decay(n + 1), rel=1e-6)
+    with count_host_syncs() as syncs:
+        ema.update_parameters(model, torch.tensor(True))
+    assert syncs['total'] == 0
+
+
+@pytest.mark.parametrize('warmup, lag', [(True, (0.05, 0.15)), (False, (0.95, 1.0))])
+def test_a_short_runs_ema_follows_the_weights_with_warmup_only(warmup, lag):
+    """200 updates of weights that drift steadily: with warm-up the EMA lags them by about a tenth of the way
+    (diffusers' decay averages over the last ~10% of the steps), without it stays near where they started."""
+    model = torch.nn.Linear(4, 4)
+    start = model.weight.detach().clone()
+    ema = EMA(model, decay=0.9999, warmup=warmup)
+    for _ in range(200):
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        ema.update_parameters(model, torch.tensor(True))
+    behind = (model.weight - ema.module.weight) / (model.weight - start)
+    assert lag[0] < behind.min() and behind.max() < lag[1]
 
 
 @pytest.mark.filterwarnings('ignore:Detected call of:UserWarning')  # the reference steps no optimizer

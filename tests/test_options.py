@@ -8,7 +8,7 @@ import pytest
 import far  # noqa: F401  (fills the registries)
 from far.experiment import EvaluationOptions, ExperimentOptions, building, load_experiment, require
 from far.objectives import FlowMatchingObjective
-from far.options import OptionError, yaml_parameters, to_dict
+from far.options import OptionError, load_yaml, yaml_parameters, to_dict
 from far.trainers import FARTrainer, OptimizerOptions, ValidationOptions
 from far.utils.experiment_dir import option_differences, resumable
 
@@ -217,6 +217,11 @@ NBP_UCF = DEMO.parents[1] / 'train' / 'nbp' / 'NBP_base_ucf101_cond_res128_100K_
     (DEMO, ['test.sampler={type: VideoDiTPipeline}'],
      r'test\.sampler\.type: VideoDiTPipeline samples VideoDiT models, but model\.type is FAR'),
     (MEMORY, ['test.sampler={type: NBPPipeline}'], r'test\.sampler\.type: NBPPipeline samples NBP models'),
+    # only the type overridden: the misfit is named, not the old sampler's settings the new one does not take
+    (DEMO, ['test.sampler.type=NBPPipeline'], r'test\.sampler\.type: NBPPipeline samples NBP models, but model\.type '
+                                              r'is FAR; choose the sampler of that model family: FARPipeline'),
+    (VIDEO_DIT, ['trainer.validation.sampler.type=FARPipeline'],
+     r'trainer\.validation\.sampler\.type: FARPipeline samples FAR models, but model\.type is VideoDiT'),
 ])
 def test_a_trainer_or_sampler_of_another_family_fails_at_load(file, overrides, expected):
     assert re.search(expected, error(str(file), overrides))
@@ -239,3 +244,11 @@ def test_every_registered_class_declares_its_family_and_what_it_accepts():
         for name in registry.keys():
             accepted = {*registry.get(name).model_families, *registry.get(name).autoencoder_families}
             assert accepted and accepted <= families, name
+
+
+def test_the_ema_warms_up_in_new_configs_only():
+    """Every shipped config with an EMA keeps the constant decay its numbers (paper, README) were made with."""
+    assert yaml_parameters(FARTrainer)['ema_warmup'].default is True
+    trainers = [load_yaml(str(file)).get('trainer') for file in sorted(DEMO.parents[1].rglob('*.yml'))]
+    emas = [trainer for trainer in trainers if trainer and trainer.get('ema_decay') is not None]
+    assert len(emas) == 30 and all(trainer['ema_warmup'] is False for trainer in emas)

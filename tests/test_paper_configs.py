@@ -188,12 +188,13 @@ def test_training_follows_the_paper(name, experiment_file):
     row, opt = PAPER[name], experiment_file(name)
     trainer = opt.trainer
     assert (opt.mixed_precision, opt.seed, opt.pretrained) == ('bf16', 0, None)
-    # v3 Table 8: AdamW 1e-4, constant schedule, batch 32 (8 processes x 4), EMA 0.9999
+    # v3 Table 8: AdamW 1e-4, constant schedule, batch 32 (8 processes x 4), EMA 0.9999 (constant, as the reference's)
     assert trainer['type'] == 'FARTrainer' and trainer['batch_size'] == 4
     optimizer = trainer['optimizer']
     assert (optimizer.lr, optimizer.weight_decay, tuple(optimizer.betas)) == (1e-4, 0.0, (0.9, 0.999))
     assert (trainer['lr_schedule'].name, trainer['lr_schedule'].warmup_steps) == ('constant', row.warmup)
     assert (trainer['ema_decay'], trainer['max_grad_norm'], trainer['total_steps']) == (0.9999, 1.0, row.steps)
+    assert trainer['ema_warmup'] is False
     objective = trainer['objective']
     assert (objective.clean_context_ratio, objective.weighting_scheme) == (0.1, 'logit_normal')
     assert objective.scheduler.num_train_timesteps == 1000 and objective.scheduler.shift == 1.0

@@ -11,6 +11,7 @@ from far.conditions import Condition
 from far.evaluation import copy_last_frame, sample_videos
 from far.experiment import load_experiment
 from far.pipelines import build_sampler
+from far.utils.logger import Progress
 
 
 @pytest.fixture(scope='module')
@@ -90,6 +91,7 @@ def test_missing_or_unfit_weights_are_option_errors(scripts, tmp_path):
     assert result.returncode == 1 and 'Traceback' not in result.stderr
     assert f'error: {scripts.demo}: test.checkpoint: {other} does not fit the model built from the YAML `model` block' in (
         result.stderr)
+    assert not (tmp_path / 'experiments' / 'eval' / 'results').exists()  # the next evaluation's folder keeps its name
 
 
 def test_latest_without_checkpoint_says_what_to_do(scripts, tmp_path):
@@ -140,3 +142,15 @@ def test_conditions_are_parsed_once_and_shared(scripts):
     ids = {'action': torch.arange(6).view(1, 6)}
     assert actions.frames(ids, 2, 4)['action'].tolist() == [[2, 3]]
     assert actions.from_batch(ids, num_frames=3)['action'].tolist() == [[0, 1, 2]]
+
+
+def test_the_first_batchs_one_off_work_is_left_out_of_the_eta(monkeypatch):
+    clock = iter([0.0, 10.0, 11.0, 0.0, 10.0, 11.0])  # a first batch that compiles for 10 s, then 1 s a batch
+    monkeypatch.setattr('far.utils.logger.time.perf_counter', lambda: next(clock))
+    progress = Progress(5, first_is_one_off=True)
+    assert progress(1, 'batch') == ('10.00 s for the first batch (one-off work such as compilation included), '
+                                    'ETA after the next')
+    assert progress(2, 'batch') == '1.00 batch/s, ETA 0:00:03'
+    plain = Progress(5)
+    plain(1, 'batch')
+    assert plain(2, 'batch') == '5.50 s/batch, ETA 0:00:16'

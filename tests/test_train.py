@@ -54,7 +54,8 @@ def test_twenty_step_run_writes_the_experiment_folder(finished_run):
     assert logged['train/lr'][20] == 0.0  # the cosine schedule's end
     with Image.open(folder / CURVES_FILE) as curves:
         assert curves.size[0] > 2 * curves.size[1]  # three panels side by side
-    assert json.loads((folder / 'checkpoints' / 'checkpoint-20' / 'trainer_state.json').read_text()) == {'step': 20}
+    state = json.loads((folder / 'checkpoints' / 'checkpoint-20' / 'trainer_state.json').read_text())
+    assert state == {'step': 20, 'ema_updates': 20}
     model, ema = weights(folder / 'checkpoints' / 'checkpoint-20')
     assert any(not torch.equal(model[k], ema[k]) for k in model)  # the EMA is its own average
 
@@ -107,6 +108,17 @@ def test_other_options_stop_the_run_and_force_new_archives(scripts, finished_run
     assert 'mixed precision bf16' in (folder / 'train.log').read_text()
     run_id = (folder / 'wandb_run_id').read_text()
     assert list((folder / 'wandb').glob(f'offline-run-*-{run_id}'))
+
+
+@pytest.mark.slow
+def test_a_run_that_failed_before_its_first_step_does_not_block_its_rerun(scripts, tmp_path):
+    failed = scripts.run('train.py', '-opt', str(scripts.demo), *scripts.tiny, 'name=tiny', 'trainer.total_steps=2',
+                         f'pretrained={tmp_path / "nowhere.pth"}', cwd=tmp_path)
+    assert failed.returncode == 1 and 'nowhere.pth' in failed.stderr
+    assert not (tmp_path / 'experiments' / 'tiny' / 'options.yml').exists()
+    rerun = scripts.train(tmp_path, 'trainer.total_steps=2')
+    assert 'training from step 0 to 2' in rerun.stdout
+    assert 'pretrained: null' in (tmp_path / 'experiments' / 'tiny' / 'options.yml').read_text()
 
 
 @pytest.mark.slow

@@ -70,8 +70,8 @@ def read_lightning_checkpoint(path: str) -> Dict[str, torch.Tensor]:
     ``weights_only=True``: tensors and argparse arguments only."""
     file = Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"NBP checkpoint '{path}' does not exist: download it from the NBP release "
-                                '(huggingface.co/ShuhuaiRen, e.g. NBP-ucf-base) and pass its path')
+        raise FileNotFoundError(f"NBP checkpoint '{path}' does not exist: download a released one "
+                                '(python scripts/download.py --what nbp_ucf_base) and pass its path')
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             checkpoint = torch.load(file, map_location='cpu', weights_only=True)

@@ -34,8 +34,8 @@ from ..utils.checkpoints import read_autoencoder_weights
 from .fsq import FSQ
 from .interfaces import VideoTokenizer
 
-DOWNLOAD_HINT = ('download magvit2_ucf.pt (huggingface.co/ShuhuaiRen/NBP-tokenizer-ucf) or magvit2_k600.pt '
-                 '(huggingface.co/ShuhuaiRen/NBP-tokenizer-k600) and pass its path, or train one '
+DOWNLOAD_HINT = ('download magvit2_ucf.pt or magvit2_k600.pt with `python scripts/download.py --what '
+                 'nbp_tokenizer_ucf` (or nbp_tokenizer_k600) and pass its path, or train one '
                  '(options/demo/nbp_tokenizer_moving_shapes.yml)')
 
 

@@ -84,6 +84,9 @@ class Trainer(ABC):
     the data loader's worker processes; null: 0 on CPU (workers would take the training's cores), else up to
     ``CUDA_WORKERS`` per process, with pinned memory.
 
+    ``ema_warmup``: the EMA's decay grows with its updates (see ``EMA``), so that a short run's EMA weights are
+    usable; off, it is ``ema_decay`` from the second update on, as in the reference.
+
     A step waits on the host only at log, checkpoint and validation steps: whether its update is applied is
     decided on the device (``NonFiniteGuard``) and the optimizer, lr schedule and EMA obey that decision there.
 
@@ -98,7 +101,7 @@ class Trainer(ABC):
     def __init__(self, *, accelerator, model: torch.nn.Module, datasets: dict, folder: Path, seed: int,
                  config: dict, total_steps: int, batch_size: int, optimizer: OptimizerOptions = OptimizerOptions(),
                  lr_schedule: LRScheduleOptions = LRScheduleOptions(), max_grad_norm: Optional[float] = 1.0,
-                 ema_decay: Optional[float] = 0.9999, gradient_checkpointing: bool = False,
+                 ema_decay: Optional[float] = 0.9999, ema_warmup: bool = True, gradient_checkpointing: bool = False,
                  checkpoint: CheckpointOptions = CheckpointOptions(), log: LogOptions = LogOptions(),
                  fault: FaultOptions = FaultOptions(), num_workers: Optional[int] = None, compile: bool = False,
                  validation=None):
@@ -118,7 +121,7 @@ class Trainer(ABC):
         self.folder, self.seed, self.config = Path(folder), seed, config
         self.total_steps, self.batch_size, self.num_workers = total_steps, batch_size, num_workers
         self.optimizer_options, self.lr_schedule = optimizer, lr_schedule
-        self.max_grad_norm, self.ema_decay = max_grad_norm, ema_decay
+        self.max_grad_norm, self.ema_decay, self.ema_warmup = max_grad_norm, ema_decay, ema_warmup
         self.gradient_checkpointing, self.compile = gradient_checkpointing, compile
         self.checkpoint, self.log, self.validation = checkpoint, log, validation
         self.guard = NonFiniteGuard(accelerator, fault.max_nonfinite_steps, self.folder / 'checkpoints')
@@ -188,7 +191,7 @@ class Trainer(ABC):
         schedule = self.lr_schedule.build(optimizer, self.total_steps)
         if self.ema_decay is not None:
             # Built before prepare(): a copy of the plain module, not of a wrapper.
-            self.ema = EMA(model, decay=self.ema_decay)
+            self.ema = EMA(model, decay=self.ema_decay, warmup=self.ema_warmup)
         self.model, optimizer, schedule = acc.prepare(model, optimizer, schedule)
         logger.info(f'model: {sum(p.numel() for p in params) / 1e6:.2f}M trained parameters; '
                     f'{acc.num_processes} process(es) x batch {self.batch_size}')

@@ -89,9 +89,11 @@ def save_checkpoint(accelerator, folder, step: int, ema=None, keep: Optional[int
 def _write_state(accelerator, tmp: Path, step: int, ema):
     accelerator.save_state(str(tmp))
     if accelerator.is_main_process:
+        state = {'step': step}
         if ema is not None:
             save_model(ema.module, str(tmp / EMA_FILE))
-        (tmp / STATE_FILE).write_text(json.dumps({'step': step}))
+            state['ema_updates'] = int(ema.n_averaged)  # fewer than the steps when some were skipped
+        (tmp / STATE_FILE).write_text(json.dumps(state))
 
 
 def _publish(accelerator, tmp: Path, final: Path):
@@ -176,12 +178,13 @@ def load_checkpoint(accelerator, path, ema=None) -> int:
 
 def _load_state(accelerator, path: Path, ema) -> int:
     accelerator.load_state(str(path))
-    step = json.loads((path / STATE_FILE).read_text())['step']
+    state = json.loads((path / STATE_FILE).read_text())
+    step = state['step']
     if ema is not None:
         if not (path / EMA_FILE).is_file():
             raise FileNotFoundError(f'{path} has no {EMA_FILE}: it was saved without EMA (trainer.ema_decay: null)')
         load_model(ema.module, str(path / EMA_FILE), device=str(next(ema.parameters()).device))
-        ema.n_averaged.fill_(step)  # one EMA update per optimiser step
+        ema.n_averaged.fill_(state.get('ema_updates', step))  # older checkpoints: one update per optimiser step
     return step
 
 

@@ -46,19 +46,19 @@ def prepare_experiment_dir(root, name: str, options: dict, force_new: bool, acce
     """Create or reuse ``root/name`` for a training run with resolved ``options``; return the folder and the
     settings changed since the run was started (``RESUMABLE`` ones, e.g. a larger ``trainer.total_steps``).
 
-    Other changes stop the run. The previous options file is kept as ``options.<time>.yml``. Every rank makes
-    the same decision from what is on disk before the main process changes anything, so a refusal stops all
-    ranks instead of leaving some waiting.
+    Other changes stop the run. The options are not recorded yet (``record_options`` does it once the run's parts
+    are built), so a run that fails before its first step does not block a rerun with corrected options. Every
+    rank makes the same decision from what is on disk before the main process changes anything, so a refusal
+    stops all ranks instead of leaving some waiting.
     """
     folder = Path(root) / name
-    options = yaml.safe_load(yaml.safe_dump(options))  # compare what a YAML round trip keeps
     saved_file = folder / OPTIONS_FILE
-    stamp = time.strftime('%Y%m%d_%H%M%S')
     archive, changes = None, []
     if folder.exists() and force_new:
-        archive = folder.with_name(f'{name}_archived_{stamp}')
+        archive = folder.with_name(f'{name}_archived_{time.strftime("%Y%m%d_%H%M%S")}')
     elif saved_file.is_file():
         saved = yaml.safe_load(saved_file.read_text())
+        options = yaml.safe_load(yaml.safe_dump(options))  # compare what a YAML round trip keeps
         differences = option_differences(*({k: v for k, v in o.items() if k not in IGNORED} for o in (saved, options)))
         refused = [text for key, text in differences if not resumable(key)]
         if refused:
@@ -74,8 +74,16 @@ def prepare_experiment_dir(root, name: str, options: dict, force_new: bool, acce
         if archive is not None:
             folder.rename(archive)
         folder.mkdir(parents=True, exist_ok=True)
-        if changes:
-            saved_file.rename(folder / f'options.{stamp}.yml')
-        saved_file.write_text(yaml.safe_dump(options, sort_keys=False))
     accelerator.wait_for_everyone()
     return folder, changes
+
+
+def record_options(folder: Path, options: dict, changed: bool, accelerator):
+    """Write ``options`` into ``folder`` as the run's own; when ``changed``, the previous file is kept as
+    ``options.<time>.yml``."""
+    saved_file = folder / OPTIONS_FILE
+    if accelerator.is_main_process:
+        if changed:
+            saved_file.rename(folder / f'options.{time.strftime("%Y%m%d_%H%M%S")}.yml')
+        saved_file.write_text(yaml.safe_dump(options))
+    accelerator.wait_for_everyone()

@@ -39,13 +39,19 @@ def setup_logging(log_file: Optional[Path], is_main_process: bool) -> logging.Lo
 
 
 class Progress:
-    """Rate and ETA of a loop that runs from ``start`` to ``total`` (steps, batches, ...)."""
+    """Rate and ETA of a loop that runs from ``start`` to ``total`` (steps, batches, ...). With ``first_is_one_off``
+    the first call's units (e.g. a batch that compiles the sampler's passes) are left out of the rate and ETA."""
 
-    def __init__(self, total: int, start: int = 0):
+    def __init__(self, total: int, start: int = 0, first_is_one_off: bool = False):
         self.total, self.start, self.t0 = total, start, time.perf_counter()
+        self.first_is_one_off = first_is_one_off
 
     def __call__(self, done: int, unit: str = 'it') -> str:
-        elapsed = time.perf_counter() - self.t0
+        now = time.perf_counter()
+        elapsed = now - self.t0
+        if self.first_is_one_off:
+            self.first_is_one_off, self.start, self.t0 = False, done, now
+            return f'{elapsed:.2f} s for the first {unit} (one-off work such as compilation included), ETA after the next'
         rate = (done - self.start) / elapsed if elapsed > 0 else 0.0
         eta = (self.total - done) / rate if rate > 0 else 0.0
         speed = f'{rate:.2f} {unit}/s' if rate >= 1 or rate == 0 else f'{1 / rate:.2f} s/{unit}'
