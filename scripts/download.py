@@ -41,8 +41,9 @@ AVAILABLE: Dict[str, Download] = {
                                   'NBP tokenizer for UCF-101 (magvit2_ucf.pt)'),
     'nbp_tokenizer_k600': Download('ShuhuaiRen/NBP-tokenizer-k600', 'model', 'experiments/pretrained_models/NBP',
                                    'NBP tokenizer for Kinetics-600 (magvit2_k600.pt)'),
-    'nbp_ucf_base': Download('ShuhuaiRen/NBP-ucf-base', 'model', 'experiments/pretrained_models/NBP',
-                             'NBP-base transformer for UCF-101 (Lightning .ckpt)'),
+    **{f'nbp_{data}_{size}': Download(f'ShuhuaiRen/NBP-{data}-{size}', 'model', 'experiments/pretrained_models/NBP',
+                                      f'NBP-{size} transformer for {name} (Lightning .ckpt)')
+       for data, name in (('ucf', 'UCF-101'), ('k600', 'Kinetics-600')) for size in ('base', '3b')},
 }
 
 

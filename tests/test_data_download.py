@@ -20,7 +20,8 @@ def test_list_names_every_published_repository(download, capsys):
     out = capsys.readouterr().out
     for repo in ('guyuchao/UCF101', 'guyuchao/BAIR', 'guyuchao/DMLab', 'guyuchao/DMLab_Latent',
                  'guyuchao/Minecraft', 'guyuchao/Minecraft_Latent', 'guyuchao/FAR_Models',
-                 'ShuhuaiRen/NBP-tokenizer-ucf', 'ShuhuaiRen/NBP-tokenizer-k600', 'ShuhuaiRen/NBP-ucf-base'):
+                 'ShuhuaiRen/NBP-tokenizer-ucf', 'ShuhuaiRen/NBP-tokenizer-k600', 'ShuhuaiRen/NBP-ucf-base',
+                 'ShuhuaiRen/NBP-ucf-3b', 'ShuhuaiRen/NBP-k600-base', 'ShuhuaiRen/NBP-k600-3b'):
         assert repo in out
     assert 'datasets/dmlab_latent' in out and 'experiments/pretrained_models/FAR_Models' in out
 

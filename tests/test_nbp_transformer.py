@@ -91,7 +91,7 @@ def test_reference_checkpoint_loading(nbp_parity, tmp_path):
     converted = load_file(str(path.with_suffix('.safetensors')))
     assert converted.keys() == model.state_dict().keys()
     assert all(torch.equal(converted[k], v) for k, v in model.state_dict().items())
-    with pytest.raises(FileNotFoundError, match='NBP-ucf-base'):
+    with pytest.raises(FileNotFoundError, match='download.py --what nbp_ucf_base'):
         read_lightning_checkpoint(str(tmp_path / 'absent.ckpt'))
     wrong = transformer_from_reference_config(nbp_parity['gpt']['hybrid_text']['gpt_config'],
                                               nbp_parity['gpt']['hybrid_text']['wrapper_config'])
