@@ -20,7 +20,7 @@ from far.pipelines import build_sampler
 from far.plots import write_per_frame_plot
 from far.registry import PROTOCOLS, TRAINERS
 from far.trainers.guards import fault_options
-from far.utils.checkpoints import latest_checkpoint, load_weights, resolve_weights
+from far.utils.checkpoints import latest_checkpoint, load_weights
 from far.utils.distributed import make_accelerator
 from far.utils.experiment_dir import prepare_experiment_dir, record_options
 from far.utils.logger import setup_logging

@@ -4,7 +4,6 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from far.models import FAR
 from far.utils.flops import attention_pairs, forward_flops, training_step_flops
 
 # a 1-layer FAR: width D = 2 heads x 16, 4 latent channels, 4x4 latents (n = 16 tokens a frame), batch 2 x 4 frames
