@@ -86,6 +86,13 @@ class Condition:
         return config
 
     @property
+    def pad_id(self) -> Optional[int]:
+        """The id that pads a text shorter than ``num_tokens``: the class table's ``pad_id`` (``None``: not known)."""
+        if self.class_text_ids is None:
+            return None
+        return json.loads(find_file(self.class_text_ids).read_text()).get('pad_id')
+
+    @property
     def null_id(self) -> int:
         """The id of 'no condition' (classifier-free guidance, condition dropout)."""
         return self.num_classes

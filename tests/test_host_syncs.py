@@ -128,7 +128,7 @@ def test_a_short_runs_ema_follows_the_weights_with_warmup_only(warmup, lag):
 
 
 @pytest.mark.filterwarnings('ignore:Detected call of:UserWarning')  # the reference steps no optimizer
-@pytest.mark.parametrize('name', ['constant', 'cosine'])
+@pytest.mark.parametrize('name', ['constant', 'cosine', 'timm_cosine'])
 def test_the_lr_schedule_advances_on_applied_steps_only_and_resumes(name):
     options, model = LRScheduleOptions(name=name, warmup_steps=3), torch.nn.Linear(2, 2)
     reference = options.build(torch.optim.AdamW(model.parameters(), lr=0.1), 10)

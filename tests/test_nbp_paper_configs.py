@@ -4,6 +4,7 @@ recipe of the NBP scripts and the evaluation settings (gFVD on the first 16 of 1
 
 No data and no weights: models and tokenizers are built on the meta device.
 """
+import re
 from pathlib import Path
 from typing import NamedTuple, Optional
 
@@ -35,7 +36,9 @@ class Recipe(NamedTuple):
 
 class Row(NamedTuple):
     data: str                   # the dataset entry
-    total_params: int           # NBP-base with this vocabulary (the reference counts)
+    size: str                   # NBP_<size>
+    total_params: int           # the model with this vocabulary (the reference's counts, from its configs)
+    non_embedding: int          # without the token embedding and the head (the paper's "700M" for base)
     condition: Optional[dict]
     hybrid: bool
     context: int                # given frames
@@ -49,17 +52,39 @@ class Row(NamedTuple):
 
 
 UCF_TEXT = {'type': 'text', 'vocab_size': 32000, 'num_tokens': 8, 'class_text_ids': CLASS_TABLE}
-UCF = dict(data='UCF101', total_params=982_785_024, condition=UCF_TEXT, hybrid=True, context=0, steps=95,
+UCF = dict(data='UCF101', condition=UCF_TEXT, hybrid=True, context=0, steps=95,
            short='ucf', protocol='LatteProtocol', num_videos=10_000, fvd_resolution=None)
-K600 = dict(data='K600', total_params=884_431_872, condition=None, hybrid=False, context=5, steps=48,
+K600 = dict(data='K600', condition=None, hybrid=False, context=5, steps=48,
             short='k600', protocol='MCVDProtocol', num_videos=None, fvd_resolution=64)
+# (size, UCF-101 total, K600 total, without embeddings and head): the reference's GPT built from its scripts' sizes
+SIZES = {'base': (982_785_024, 884_431_872, 687_823_872), 'xl': (1_612_369_920, 1_481_232_384, 1_219_088_384),
+         '3b': (4_230_813_696, 4_034_107_392, 3_640_891_392)}
+
+
+def ucf(size: str, **row) -> Row:
+    return Row(**UCF, size=size, total_params=SIZES[size][0], non_embedding=SIZES[size][2], **row)
+
+
+def k600(size: str, **row) -> Row:
+    return Row(**K600, size=size, total_params=SIZES[size][1], non_embedding=SIZES[size][2], **row)
+
+
+# train_ucf.sh: lr 6e-4 and 64 processes x 4 clips at every size; train_k600.sh: lr 1e-3 / 5e-4 / 2e-4, batch 64
 PAPER = {
-    'train/nbp/NBP_base_ucf101_cond_res128_100K_bs256': Row(**UCF, recipe=Recipe(6e-4, 5_000, 100_000, 4, 'bf16'),
+    'train/nbp/NBP_base_ucf101_cond_res128_100K_bs256': ucf('base', recipe=Recipe(6e-4, 5_000, 100_000, 4, 'bf16'),
                                                           trained_here=True),
-    'test/nbp/NBP_base_ucf101_cond_res128_sample10K': Row(**UCF, recipe=None, trained_here=False),
-    'train/nbp/NBP_base_k600_res128_bs64': Row(**K600, recipe=Recipe(1e-3, 10_000, 4_000_000, 2, 'no'),
-                                               trained_here=True),
-    'test/nbp/NBP_base_k600_res128_5to12': Row(**K600, recipe=None, trained_here=False),
+    'train/nbp/NBP_xl_ucf101_cond_res128_100K_bs256': ucf('xl', recipe=Recipe(6e-4, 5_000, 100_000, 4, 'bf16'),
+                                                        trained_here=True),
+    'train/nbp/NBP_3b_ucf101_cond_res128_100K_bs256': ucf('3b', recipe=Recipe(6e-4, 5_000, 100_000, 4, 'bf16'),
+                                                        trained_here=True),
+    'test/nbp/NBP_base_ucf101_cond_res128_sample10K': ucf('base', recipe=None, trained_here=False),
+    'train/nbp/NBP_base_k600_res128_bs64': k600('base', recipe=Recipe(1e-3, 10_000, 4_000_000, 2, 'no'),
+                                                trained_here=True),
+    'train/nbp/NBP_xl_k600_res128_bs64': k600('xl', recipe=Recipe(5e-4, 10_000, 4_000_000, 1, 'no'),
+                                              trained_here=True),
+    'train/nbp/NBP_3b_k600_res128_bs64': k600('3b', recipe=Recipe(2e-4, 10_000, 4_000_000, 1, 'bf16'),
+                                              trained_here=True),
+    'test/nbp/NBP_base_k600_res128_5to12': k600('base', recipe=None, trained_here=False),
 }
 
 
@@ -78,7 +103,7 @@ def test_the_table_covers_every_nbp_config(experiment_file):
 @pytest.mark.parametrize('name', PAPER)
 def test_model_tokens_and_steps_are_the_papers(name, experiment_file):
     row, opt = PAPER[name], experiment_file(name)
-    assert opt.model['type'] == 'NBP_base' and opt.model['token_number_per_step'] == 16
+    assert opt.model['type'] == f'NBP_{row.size}' and opt.model['token_number_per_step'] == 16
     assert opt.model['hybrid'] is row.hybrid and opt.model.get('condition_cfg') == row.condition
     with torch.device('meta'):
         model = opt.build_model()
@@ -86,7 +111,7 @@ def test_model_tokens_and_steps_are_the_papers(name, experiment_file):
     assert opt.autoencoder['checkpoint'] == f'{RELEASED}/magvit2_{row.short}.pt'
     total = sum(p.numel() for p in model.parameters())
     non_embedding = total - model.tok_emb.weight.numel() - model.head.weight.numel()
-    assert total == row.total_params and non_embedding == 687_823_872
+    assert (total, non_embedding) == (row.total_params, row.non_embedding)
     assert model.config.video_vocab_size == tokenizer.codebook_size == 64000
     assert sum(p.numel() for p in tokenizer.parameters()) == 370_372_105  # the released tokenizer's layout
 
@@ -104,10 +129,12 @@ def test_training_follows_the_nbp_scripts(name, experiment_file):
     optimizer = trainer['optimizer']
     assert (optimizer.lr, tuple(optimizer.betas), optimizer.weight_decay) == (recipe.lr, (0.9, 0.95), 0.01)
     assert tuple(optimizer.decayed_modules) == ('Linear',)
-    assert (trainer['lr_schedule'].name, trainer['lr_schedule'].warmup_steps) == ('cosine', recipe.warmup)
+    assert (trainer['lr_schedule'].name, trainer['lr_schedule'].warmup_steps) == ('timm_cosine', recipe.warmup)
     assert (trainer['total_steps'], trainer['batch_size'], trainer['max_grad_norm']) == (recipe.steps,
                                                                                          recipe.batch_per_process, 1.0)
     assert trainer['ema_decay'] is None and opt.model['dropout'] == 0.1
+    processes = re.search(r'--num_processes (\d+) train\.py', (OPTIONS / f'{name}.yml').read_text()).group(1)
+    assert int(processes) * recipe.batch_per_process == {'UCF101': 256, 'K600': 64}[row.data]  # the paper's batch
     train = opt.datasets['train']
     read = train['read']
     assert (train['type'], read.num_frames, read.resolution, read.flip) == (row.data, 17, 128, False)

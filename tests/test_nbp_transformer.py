@@ -1,6 +1,7 @@
 """NBP transformer and its next-block objective: parity of the training layouts with the reference, released
 checkpoint names and paper sizes, block masks (k = 1 is next-token prediction), the null condition, save/load."""
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -164,3 +165,37 @@ def test_save_and_load_pretrained(tmp_path):
     assert loaded.config.condition_cfg == model.config.condition_cfg
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, loaded.state_dict()[name]), name
+
+
+def reference_hybrid_mask(cond_ids: torch.Tensor, seq_len: int, k: int, pad_id: int) -> torch.Tensor:
+    """NBP's reference mask of a hybrid text sequence: lower-triangular, the condition columns visible to every row
+    where the id shifted by k differs from pad + 1, then blocks of k from the condition + k on."""
+    prefix = cond_ids.shape[1]
+    mask = torch.ones(seq_len, seq_len).tril().repeat(len(cond_ids), 1, 1)
+    found = (cond_ids + k) != pad_id + 1
+    condition = mask[:, :, :prefix]
+    condition[found[:, None].expand(-1, seq_len, -1)] = 1
+    start = prefix + k
+    for i in range(start, seq_len, k):
+        mask[:, i:i + k, start:i + k] = 1
+    return mask.bool()[:, None]
+
+
+@pytest.mark.parametrize('k', [1, 4])
+def test_text_pads_are_masked_as_the_reference_masks_them(tmp_path, k):
+    table = tmp_path / 'classes.json'
+    rows = [[1, 7, 8, 2, 2, 2], [1, 5, 6, 9, 4, 2]]
+    table.write_text(json.dumps({'pad_id': 2, 'input_ids': rows}))
+    model = tiny(token_number_per_step=k, condition_cfg={'type': 'text', 'vocab_size': 12, 'num_tokens': 6,
+                                                          'class_text_ids': str(table)})
+    cond, video = torch.tensor(rows), torch.randint(0, 50, (2, 12))
+    input_ids = model.input_ids(video, cond)
+    expected = reference_hybrid_mask(cond, input_ids.shape[1], k, pad_id=2)
+    assert torch.equal(model.sequence_mask(input_ids).expand_as(expected), expected)
+    assert (k == 1) == (model.causal_pad_id == 2)  # only k = 1 finds the pads, as the reference
+    # the masked pads change what the text positions before them compute, not what cached sampling sees
+    with torch.no_grad():
+        full = model(input_ids)
+        cache = model.make_kv_cache(2)
+        stepped = torch.cat([model(input_ids[:, :8], kv_cache=cache), model(input_ids[:, 8:], kv_cache=cache)], 1)
+    torch.testing.assert_close(stepped, full, rtol=1e-4, atol=1e-5)

@@ -19,9 +19,10 @@ Vocabulary and sequence layouts (as the released models were trained):
 - ``hybrid=False`` (the K600 models): the condition ids (if any) come first, then the video ids
   (+ condition vocabulary; a conditional model keeps one unused special id at the end of the vocabulary).
   The first block is never predicted: generation starts from given tokens (frame prediction).
-Condition tokens (text ids or a class label) are visible to every position; text padding is not masked,
-as in the released models (the reference's pad check compares ids that were already shifted; only with
-k = 1 would it hide a pad from the condition tokens before it). Training drops the last block of the
+Condition tokens (text ids or a class label) are visible to every position. Text padding is not masked in the
+released models: the reference finds pads by comparing ids already shifted by k with ``pad + 1``, which only
+matches when k = 1. So with k = 1 (hybrid, a text condition whose class table names its ``pad_id``) a pad is
+seen causally, by the positions from its own on, as the reference trained it (``sequence_mask``). Training drops the last block of the
 sequence from the input and scores every prediction with a mean cross-entropy over the whole vocabulary,
 non-video ids included.
 
@@ -147,6 +148,8 @@ class NBPTransformer(ModelMixin, ConfigMixin):
         except ValueError as error:
             raise ValueError(f'{name}: {error}') from None
         self.condition_length = 0 if self.condition is None else self.condition.num_tokens
+        pads_found = hybrid and k == 1 and self.condition is not None and self.condition.kind == 'text'
+        self.causal_pad_id = self.condition.pad_id if pads_found else None  # see the module docstring
         condition_vocab = 0 if self.condition is None else self.condition.num_classes
         # ----- vocabulary: [special ids] [condition ids] [video ids] -----
         num_special = k if hybrid else int(condition_cfg is not None)
@@ -239,6 +242,21 @@ class NBPTransformer(ModelMixin, ConfigMixin):
         groups = torch.where(positions < self.condition_length, 0, groups)
         return groups[start:, None] >= groups[None, :]
 
+    def sequence_mask(self, input_ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """The mask of ``input_ids [B, L]`` fed at positions ``start..``: ``attention_mask`` ``[L, start + L]``, or
+        ``[B, 1, L, start + L]`` when pads fed now are seen causally (``causal_pad_id``, k = 1)."""
+        end = start + input_ids.shape[1]
+        mask = self.attention_mask(end, start, device=input_ids.device)
+        fed = min(self.condition_length, end) - start
+        if self.causal_pad_id is None or fed <= 0:
+            return mask  # a pad fed before is behind every row fed now: seen either way
+        pads = input_ids[:, :fed] == self.causal_pad_id + self.condition_offset          # [B, fed]
+        rows = torch.arange(start, end, device=input_ids.device)[:, None]
+        after = rows < torch.arange(start, start + fed, device=input_ids.device)[None]  # [L, fed]
+        hidden = torch.zeros(input_ids.shape[0], *mask.shape, dtype=torch.bool, device=input_ids.device)
+        hidden[:, :, start:start + fed] = pads[:, None] & after                          # [B, L, end]
+        return (mask & ~hidden)[:, None]
+
     # ----- forward -----
 
     def _embed(self, input_ids: torch.Tensor, start: int, null_condition: Optional[torch.Tensor]) -> torch.Tensor:
@@ -278,7 +296,7 @@ class NBPTransformer(ModelMixin, ConfigMixin):
         x = self.drop(x + self.pos_emb[:, start:end])
 
         # ----- transformer: bidirectional inside a block, causal across blocks -----
-        mask = self.attention_mask(end, start, device=x.device)        # [L, start + L]
+        mask = self.sequence_mask(input_ids, start)                    # [L or B,1,L, start + L]
         for index, block in enumerate(self.blocks):
             x = block(x, mask, kv_cache, index)                        # [B, L, C]
         if kv_cache is not None:

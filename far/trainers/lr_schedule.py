@@ -1,6 +1,8 @@
-"""The learning-rate schedule: diffusers' warmup with constant or cosine decay, advanced on the device."""
+"""The learning-rate schedule: diffusers' warmup with constant or cosine decay, or the timm-shaped cosine NBP's
+reference trained with; advanced on the device."""
+import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 from diffusers.optimization import get_scheduler
@@ -8,13 +10,33 @@ from diffusers.optimization import get_scheduler
 
 @dataclass(frozen=True)
 class LRScheduleOptions:
-    """Linear warmup over ``warmup_steps``, then constant or cosine decay to zero at the last step."""
-    name: Literal['constant', 'cosine'] = 'constant'
+    """Linear warmup over ``warmup_steps``, then constant or cosine decay to zero at the last step.
+
+    ``timm_cosine`` is the schedule of NBP's training scripts (timm's ``CosineLRScheduler`` with ``t_initial`` the
+    total steps, no warmup prefix, stepped after each update with the step just taken): the cosine counts from step
+    0, not from the end of the warmup, so it is already below its peak when the warmup ends, and step s trains with
+    the value at s - 1 (the first two steps at 0).
+    """
+    name: Literal['constant', 'cosine', 'timm_cosine'] = 'constant'
     warmup_steps: int = 0
 
     def build(self, optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+        if self.name == 'timm_cosine':
+            return torch.optim.lr_scheduler.LambdaLR(optimizer, timm_cosine(self.warmup_steps, total_steps))
         return get_scheduler('constant_with_warmup' if self.name == 'constant' else 'cosine', optimizer,
                              num_warmup_steps=self.warmup_steps, num_training_steps=total_steps)
+
+
+def timm_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """The lr factor of step s under ``LRScheduleOptions(name='timm_cosine')``: f(max(s - 1, 0)), with f(t) = t / W
+    during the warmup (t < W), 0.5 (1 + cos(pi t / T)) until T, 0 after. A function, not an object, so that a
+    checkpoint does not carry T (a resumed run with more steps follows its new length)."""
+    def factor(step: int) -> float:
+        t = max(step - 1, 0)
+        if t < warmup_steps:
+            return t / warmup_steps
+        return 0.5 * (1 + math.cos(math.pi * t / total_steps)) if t < total_steps else 0.0
+    return factor
 
 
 class AppliedStepsSchedule:
