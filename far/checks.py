@@ -96,7 +96,7 @@ def _samplings(opt) -> Iterator[Sampling]:
     if isinstance(validation, SamplingOptions):
         yield Sampling('trainer.validation', validation.sampler, validation.dataset, validation.context_length,
                        validation.unroll_length)
-    if opt.test is not None:
+    if opt.test is not None and opt.test.sampler is not None:
         protocol = opt.test.protocol.settings
         yield Sampling('test', opt.test.sampler, opt.test.dataset, protocol.get('context_length') or 0,
                        protocol['unroll_length'])
@@ -107,6 +107,7 @@ def check_experiment(opt, file: str):
     experiment = Experiment(opt, file)
     condition = _model_condition(experiment)
     _check_families(experiment)
+    _check_test_sampler(experiment)
     for key in experiment.used_datasets():
         _check_dataset_conditions(experiment, key, condition)
     for path, cls in _classes(experiment):
@@ -217,6 +218,14 @@ def _check_dataset_conditions(experiment: Experiment, key: str, condition: Optio
 
 
 # ----------------------------------------------------------------------------------------------------------
+def _check_test_sampler(experiment: Experiment):
+    """A protocol that samples the model needs ``test.sampler`` (a reconstruction protocol refuses one)."""
+    test = experiment.options.test
+    if test is not None and test.sampler is None and not PROTOCOLS.get(test.protocol['type']).reconstructs:
+        experiment.fail('test.sampler', f"missing: test.protocol.type {test.protocol['type']} samples the model; name "
+                                        'its sampler, e.g. {type: FARPipeline} or {type: NBPPipeline}')
+
+
 # Sampling: guidance, noise schedule, clip lengths
 # ----------------------------------------------------------------------------------------------------------
 

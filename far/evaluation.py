@@ -95,12 +95,7 @@ def sample_videos(sampler: VideoSampler, dataset, indices: Sequence[int], *, con
     progress, results = Progress(len(mine), first_is_one_off=True), []
     for done, (number, batch_indices) in enumerate(mine, 1):
         batch = default_collate([dataset[i] for i in batch_indices])
-        if 'video' not in batch:
-            raise ValueError(f'{type(dataset).__name__} items carry no pixel video; evaluation needs `video` items')
-        gt = batch['video'][:, :num_frames]
-        if gt.shape[1] < num_frames:
-            raise ValueError(f'the clips have {gt.shape[1]} frames; {context_length} context + {unroll_length} '
-                             f'predicted frames are needed')
+        gt = clips_of(batch, num_frames, f'{context_length} context + {unroll_length} predicted frames', dataset)
         condition = sampler.condition
         conditions = None if condition is None else condition.repeat(condition.from_batch(batch, num_frames),
                                                                      num_trajectories)
@@ -110,11 +105,43 @@ def sample_videos(sampler: VideoSampler, dataset, indices: Sequence[int], *, con
                                 generators=generators, height=gt.shape[-2], width=gt.shape[-1])
         results.append((number, video.float().cpu().unflatten(0, (len(batch_indices), num_trajectories)), gt))
         logger.info(f'{name}: batch {done}/{len(mine)} on this process, {progress(done, "batch")}')
+    return in_order(results, accelerator)
+
+
+def clips_of(batch: dict, num_frames: int, needed: str, dataset) -> torch.Tensor:
+    """The first ``num_frames`` frames ``[B, F, 3, H, W]`` of a collated batch's videos; ``needed`` says why."""
+    if 'video' not in batch:
+        raise ValueError(f'{type(dataset).__name__} items carry no pixel video; evaluation needs `video` items')
+    if batch['video'].shape[1] < num_frames:
+        raise ValueError(f"the clips have {batch['video'].shape[1]} frames; {needed} are needed")
+    return batch['video'][:, :num_frames]
+
+
+def in_order(results: list, accelerator) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Every rank's ``(batch number, videos, ground truth)`` gathered to the main process in batch order and
+    concatenated (``(None, None)`` elsewhere)."""
     results = gather_to_main(results, accelerator)
     if results is None:
         return None, None
     results = sorted(results, key=lambda r: r[0])
     return torch.cat([r[1] for r in results]), torch.cat([r[2] for r in results])
+
+
+@torch.no_grad()
+def reconstruct_videos(autoencoder, dataset, indices: Sequence[int], *, num_frames: int, accelerator,
+                       batch_size: int) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """``autoencoder``'s reconstructions ``[B, 1, F, 3, H, W]`` of the first ``num_frames`` frames of
+    ``dataset[indices]`` and those frames ``[B, F, 3, H, W]``, in [0, 1], on the main process (``(None, None)``
+    elsewhere); every rank reconstructs its share."""
+    mine = split_batches(list(indices), batch_size, accelerator.num_processes, accelerator.process_index)
+    progress, results = Progress(len(mine), first_is_one_off=True), []
+    for done, (number, batch_indices) in enumerate(mine, 1):
+        gt = clips_of(default_collate([dataset[i] for i in batch_indices]), num_frames, f'{num_frames} frames',
+                      dataset)
+        recon = autoencoder.reconstruct(gt.to(accelerator.device))
+        results.append((number, recon.float().cpu()[:, None], gt))
+        logger.info(f'reconstruction: batch {done}/{len(mine)} on this process, {progress(done, "batch")}')
+    return in_order(results, accelerator)
 
 
 def frame_fields(dataset, indices: Sequence[int], names: Sequence[str], num_frames: int) -> Dict[str, torch.Tensor]:
@@ -192,6 +219,24 @@ def evaluate(sampler: VideoSampler, dataset, protocol, accelerator, *, batch_siz
                 save_samples(sampled, indices, f'{video_dir}/seed_{seed}', context_length=protocol.context_length,
                              num_grid_videos=num_grid_videos)
         accelerator.wait_for_everyone()
+    return summarize(protocol, per_seed, curves) if accelerator.is_main_process else None
+
+
+def evaluate_reconstruction(autoencoder, dataset, protocol, accelerator, *, batch_size: int, video_dir=None,
+                            num_grid_videos: int = SamplingOptions.num_grid_videos) -> Optional[dict]:
+    """Run a reconstruction ``protocol`` (``far.metrics.reconstruction``) on ``dataset``: its videos reconstructed by
+    ``autoencoder`` and scored; the results as ``evaluate`` returns them, on the main process (None elsewhere)."""
+    [seed] = protocol.seeds
+    indices = protocol.select(dataset, seed)
+    recon, gt = reconstruct_videos(autoencoder, dataset, indices, num_frames=protocol.unroll_length,
+                                   accelerator=accelerator, batch_size=batch_size)
+    if accelerator.is_main_process:
+        scores = protocol.evaluate(recon, gt)
+        per_seed, curves = [{'seed': seed, 'metrics': scores}], {'metrics': [scores.curves()]}
+        if video_dir is not None:
+            save_samples({'': (recon, gt)}, indices, f'{video_dir}/seed_{seed}', context_length=0,
+                         num_grid_videos=num_grid_videos)
+    accelerator.wait_for_everyone()
     return summarize(protocol, per_seed, curves) if accelerator.is_main_process else None
 
 

@@ -13,7 +13,7 @@ from typing import Dict, Iterator, Literal, Optional, Sequence, Tuple
 from far.checks import check_experiment, explain_sampler_error
 from far.evaluation import SamplingOptions
 from far.options import Block, OptionError, apply_overrides, load_yaml, validate
-from far.registry import AUTOENCODERS, DATASETS, MODELS, PROTOCOLS, TRAINERS
+from far.registry import AUTOENCODERS, DATASETS, MODELS, PIPELINES, PROTOCOLS, TRAINERS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -21,8 +21,11 @@ class EvaluationOptions(SamplingOptions):
     """What test.py evaluates and how it samples (``sampler``, ``dataset``, ``batch_size``: see SamplingOptions).
 
     ``checkpoint``: ``latest`` (the experiment's newest checkpoint), a checkpoint folder, a
-    ``save_pretrained`` folder, or a raw state dict (.pth/.safetensors) such as a released FAR model.
+    ``save_pretrained`` folder, or a raw state dict (.pth/.safetensors) such as a released FAR model; with a
+    reconstruction protocol, the autoencoder's weights in any form its block's ``checkpoint`` takes (e.g. a released
+    ``magvit2_*.pt``). ``sampler``: null only with a reconstruction protocol, which samples no model.
     """
+    sampler: Optional[Block(PIPELINES)] = None
     protocol: Block(PROTOCOLS)
     checkpoint: str = 'latest'
     use_ema: bool = True

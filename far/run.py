@@ -18,9 +18,9 @@ from far.metrics.scores import BUCKETS
 from far.options import OptionError, to_dict
 from far.pipelines import build_sampler
 from far.plots import write_per_frame_plot
-from far.registry import PROTOCOLS, TRAINERS
+from far.registry import AUTOENCODERS, PROTOCOLS, TRAINERS
 from far.trainers.guards import fault_options
-from far.utils.checkpoints import latest_checkpoint, load_weights
+from far.utils.checkpoints import latest_checkpoint, load_weights, resolve_weights
 from far.utils.distributed import make_accelerator
 from far.utils.experiment_dir import prepare_experiment_dir, record_options
 from far.utils.logger import setup_logging
@@ -139,12 +139,15 @@ def evaluate(*, options: ExperimentOptions, file: str, root: str = 'experiments'
     """Evaluate as the ``test`` section of ``options`` (read from ``file``) says, into a fresh
     ``root/<name>/results/<weights>/``; returns the results on the main process, None elsewhere."""
     require(options, file, 'test', 'test.py')
-    require(options, file, 'model', 'test.py')
     topt = options.test
+    reconstructs = PROTOCOLS.get(topt.protocol['type']).reconstructs
+    if not reconstructs:
+        require(options, file, 'model', 'test.py')
     accelerator = make_accelerator(options.mixed_precision)
     folder = Path(root) / options.name
     source = weights_source(options, file, folder)
-    sampler, weights, dataset, protocol = _build_for_test(options, file, source, accelerator)
+    build = _build_for_reconstruction if reconstructs else _build_for_test
+    evaluated, weights, dataset, protocol = build(options, file, source, accelerator)
     # created only now, so that bad options or weights leave no folder that shifts the next run's suffix
     out = fresh_folder(folder / 'results' / result_tag(source, weights))
     accelerator.wait_for_everyone()  # every process chose the folder before the main one creates it
@@ -155,12 +158,14 @@ def evaluate(*, options: ExperimentOptions, file: str, root: str = 'experiments'
     setup_logging(out / 'test.log', accelerator.is_main_process)
     logger.info(f'{file}: evaluating {weights} on {accelerator.num_processes} process(es) ({accelerator.device})')
 
+    run_protocol = evaluation.evaluate_reconstruction if reconstructs else evaluation.evaluate
     with accelerator.autocast():
-        results = evaluation.evaluate(sampler, dataset, protocol, accelerator, batch_size=topt.batch_size,
-                                      video_dir=out / 'videos', num_grid_videos=topt.num_grid_videos)
+        results = run_protocol(evaluated, dataset, protocol, accelerator, batch_size=topt.batch_size,
+                               video_dir=out / 'videos', num_grid_videos=topt.num_grid_videos)
     if accelerator.is_main_process:
+        what = 'reconstruction' if reconstructs else 'sampling'
         results = {'name': options.name, 'weights': str(weights), 'dataset': to_dict(options.datasets[topt.dataset]),
-                   'protocol': protocol.describe(), 'sampling': {**sampler.describe(), 'batch_size': topt.batch_size},
+                   'protocol': protocol.describe(), what: {**evaluated.describe(), 'batch_size': topt.batch_size},
                    'num_processes': accelerator.num_processes, 'mixed_precision': options.mixed_precision,
                    **results, 'environment': environment_info()}
         _write_results(results, out, protocol)
@@ -190,6 +195,20 @@ def _build_for_test(options: ExperimentOptions, file: str, source: Path, acceler
         sampler = build_sampler(topt.sampler, model=model, autoencoder=autoencoder)
     sampler.set_progress_bar_config(disable=True)
     return sampler, weights, dataset, protocol
+
+
+def _build_for_reconstruction(options: ExperimentOptions, file: str, source: Path, accelerator):
+    """The autoencoder with the weights of ``source`` (see ``test.checkpoint``; a checkpoint's EMA weights), its
+    weight file, the test dataset and the reconstruction protocol, each built as ``options`` say."""
+    topt = options.test
+    with building(file, 'test.checkpoint'):  # a damaged or misfit file: one line naming it
+        autoencoder = AUTOENCODERS.build({**options.autoencoder, 'checkpoint': str(source)})
+    autoencoder = autoencoder.to(accelerator.device).eval()
+    with accelerator.main_process_first(), building(file, f'datasets.{topt.dataset}'):
+        dataset = options.build_dataset(topt.dataset)
+    with building(file, 'test.protocol'):
+        protocol = PROTOCOLS.build(topt.protocol)
+    return autoencoder, resolve_weights(latest_checkpoint(source) or source), dataset, protocol
 
 
 def _write_results(results: dict, out: Path, protocol):

@@ -1,13 +1,18 @@
 """NBP video tokenizer and its FSQ quantizer: parity with the reference, released parameter names and sizes,
-causality, checkpoint loading."""
+causality, checkpoint loading, and test.py scoring its reconstructions."""
+import json
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from far.conversions.nbp import tokenizer_from_reference_config
+from far.experiment import load_experiment
 from far.models import FSQ, NBPTokenizer
 from far.models.interfaces import VideoTokenizer
+from far.options import OptionError
 from far.registry import AUTOENCODERS
 
 
@@ -150,3 +155,84 @@ def test_checkpoint_errors(nbp_parity, tmp_path):
     torch.save({'model_state_dict': nbp_parity['tokenizer']['state_dict']}, path)
     with pytest.raises(ValueError, match='tiny.pt does not fit NBPTokenizer'):
         NBPTokenizer(image_size=32, channels=(4, 6, 10), num_groups=2, checkpoint=str(path))
+
+
+# ----- evaluation of reconstructions through test.py -----
+
+TINY = {'image_size': 32, 'channels': [4, 8, 8], 'num_groups': 2, 'residual_units': [1, 1, 1, 1],
+        'fsq_levels': [8, 5, 5, 5]}
+
+
+def tokenizer_evaluation(tmp_path: Path, shared_dir: Path, **test) -> Path:
+    """A tiny random tokenizer saved as a released ``magvit2_*.pt`` and an experiment file that scores its
+    reconstructions of 3 MovingShapes clips of 17 frames (every metric, the reference's uint8 frames)."""
+    torch.manual_seed(0)
+    package = tmp_path / 'magvit2_tiny.pt'
+    state = {f'module.{name}': tensor for name, tensor in NBPTokenizer(**TINY).state_dict().items()}
+    torch.save({'model_state_dict': state, 'version': '0.0'}, package)
+    weights = shared_dir / 'weights'
+    metrics = ['psnr', 'ssim', {'type': 'lpips', 'net': 'vgg',
+                                'backbone_weights': str(weights / 'lpips_vgg/vgg16_features_imagenet.pth'),
+                                'head_weights': str(weights / 'lpips_vgg/lpips_v0.1_vgg_lin.pth')},
+               {'type': 'fvd', 'weights': str(weights / 'i3d_k400/i3d_kinetics400_tfhub.pt')}]
+    experiment = {
+        'name': 'tokenizer_eval', 'autoencoder': {'type': 'NBPTokenizer', **TINY},
+        'datasets': {'val': {'type': 'MovingShapes', 'split': 'val', 'source': {
+            'root': str(tmp_path / 'data'), 'num_videos': 3, 'num_frames': 17, 'resolution': 32}}},
+        'test': {'dataset': 'val', 'checkpoint': str(package), 'batch_size': 2,
+                 'protocol': {'type': 'reconstruction', 'num_frames': 17, 'reference_quirks': True,
+                              'metrics': metrics}, **test}}
+    path = tmp_path / 'tokenizer_eval.yml'
+    path.write_text(yaml.safe_dump(experiment, sort_keys=False))
+    return path
+
+
+@pytest.mark.slow
+def test_test_py_scores_a_tokenizers_reconstructions(tmp_path, shared_dir, scripts, dataset_of):
+    experiment = tokenizer_evaluation(tmp_path, shared_dir)
+    result = scripts.run('test.py', '-opt', str(experiment), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = json.loads(next((tmp_path / 'experiments').rglob('results.json')).read_text())
+    assert results['weights'].endswith('magvit2_tiny.pt') and results['reconstruction']['codebook_size'] == 1000
+    scored = {'psnr', 'ssim', 'lpips', 'fvd'}
+    assert {key for key in results['metrics'] if not key.endswith('_std')} == scored | {f'{m}_quirk_free'
+                                                                                        for m in scored}
+    assert results['protocol']['quirks'] == {'uint8_frames': '(x * 255).byte() / 255 before scoring'}
+    assert results['per_frame']['frames'] == list(range(17))
+
+    # the same numbers from the tokenizer and the clips directly: uint8 frames, PSNR per frame, mean over all
+    tokenizer = AUTOENCODERS.build({'type': 'NBPTokenizer', **TINY, 'checkpoint': str(tmp_path / 'magvit2_tiny.pt')})
+    data = dataset_of('MovingShapes', 'val', {'root': str(tmp_path / 'data'), 'num_videos': 3, 'num_frames': 17,
+                                              'resolution': 32})
+    video = torch.stack([data[i]['video'] for i in range(3)])
+    with torch.no_grad():
+        recon = tokenizer.decode_tokens(tokenizer.encode_tokens(video))
+
+    def psnr(a, b):
+        return (10 * torch.log10(1 / (a - b).square().mean(dim=(2, 3, 4)))).mean().item()
+
+    def uint8(x):
+        return (x.clamp(0, 1) * 255).to(torch.uint8).float() / 255
+
+    assert results['metrics']['psnr'] == pytest.approx(psnr(uint8(recon), uint8(video)), rel=1e-5)
+    assert results['metrics']['psnr_quirk_free'] == pytest.approx(psnr(recon, video), rel=1e-5)
+    assert results['metrics']['fvd'] > 0 and 0 < results['metrics']['lpips'] < 1
+
+
+def test_tokenizer_evaluation_stops_on_bad_options_and_files(tmp_path, shared_dir, scripts):
+    experiment = tokenizer_evaluation(tmp_path, shared_dir, sampler={'type': 'NBPPipeline'})
+    with pytest.raises(OptionError, match='test.sampler: test.protocol.type reconstruction scores .* remove test.sampler'):
+        load_experiment(str(experiment))
+    with pytest.raises(OptionError, match='test.protocol.num_frames: is 15, but autoencoder NBPTokenizer'):
+        load_experiment(str(tokenizer_evaluation(tmp_path, shared_dir)), ['test.protocol.num_frames=15'])
+    with pytest.raises(OptionError, match='test.sampler: missing: test.protocol.type mcvd samples the model'):
+        load_experiment(str(experiment), ['test.sampler=null', 'test.protocol={type: mcvd, context_length: 1, '
+                                          'unroll_length: 4, metrics: [psnr]}'])
+    experiment = tokenizer_evaluation(tmp_path, shared_dir)
+    package = tmp_path / 'magvit2_tiny.pt'
+    package.write_bytes(package.read_bytes()[:5000])  # cut short, as an interrupted download
+    result = scripts.run('test.py', '-opt', str(experiment), cwd=tmp_path)
+    assert result.returncode == 1 and not (tmp_path / 'experiments' / 'tokenizer_eval' / 'results').exists()
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f'error: {experiment}: test.checkpoint: ') and 'magvit2_tiny.pt' in line
+    assert 'damaged or truncated' in line

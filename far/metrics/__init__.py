@@ -12,6 +12,7 @@ from .lpips import LPIPS, LPIPSMetric
 from .memory import MemoryProtocol
 from .pixel import MSE, PSNR, SSIM
 from .protocols import LatteProtocol, MCVDProtocol, Protocol, TECOProtocol
+from .reconstruction import ReconstructionProtocol
 from .rollout import RolloutProtocol
 from .round_trip import mp4_round_trip, paired_mp4_round_trip
 from .weights import MissingWeightsError, resolve_weights
@@ -19,6 +20,6 @@ from .weights import MissingWeightsError, resolve_weights
 __all__ = [
     'FrameMetric', 'Metric', 'exact_math', 'environment_info', 'FVD', 'frechet_distance', 'InceptionI3d', 'load_i3d',
     'LPIPS', 'LPIPSMetric', 'MemoryProtocol', 'MSE', 'PSNR', 'SSIM', 'LatteProtocol', 'MCVDProtocol', 'Protocol',
-    'TECOProtocol',
+    'TECOProtocol', 'ReconstructionProtocol',
     'RolloutProtocol', 'mp4_round_trip', 'paired_mp4_round_trip', 'MissingWeightsError', 'resolve_weights',
 ]

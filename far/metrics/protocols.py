@@ -72,6 +72,10 @@ class Protocol:
     metric_needs: Tuple[str, ...] = ('frames', 'videos')
     # METRICS entry -> the entry that scores it in this protocol (e.g. a capped PSNR)
     metric_types: Dict[str, str] = {}
+    # True: it scores an autoencoder's reconstructions (test.py samples no model; see far.metrics.reconstruction)
+    reconstructs: bool = False
+    # under reference_quirks, whether each per-frame metric is computed as FAR's published numbers did
+    metric_quirks: bool = True
 
     def __init__(self, *, context_length: int, unroll_length: int, num_trajectories: int = 1,
                  num_videos: Optional[int] = None, every: int = 1, seeds: Sequence[int] = (0, ),
@@ -176,10 +180,22 @@ class Protocol:
             results[BUCKETS] = bucket_means(results.frames, self.buckets(), self.context_length)
         return results
 
+    def published_videos(self, samples: torch.Tensor, gt: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The videos as the reference's published numbers saw them: after FAR's mp4 round trip."""
+        return paired_mp4_round_trip(samples, gt, self.context_length if self.annotate_context else 0)
+
+    def quirks(self) -> dict:
+        """What ``reference_quirks`` changes, for results files (null values: nothing, quirks off)."""
+        quirks = self.reference_quirks
+        return {
+            'mp4_round_trip': f'side-by-side H.264 yuv420p CRF {CRF}, uint8 truncation' if quirks else None,
+            'context_border': quirks and self.annotate_context and self.context_length > 0,
+            'metrics': {name: metric.quirk for name, metric in self._metrics.items() if quirks and metric.quirk},
+        }
+
     def _score_as_published(self, samples: torch.Tensor, gt: torch.Tensor, device) -> Scores:
-        border = self.context_length if self.annotate_context else 0
-        decoded_samples, decoded_gt = paired_mp4_round_trip(samples, gt, border)
-        results = self._score(decoded_samples, decoded_gt, device, published=True)
+        published_samples, published_gt = self.published_videos(samples, gt)
+        results = self._score(published_samples, published_gt, device, published=self.metric_quirks)
         quirk_free = self._score(samples, gt, device)
         results.update({f'{name}_quirk_free': value for name, value in quirk_free.items()})
         return results
@@ -224,7 +240,6 @@ class Protocol:
         """What results.json records about the protocol, its networks and the software versions."""
         weights = {name: {'path': str(Path(path).resolve()), 'sha256': sha256_of(path)}
                    for metric in self._metrics.values() for name, path in metric.weight_files.items()}
-        quirks = self.reference_quirks
         return {
             'protocol': self.name,
             'num_videos': self.num_videos,
@@ -236,12 +251,8 @@ class Protocol:
             'total_frames': self.context_length + self.unroll_length,
             'metrics': self.metrics,
             'scoring': self.scoring(),
-            'reference_quirks': quirks,
-            'quirks': {
-                'mp4_round_trip': f'side-by-side H.264 yuv420p CRF {CRF}, uint8 truncation' if quirks else None,
-                'context_border': quirks and self.annotate_context and self.context_length > 0,
-                'metrics': {name: metric.quirk for name, metric in self._metrics.items() if quirks and metric.quirk},
-            },
+            'reference_quirks': self.reference_quirks,
+            'quirks': self.quirks(),
             'weights': weights,
             'environment': environment_info(),
         }

@@ -59,6 +59,10 @@ class Autoencoder(nn.Module, abc.ABC):
     def describe(self) -> Dict[str, Optional[float]]:
         """Its sizes, for the index of a latent or token extraction."""
 
+    @abc.abstractmethod
+    def reconstruct(self, video: torch.Tensor) -> torch.Tensor:
+        """``[B, T, 3, H, W]`` in [0, 1] -> its reconstruction, the same shape in [0, 1] (what test.py scores)."""
+
 
 class LatentAutoencoder(Autoencoder):
     """Videos ``[B, T, C, H, W]`` in [0, 1] <-> scaled latents ``[B, T, c, h, w]``, frame by frame.
@@ -148,6 +152,9 @@ class LatentAutoencoder(Autoencoder):
     def encode_stored(self, video: torch.Tensor, float_dtype: torch.dtype) -> torch.Tensor:
         return self.encode_raw(video).to(float_dtype)
 
+    def reconstruct(self, video: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(video))
+
     def describe(self) -> Dict[str, Optional[float]]:
         return {'latent_channels': self.latent_channels, 'spatial_compression': self.spatial_compression,
                 'scaling_factor': self.scaling_factor, 'codebook_size': None}
@@ -193,6 +200,9 @@ class VideoTokenizer(Autoencoder):
     def num_frames(self, latent_frames: int) -> int:
         """Frames decoded from ``latent_frames`` latent frames."""
         return (latent_frames - 1) * self.temporal_compression + 1
+
+    def reconstruct(self, video: torch.Tensor) -> torch.Tensor:
+        return self.decode_tokens(self.encode_tokens(video))
 
     def encode_stored(self, video: torch.Tensor, float_dtype: torch.dtype) -> torch.Tensor:
         return self.encode_tokens(video).to(torch.uint16 if self.codebook_size <= 2 ** 16 else torch.int32)
