@@ -1,6 +1,7 @@
-"""The NBP paper's experiments under options/ (train/nbp, test/nbp, train/nbp_tokenizer): model sizes and layouts,
-tokens and sampling steps (UCF-101: 1280 tokens in 95 steps; K600: 768 predicted tokens in 48 steps), the training
-recipe of the NBP scripts and the evaluation settings (gFVD on the first 16 of 17 frames, top-k 16000, top-p 0.9).
+"""The NBP paper's experiments under options/ (train/nbp, test/nbp, train/nbp_tokenizer, test/nbp_tokenizer): model
+sizes and layouts, tokens and sampling steps (UCF-101: 1280 tokens in 95 steps; K600: 768 predicted tokens in 48
+steps), the training recipe of the NBP scripts and the evaluation settings (gFVD on the first 16 of 17 frames, top-k
+16000, top-p 0.9; the tokenizers' reconstructions as tokenizer_eval.py scores them).
 
 No data and no weights: models and tokenizers are built on the meta device.
 """
@@ -18,6 +19,7 @@ from far.registry import AUTOENCODERS, PROTOCOLS
 OPTIONS = Path(__file__).resolve().parents[1] / 'options'
 NBP_FILES = sorted([*(OPTIONS / 'train' / 'nbp').glob('*.yml'), *(OPTIONS / 'test' / 'nbp').glob('*.yml')])
 TOKENIZER_FILES = sorted((OPTIONS / 'train' / 'nbp_tokenizer').glob('*.yml'))
+TOKENIZER_TEST_FILES = sorted((OPTIONS / 'test' / 'nbp_tokenizer').glob('*.yml'))
 CLASS_TABLE = 'options/model_cfg/nbp/ucf101_class_text_ids.json'
 RELEASED = 'experiments/pretrained_models/NBP'
 
@@ -168,6 +170,25 @@ def test_tokenizer_configs_train_the_released_layout(path, experiment_file):
     assert (trainer['loss'].perceptual_weight, trainer['loss'].disc_weight) == (0.1, 0.1)
     for block in opt.datasets.values():
         assert (block['read'].num_frames, block['read'].resolution) == (17, 128)
+    with torch.device('meta'):
+        tokenizer = opt.build_autoencoder()
+    assert tokenizer.codebook_size == 64000 and sum(p.numel() for p in tokenizer.parameters()) == 370_372_105
+
+
+@pytest.mark.parametrize('path', TOKENIZER_TEST_FILES, ids=key)
+def test_tokenizer_evaluations_follow_tokenizer_eval(path, experiment_file):
+    """The released tokenizers scored as NBP's tokenizer_eval.py: the whole validation list, all 17 frames at 128x128,
+    uint8 frames (reference_quirks), rFVD with PSNR, SSIM and LPIPS."""
+    opt = experiment_file(key(path))
+    short = 'ucf' if 'ucf101' in path.name else 'k600'
+    assert opt.model is None and opt.trainer is None and opt.test.sampler is None
+    assert opt.test.checkpoint == f'{RELEASED}/magvit2_{short}.pt'
+    protocol = opt.test.protocol
+    assert (protocol['type'], protocol['num_frames'], protocol['num_videos'], protocol['reference_quirks']) == (
+        'ReconstructionProtocol', 17, None, True)
+    assert [m if isinstance(m, str) else m['type'] for m in protocol['metrics']] == ['psnr', 'ssim', 'lpips', 'fvd']
+    data = opt.datasets[opt.test.dataset]
+    assert (data['split'], data['read'].num_frames, data['read'].resolution) == ('val', 17, 128)
     with torch.device('meta'):
         tokenizer = opt.build_autoencoder()
     assert tokenizer.codebook_size == 64000 and sum(p.numel() for p in tokenizer.parameters()) == 370_372_105

@@ -155,6 +155,11 @@ def test_checkpoint_errors(nbp_parity, tmp_path):
     torch.save({'model_state_dict': nbp_parity['tokenizer']['state_dict']}, path)
     with pytest.raises(ValueError, match='tiny.pt does not fit NBPTokenizer'):
         NBPTokenizer(image_size=32, channels=(4, 6, 10), num_groups=2, checkpoint=str(path))
+    cut = tmp_path / 'magvit2_cut.pt'
+    cut.write_bytes(path.read_bytes()[:3000])  # an interrupted download
+    with pytest.raises(ValueError, match=r'magvit2_cut.pt cannot be read, it is damaged or truncated \(') as error:
+        NBPTokenizer(image_size=32, channels=(4, 6, 8), num_groups=2, checkpoint=str(cut))
+    assert '\n' not in str(error.value)
 
 
 # ----- evaluation of reconstructions through test.py -----

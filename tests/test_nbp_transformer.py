@@ -4,7 +4,7 @@ import argparse
 import json
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PosixPath
 
 import pytest
 import torch
@@ -99,6 +99,36 @@ def test_reference_checkpoint_loading(nbp_parity, tmp_path):
     with pytest.raises(ValueError, match='do not fit'):
         load_reference_weights(wrong, variant['state_dict'])
 
+
+def test_lightning_files_that_need_a_full_unpickle_or_are_damaged_say_so(nbp_parity, tmp_path, scripts):
+    state = {f'transformer.{k}' if not k.startswith('transformer.') else k: v
+             for k, v in nbp_parity['gpt']['hybrid_label']['state_dict'].items()}
+    path = tmp_path / 'callbacks.ckpt'  # a callback's state pickled as an object weights_only refuses
+    torch.save({'state_dict': state, 'callbacks': {'ModelCheckpoint': {'dirpath': PosixPath('/ckpt')}}}, path)
+
+    convert = scripts.module('scripts/convert_nbp_checkpoint.py').main
+
+    def refusal(file: Path, *flags: str) -> str:
+        """The one line the script exits with."""
+        with pytest.raises(SystemExit) as stopped:
+            convert([str(file), *flags])
+        assert '\n' not in str(stopped.value.code)
+        return str(stopped.value.code)
+
+    line = refusal(path)
+    assert line.startswith(f'error: {path} holds objects besides tensors') and '--full-unpickle' in line
+    assert not path.with_suffix('.safetensors').exists()
+    convert([str(path), '--full-unpickle'])
+    converted = load_file(str(path.with_suffix('.safetensors')))
+    assert all(torch.equal(converted[k[len('transformer.'):]], v) for k, v in state.items())
+
+    truncated, wrong = tmp_path / 'truncated.ckpt', tmp_path / 'magvit2_ucf.ckpt'
+    truncated.write_bytes(path.read_bytes()[:4000])
+    torch.save({'state_dict': {'first_stage_model.encoder_layers.0.conv.weight': torch.zeros(2)}}, wrong)
+    assert refusal(truncated, '--full-unpickle').startswith(f'error: {truncated} cannot be read, it is damaged or '
+                                                            'truncated')
+    assert refusal(wrong).startswith(f'error: {wrong} is not an NBP transformer checkpoint: it has no '
+                                     'transformer.tok_emb.weight')
 
 def test_registry_and_config_errors():
     assert {'NBPTransformer', 'NBP_base', 'NBP_xl', 'NBP_3b'} <= set(MODELS.keys())

@@ -13,7 +13,7 @@ import torch
 import far  # noqa: F401  (fills the registries)
 from far.experiment import load_experiment
 from far.pipelines import FARSampling
-from far.registry import AUTOENCODERS, TRAINERS
+from far.registry import AUTOENCODERS, PROTOCOLS, TRAINERS
 
 REPO = Path(__file__).resolve().parents[1]
 OPTIONS = REPO / 'options'
@@ -40,8 +40,8 @@ def test_every_options_file_validates(path):
     if opt.trainer is not None:
         assert 'train' in opt.datasets
         assert opt.model is not None or 'model' not in TRAINERS.get(opt.trainer['type']).runtime_args
-    if opt.test is not None:
-        assert opt.model is not None
+    if opt.test is not None:  # a model to sample, or an autoencoder's reconstructions to score
+        assert opt.model is not None or PROTOCOLS.get(opt.test.protocol['type']).reconstructs
 
 
 # ----------------------------------------------------------------------------------------------------------

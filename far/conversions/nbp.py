@@ -14,8 +14,10 @@ from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from ..models.nbp import NBPTransformer
 from ..models.nbp_tokenizer import NBPTokenizer
+from ..utils.faults import first_line
 
 GPT_PREFIX = 'transformer.'  # the GPT inside the reference Lightning module
+GPT_NAMES = ('tok_emb.weight', 'pos_emb', 'head.weight')  # what every NBP transformer holds
 
 
 def transformer_from_reference_config(gpt_config: Mapping, wrapper_config: Mapping, **kwargs) -> NBPTransformer:
@@ -65,21 +67,33 @@ def gpt_weights(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tenso
     return state
 
 
-def read_lightning_checkpoint(path: str) -> Dict[str, torch.Tensor]:
+def read_lightning_checkpoint(path: str, full_unpickle: bool = False) -> Dict[str, torch.Tensor]:
     """The GPT weights of a released Lightning ``.ckpt`` (e.g. ``ucf_base_nbp16_hybrid.ckpt``), read with
-    ``weights_only=True``: tensors and argparse arguments only."""
+    ``weights_only=True`` (tensors and argparse arguments only) unless ``full_unpickle``: then every object it pickled
+    is rebuilt, which runs code of the file's choosing, so only for a file you trust. ValueError naming the file when
+    it is damaged, truncated, refused or not an NBP transformer checkpoint."""
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"NBP checkpoint '{path}' does not exist: download a released one "
                                 '(python scripts/download.py --what nbp_ucf_base) and pass its path')
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
-            checkpoint = torch.load(file, map_location='cpu', weights_only=True)
+            checkpoint = torch.load(file, map_location='cpu', weights_only=not full_unpickle)
     except Exception as error:
-        raise ValueError(f'{file} holds more than tensors and argparse arguments ({type(error).__name__}); if you '
-                         "trust it, torch.load it with weights_only=False and pass its ['state_dict'] to "
-                         'load_reference_weights') from None
-    return gpt_weights(checkpoint.get('state_dict', checkpoint))
+        if not full_unpickle and 'Weights only load failed' in str(error):  # torch refused a pickled object
+            raise ValueError(f'{file} holds objects besides tensors and argparse arguments; if you trust the file, '
+                             'convert it with --full-unpickle (read_lightning_checkpoint(..., full_unpickle=True))'
+                             ) from None
+        raise ValueError(f'{file} cannot be read, it is damaged or truncated ({first_line(error)}): download it '
+                         'again') from None
+    state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else {}
+    weights = gpt_weights(state)
+    missing = [name for name in GPT_NAMES if not isinstance(weights.get(name), torch.Tensor)]
+    if missing:
+        found = ', '.join(list(state)[:3]) if isinstance(state, dict) else type(checkpoint).__name__
+        raise ValueError(f'{file} is not an NBP transformer checkpoint: it has no {GPT_PREFIX}{missing[0]} '
+                         f'(found: {found or "nothing"})')
+    return weights
 
 
 def load_reference_weights(model: NBPTransformer, state_dict: Mapping[str, torch.Tensor]):
