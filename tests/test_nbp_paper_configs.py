@@ -32,8 +32,9 @@ class Recipe(NamedTuple):
     lr: float
     warmup: int
     steps: int
-    batch_per_process: int      # x the processes of the file's command = the paper's batch
+    batch_per_process: int      # x the processes of the file's command x accumulation = the paper's batch
     precision: str
+    accumulation: int = 1       # batches per update (the scripts' grad_accumulates)
 
 
 class Row(NamedTuple):
@@ -84,7 +85,8 @@ PAPER = {
                                                 trained_here=True),
     'train/nbp/NBP_xl_k600_res128_bs64': k600('xl', recipe=Recipe(5e-4, 10_000, 4_000_000, 1, 'no'),
                                               trained_here=True),
-    'train/nbp/NBP_3b_k600_res128_bs64': k600('3b', recipe=Recipe(2e-4, 10_000, 4_000_000, 1, 'bf16'),
+    # the script counts 4M steps and 10k warmup steps in batches, 2 per update
+    'train/nbp/NBP_3b_k600_res128_bs64': k600('3b', recipe=Recipe(2e-4, 5_000, 2_000_000, 1, 'bf16', accumulation=2),
                                               trained_here=True),
     'test/nbp/NBP_base_k600_res128_5to12': k600('base', recipe=None, trained_here=False),
 }
@@ -132,11 +134,14 @@ def test_training_follows_the_nbp_scripts(name, experiment_file):
     assert (optimizer.lr, tuple(optimizer.betas), optimizer.weight_decay) == (recipe.lr, (0.9, 0.95), 0.01)
     assert tuple(optimizer.decayed_modules) == ('Linear',)
     assert (trainer['lr_schedule'].name, trainer['lr_schedule'].warmup_steps) == ('timm_cosine', recipe.warmup)
-    assert (trainer['total_steps'], trainer['batch_size'], trainer['max_grad_norm']) == (recipe.steps,
-                                                                                         recipe.batch_per_process, 1.0)
+    assert (trainer['total_steps'], trainer['batch_size'], trainer.settings['gradient_accumulation']) == (
+        recipe.steps, recipe.batch_per_process, recipe.accumulation)
+    # the scripts clip the sum of the accumulated gradients at 1.0, the trainer their mean
+    assert trainer['max_grad_norm'] == 1.0 / recipe.accumulation
     assert trainer['ema_decay'] is None and opt.model['dropout'] == 0.1
     processes = re.search(r'--num_processes (\d+) train\.py', (OPTIONS / f'{name}.yml').read_text()).group(1)
-    assert int(processes) * recipe.batch_per_process == {'UCF101': 256, 'K600': 64}[row.data]  # the paper's batch
+    batch = int(processes) * recipe.batch_per_process * recipe.accumulation
+    assert batch == {'UCF101': 256, 'K600': 64}[row.data]  # the paper's
     train = opt.datasets['train']
     read = train['read']
     assert (train['type'], read.num_frames, read.resolution, read.flip) == (row.data, 17, 128, False)

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 import far  # noqa: F401  (fills the registries)
 from far.data import CorruptSampleError
+from far import run
 from far.experiment import load_experiment
 from far.models import NBPTokenizer, NBPTransformer
 from far.options import OptionError, apply_overrides, load_yaml, validate_block
@@ -181,3 +182,34 @@ def test_timm_cosine_follows_the_reference_stepping():
                                                                                 lr=1.0), steps).lr_lambdas[0](50_000)
            for name in ('cosine', 'timm_cosine')}
     assert lrs['cosine'] / lrs['timm_cosine'] == pytest.approx(1.083, rel=2e-3)
+
+
+def test_gradient_accumulation_steps_on_the_mean_of_its_batches(tmp_path, tokenizer_file, fresh_accelerator_state):
+    """2 batches of 2 clips accumulated make the step that one batch of the same 4 clips makes (same loss and
+    gradient norm); steps, schedule and checkpoints count optimiser steps, and a run resumed mid-way ends as an
+    uninterrupted one."""
+    base = [*tiny_nbp(tokenizer_file), 'model.dropout=0.0', 'trainer.validation=null', 'trainer.ema_decay=null',
+            'trainer.log.every=1', 'trainer.total_steps=2', 'trainer.checkpoint.every=1']
+
+    def train(name: str, *overrides: str) -> Path:
+        opt = load_experiment(str(NBP_DEMO), [*base, f'name={name}', *overrides])
+        run.train(options=opt, file=str(NBP_DEMO), root=str(tmp_path))
+        return tmp_path / name
+
+    def logged(folder: Path) -> list:
+        return [json.loads(line) for line in (folder / 'metrics.jsonl').read_text().splitlines()]
+
+    whole = logged(train('whole', 'trainer.batch_size=4'))
+    accumulated_folder = train('accumulated', 'trainer.batch_size=2', 'trainer.gradient_accumulation=2')
+    accumulated = logged(accumulated_folder)
+    assert [entry['step'] for entry in accumulated] == [1, 2]
+    for ours, theirs in zip(accumulated, whole):
+        for key in ('train/loss', 'train/grad_norm', 'train/lr'):
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-5), key
+
+    resumed_folder = train('resumed', 'trainer.batch_size=2', 'trainer.gradient_accumulation=2',
+                           'trainer.total_steps=1')
+    train('resumed', 'trainer.batch_size=2', 'trainer.gradient_accumulation=2')
+    final = [load_file(str(folder / 'checkpoints/checkpoint-2/model.safetensors'))
+             for folder in (accumulated_folder, resumed_folder)]
+    assert all(torch.equal(value, final[1][key]) for key, value in final[0].items())

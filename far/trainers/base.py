@@ -1,9 +1,10 @@
 """The training loop every trainer shares: AdamW, lr schedule, clipping, EMA, checkpoints, logging.
 
 A trainer subclass says what one step computes (``train_step``) and what validation does
-(``validate``). Resuming is exact: the data order and every random draw of a step are functions of
-(seed, rank, step), and a checkpoint holds the model, optimizer, lr schedule, EMA and RNG states.
+(``validate``). Resuming is exact: the data order and every random draw of a batch are functions of
+(seed, rank, batch number), and a checkpoint holds the model, optimizer, lr schedule, EMA and RNG states.
 """
+import contextlib
 import logging
 import os
 from abc import ABC, abstractmethod
@@ -87,6 +88,10 @@ class Trainer(ABC):
     ``ema_warmup``: the EMA's decay grows with its updates (see ``EMA``), so that a short run's EMA weights are
     usable; off, it is ``ema_decay`` from the second update on, as in the reference.
 
+    ``gradient_accumulation``: batches per optimisation step; the step's gradient is that of their mean loss (the
+    batch of a step: processes x ``batch_size`` x ``gradient_accumulation``), and the ranks exchange gradients at
+    its last batch only. Steps (``total_steps``, schedules, checkpoints, logs) count optimisation steps.
+
     A step waits on the host only at log, checkpoint and validation steps: whether its update is applied is
     decided on the device (``NonFiniteGuard``) and the optimizer, lr schedule and EMA obey that decision there.
 
@@ -104,12 +109,15 @@ class Trainer(ABC):
                  ema_decay: Optional[float] = 0.9999, ema_warmup: bool = True, gradient_checkpointing: bool = False,
                  checkpoint: CheckpointOptions = CheckpointOptions(), log: LogOptions = LogOptions(),
                  fault: FaultOptions = FaultOptions(), num_workers: Optional[int] = None, compile: bool = False,
-                 validation=None):
+                 gradient_accumulation: int = 1, validation=None):
         if 'train' not in datasets:
             raise ValueError("the trainer needs datasets['train']")
         if total_steps < 1 or batch_size < 1 or (num_workers is not None and num_workers < 0):
             raise ValueError(f'need total_steps >= 1, batch_size >= 1 and num_workers >= 0 or null, got {total_steps}, '
                              f'{batch_size} and {num_workers}')
+        if gradient_accumulation < 1:
+            raise ValueError(f'gradient_accumulation is the number of batches per step (>= 1), got '
+                             f'{gradient_accumulation}')
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
             raise ValueError(f'ema_decay must be in [0, 1) or null, got {ema_decay}')
         if validation is not None and validation.dataset not in datasets:
@@ -120,6 +128,7 @@ class Trainer(ABC):
         self.accelerator, self.model, self.datasets = accelerator, model, datasets
         self.folder, self.seed, self.config = Path(folder), seed, config
         self.total_steps, self.batch_size, self.num_workers = total_steps, batch_size, num_workers
+        self.gradient_accumulation = gradient_accumulation
         self.optimizer_options, self.lr_schedule = optimizer, lr_schedule
         self.max_grad_norm, self.ema_decay, self.ema_warmup = max_grad_norm, ema_decay, ema_warmup
         self.gradient_checkpointing, self.compile = gradient_checkpointing, compile
@@ -193,8 +202,9 @@ class Trainer(ABC):
             # Built before prepare(): a copy of the plain module, not of a wrapper.
             self.ema = EMA(model, decay=self.ema_decay, warmup=self.ema_warmup)
         self.model, optimizer, schedule = acc.prepare(model, optimizer, schedule)
+        accumulated = f' x {self.gradient_accumulation} accumulated' if self.gradient_accumulation > 1 else ''
         logger.info(f'model: {sum(p.numel() for p in params) / 1e6:.2f}M trained parameters; '
-                    f'{acc.num_processes} process(es) x batch {self.batch_size}')
+                    f'{acc.num_processes} process(es) x batch {self.batch_size}{accumulated}')
 
         step = 0
         latest = resume_checkpoint(acc, self.folder / 'checkpoints')
@@ -215,12 +225,9 @@ class Trainer(ABC):
                                      self.config)
         logger.info(f'training from step {step} to {self.total_steps}')
         progress = Progress(self.total_steps, start=step)
-        batches = self._train_batches(step)
+        batches = self._train_batches(step * self.gradient_accumulation)
         while step < self.total_steps:
-            # Data augmentation, noise and dropout of a step depend on the step only: resuming is exact.
-            set_seed(seed_for(self.seed, acc.process_index, step))
-            logs = self.train_step(next(batches), step)
-            acc.backward(self.guard.backward_loss(logs['loss']))
+            logs = self._accumulate(batches, step)
             logs['grad_norm'] = self._grad_norm()
             self._update(optimizer, schedule, self.guard.check(step + 1, logs['loss'], logs['grad_norm']))
             step += 1
@@ -239,6 +246,21 @@ class Trainer(ABC):
                 self.validate(step)
         if self.wandb is not None:
             self.wandb.finish()
+
+    def _accumulate(self, batches, step: int) -> Dict[str, torch.Tensor]:
+        """The gradients of step ``step``'s batches (of their mean loss) and the mean of their logged values."""
+        acc, count = self.accelerator, self.gradient_accumulation
+        means: Dict[str, torch.Tensor] = {}
+        for index in range(step * count, (step + 1) * count):
+            # Data augmentation, noise and dropout of a batch depend on its number only: resuming is exact.
+            set_seed(seed_for(self.seed, acc.process_index, index))
+            last = index == (step + 1) * count - 1
+            with contextlib.nullcontext() if last else acc.no_sync(self.model):  # gradients exchanged once
+                logs = self.train_step(next(batches), step)
+                acc.backward(self.guard.backward_loss(logs['loss']) / count)
+            for key, value in logs.items():
+                means[key] = means.get(key, 0) + value.detach() / count
+        return means
 
     def _update(self, optimizer, schedule: AppliedStepsSchedule, applied: torch.Tensor):
         """The optimiser, lr schedule and EMA steps, each leaving its state exactly as it was where ``applied`` (a
