@@ -10,7 +10,9 @@ experiments/<name>/results/<weights>/ (or to <weights>-2, -3, ... when earlier r
 evaluation never overwrites another) the videos with a labelled grid of the first `test.num_grid_videos`
 (videos/seed_<seed>/grid.png, grid.gif), results.json (metrics, for prediction the copy-last-frame baseline,
 and the baselines the protocol makes with the same sampler, such as a sliding window; per-frame values under
-`per_frame`) and the per-frame plot per_frame_metrics.png.
+`per_frame`) and the per-frame plot per_frame_metrics.png. With a reconstruction protocol
+(`test.protocol.type: reconstruction`, no `test.sampler`) it scores the autoencoder's reconstructions instead, its
+weights from `test.checkpoint` (e.g. options/test/nbp_tokenizer/).
 """
 import far  # noqa: F401  (fills the registries)
 from far import run
