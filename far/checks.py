@@ -217,7 +217,6 @@ def _check_dataset_conditions(experiment: Experiment, key: str, condition: Optio
                                                f'{provided[field]}; set the model to {provided[field]}')
 
 
-# ----------------------------------------------------------------------------------------------------------
 def _check_test_sampler(experiment: Experiment):
     """A protocol that samples the model needs ``test.sampler`` (a reconstruction protocol refuses one)."""
     test = experiment.options.test
@@ -226,6 +225,7 @@ def _check_test_sampler(experiment: Experiment):
                                         'its sampler, e.g. {type: FARPipeline} or {type: NBPPipeline}')
 
 
+# ----------------------------------------------------------------------------------------------------------
 # Sampling: guidance, noise schedule, clip lengths
 # ----------------------------------------------------------------------------------------------------------
 
