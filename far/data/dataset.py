@@ -50,8 +50,10 @@ class VideoDataset:
 
     def __call__(self, *, options: VideoDatasetOptions) -> Union[ClipDataset, ShardStream]:
         read = options.read
-        sampler = ClipSampler(read.num_frames, read.frame_interval, options.split == 'train', self.pad_short,
-                              read.resolution, read.flip, self.fields)
+        sampler = ClipSampler(num_frames=read.num_frames, frame_interval=read.frame_interval,
+                              train=options.split == 'train', pad_short=self.pad_short, resolution=read.resolution,
+                              flip=read.flip, fields=self.fields, resize=read.resize, fps=read.fps,
+                              clip_start=read.clip_start)
         return read_dataset(self.name, SOURCES.build(options.source), read, sampler)
 
 
