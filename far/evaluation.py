@@ -155,7 +155,7 @@ def save_samples(sampled: Dict[str, Tuple[torch.Tensor, torch.Tensor]], indices:
     from far.grids import save_grid  # drawing and writing mp4s need the image and video codecs, scoring does not
     from far.video import save_videos
 
-    names = [f'video_{i:06d}' for i in indices]
+    names = [f'video_{i:06d}' + (f'_repeat{r}' if r else '') for i, r in numbered_repeats(indices)]
     gt = sampled[''][1]
     for name, (samples, _) in sampled.items():
         if name != COPY_LAST_FRAME:

@@ -39,7 +39,8 @@ def test_k600_validation_list():
 
 def test_the_converter_reads_official_and_nbp_lists(scripts, tmp_path):
     convert = scripts.module('scripts/convert_video_list.py')
-    (tmp_path / 'trainlist01.txt').write_text('YoYo/v_YoYo_g08_c01.avi 101\nApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1\n')
+    (tmp_path / 'trainlist01.txt').write_text('YoYo/v_YoYo_g08_c01.avi 101\n'
+                                              'ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1\n')
     (tmp_path / 'nbp.txt').write_text('UCF-101/YoYo/v_YoYo_g08_c01.avi\t101\n')
     convert.main([str(tmp_path / 'trainlist01.txt'), str(tmp_path / 'official.json'), '--prefix', 'ucf/UCF-101',
                   '--labels'])

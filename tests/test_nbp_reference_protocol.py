@@ -70,12 +70,12 @@ def test_a_cycled_list_gives_its_first_clips_again_with_new_samples(dataset_of, 
     dataset = dataset_of('K600', 'val', {'type': 'data_list', 'path': k600_list}, num_frames=10, fps=16,
                          clip_start='random', resolution=32, resize='squash')
     weights = shared_dir / 'weights'
-    protocol = PROTOCOLS.build({
-        'type': 'nbp_reference', 'num_videos': 6, 'processes': 2, 'context_length': 2, 'unroll_length': 8,
-        'metrics': ['psnr', 'ssim',
-                    {'type': 'lpips', 'net': 'vgg', 'backbone_weights': str(weights / 'lpips_vgg' / 'vgg16_features_imagenet.pth'),
-                     'head_weights': str(weights / 'lpips_vgg' / 'lpips_v0.1_vgg_lin.pth')},
-                    {'type': 'fvd', 'weights': str(weights / 'i3d_k400' / 'i3d_kinetics400_tfhub.pt')}]})
+    vgg = weights / 'lpips_vgg'
+    lpips = {'type': 'lpips', 'net': 'vgg', 'backbone_weights': str(vgg / 'vgg16_features_imagenet.pth'),
+             'head_weights': str(vgg / 'lpips_v0.1_vgg_lin.pth')}
+    fvd = {'type': 'fvd', 'weights': str(weights / 'i3d_k400' / 'i3d_kinetics400_tfhub.pt')}
+    protocol = PROTOCOLS.build({'type': 'nbp_reference', 'num_videos': 6, 'processes': 2, 'context_length': 2,
+                                'unroll_length': 8, 'metrics': ['psnr', 'ssim', lpips, fvd]})
     indices = protocol.select(dataset, seed=0)
     assert len(indices) == 6 and set(indices) == {0, 1, 2}  # 3 videos, 2 shares of 2, each cycled to 3
 

@@ -124,7 +124,7 @@ class ClipSampler:
         if len(timeline) < self.num_frames:
             if self.pad_short:
                 return timeline
-            rate = '' if self.fps is None else f' ({len(timeline)} at read.fps={self.fps:g}, the video: {clip.fps:g} fps)'
+            rate = '' if self.fps is None else f' ({len(timeline)} at read.fps={self.fps:g}, the video: {clip.fps:g})'
             raise ValueError(f'the clip has {total} frames{rate}, read.num_frames asks for {self.num_frames}')
         start = self.clip_start or ('random' if self.train else 'first')
         return [timeline[i] for i in sample_frame_ids(len(timeline), self.num_frames, self.frame_interval, start, rng)]

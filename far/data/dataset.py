@@ -25,7 +25,8 @@ Split = Literal['train', 'val', 'test']
 
 @dataclass(frozen=True, kw_only=True)
 class VideoDatasetOptions:
-    """``split: train`` samples clips at random starts with augmentation, other splits from frame 0."""
+    """``split: train`` samples clips at random starts with augmentation, other splits from frame 0 (unless
+    ``read.clip_start`` says otherwise)."""
     split: Split
     source: Block(SOURCES)
     read: ClipOptions

@@ -4,7 +4,7 @@ The resizes are torchvision's tensor ``Resize`` (bilinear with antialias, ``alig
 ``F.interpolate``, so the clips match the published FAR checkpoints without torchvision installed.
 """
 import random
-from typing import List, Literal, Optional, Union
+from typing import List, Literal, Union
 
 import numpy as np
 import torch

@@ -19,7 +19,8 @@ from .weights import MissingWeightsError, resolve_weights
 
 __all__ = [
     'FrameMetric', 'Metric', 'exact_math', 'environment_info', 'FVD', 'frechet_distance', 'InceptionI3d', 'load_i3d',
-    'LPIPS', 'LPIPSMetric', 'MemoryProtocol', 'NBPReferenceProtocol', 'MSE', 'PSNR', 'SSIM', 'LatteProtocol', 'MCVDProtocol', 'Protocol',
+    'LPIPS', 'LPIPSMetric', 'MemoryProtocol', 'NBPReferenceProtocol', 'MSE', 'PSNR', 'SSIM', 'LatteProtocol',
+    'MCVDProtocol', 'Protocol',
     'TECOProtocol',
     'RolloutProtocol', 'mp4_round_trip', 'paired_mp4_round_trip', 'MissingWeightsError', 'resolve_weights',
 ]
