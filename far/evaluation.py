@@ -80,7 +80,6 @@ def copy_last_frame(gt: torch.Tensor, context_length: int) -> torch.Tensor:
     return torch.cat([gt[:, :context_length], last.expand(-1, gt.shape[1] - context_length, *last.shape[2:])], 1)
 
 
-@torch.no_grad()
 def numbered_repeats(indices: Sequence[int]) -> List[Tuple[int, int]]:
     """``(index, r)`` for every entry of ``indices``: r is how often the index came before."""
     seen: Dict[int, int] = {}
@@ -91,6 +90,7 @@ def numbered_repeats(indices: Sequence[int]) -> List[Tuple[int, int]]:
     return draws
 
 
+@torch.no_grad()
 def sample_videos(sampler: VideoSampler, dataset, indices: Sequence[int], *, context_length: int,
                   unroll_length: int, accelerator, seed: int, num_trajectories: int = 1, batch_size: int,
                   name: str = 'sampling') -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
