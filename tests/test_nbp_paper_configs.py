@@ -58,20 +58,20 @@ K600_VAL_LIST = 'options/data_lists/k600_val.json'
 UCF = dict(data='UCF101', total_params=982_785_024, condition=UCF_TEXT, hybrid=True, context=0, steps=95,
            short='ucf', protocol='NBPReferenceProtocol', num_videos=10_000, fvd_resolution=None, fps=8,
            eval_clip={'path': UCF_TRAIN_LIST, 'fps': 8, 'clip_start': 'center'})
+# K600 training files: the clean protocol, every validation video once, its centre clip at the training rate
 K600 = dict(data='K600', total_params=884_431_872, condition=None, hybrid=False, context=5, steps=48, short='k600',
-            fvd_resolution=64, fps=16)
+            protocol='MCVDProtocol', num_videos=None, fvd_resolution=64, fps=16,
+            eval_clip={'path': K600_VAL_LIST, 'fps': 16, 'clip_start': 'center'})
+# the paper's: 50,000 samples cycling the validation list, random clips at its evaluation's default 25 fps
+K600_PAPER_EVALUATION = {**K600, 'protocol': 'NBPReferenceProtocol', 'num_videos': 50_000,
+                         'eval_clip': {'path': K600_VAL_LIST, 'fps': 25, 'clip_start': 'random'}}
 PAPER = {
     'train/nbp/NBP_base_ucf101_cond_res128_100K_bs256': Row(**UCF, recipe=Recipe(6e-4, 5_000, 100_000, 4, 'bf16'),
                                                           trained_here=True),
     'test/nbp/NBP_base_ucf101_cond_res128_sample10K': Row(**UCF, recipe=None, trained_here=False),
-    # the clean protocol: every validation video once, its centre clip at the training rate
     'train/nbp/NBP_base_k600_res128_bs64': Row(**K600, recipe=Recipe(1e-3, 10_000, 4_000_000, 2, 'no'),
-                                               trained_here=True, protocol='MCVDProtocol', num_videos=None,
-                                               eval_clip={'path': K600_VAL_LIST, 'fps': 16, 'clip_start': 'center'}),
-    # the paper's: 50,000 samples cycling the validation list, random clips at its evaluation's default 25 fps
-    'test/nbp/NBP_base_k600_res128_5to12': Row(**K600, recipe=None, trained_here=False,
-                                               protocol='NBPReferenceProtocol', num_videos=50_000,
-                                               eval_clip={'path': K600_VAL_LIST, 'fps': 25, 'clip_start': 'random'}),
+                                               trained_here=True),
+    'test/nbp/NBP_base_k600_res128_5to12': Row(**K600_PAPER_EVALUATION, recipe=None, trained_here=False),
 }
 
 
