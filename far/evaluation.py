@@ -80,6 +80,16 @@ def copy_last_frame(gt: torch.Tensor, context_length: int) -> torch.Tensor:
     return torch.cat([gt[:, :context_length], last.expand(-1, gt.shape[1] - context_length, *last.shape[2:])], 1)
 
 
+def numbered_repeats(indices: Sequence[int]) -> List[Tuple[int, int]]:
+    """``(index, r)`` for every entry of ``indices``: r is how often the index came before."""
+    seen: Dict[int, int] = {}
+    draws = []
+    for index in indices:
+        draws.append((index, seen.get(index, 0)))
+        seen[index] = draws[-1][1] + 1
+    return draws
+
+
 @torch.no_grad()
 def sample_videos(sampler: VideoSampler, dataset, indices: Sequence[int], *, context_length: int,
                   unroll_length: int, accelerator, seed: int, num_trajectories: int = 1, batch_size: int,
@@ -88,22 +98,25 @@ def sample_videos(sampler: VideoSampler, dataset, indices: Sequence[int], *, con
 
     Returns, on the main process (``(None, None)`` elsewhere), samples ``[B, n, F, 3, H, W]`` and ground truth
     ``[B, F, 3, H, W]`` in [0, 1], F = context + unroll, in the order of ``indices``; ``batch_size`` counts
-    videos (each with its n trajectories). Trajectory k of video i starts from noise seeded by ``(seed, i, k)``.
+    videos (each with its n trajectories). Trajectory k of video i starts from noise seeded by ``(seed, i, k)``; a
+    video listed again (its r-th repeat) draws as its trajectories r n + k would.
     """
     num_frames = context_length + unroll_length
-    mine = split_batches(list(indices), batch_size, accelerator.num_processes, accelerator.process_index)
+    draws = numbered_repeats(indices)
+    mine = split_batches(draws, batch_size, accelerator.num_processes, accelerator.process_index)
     progress, results = Progress(len(mine), first_is_one_off=True), []
-    for done, (number, batch_indices) in enumerate(mine, 1):
-        batch = default_collate([dataset[i] for i in batch_indices])
+    for done, (number, batch_draws) in enumerate(mine, 1):
+        batch = default_collate([dataset[i] for i, _ in batch_draws])
         gt = clips_of(batch, num_frames, f'{context_length} context + {unroll_length} predicted frames', dataset)
         condition = sampler.condition
         conditions = None if condition is None else condition.repeat(condition.from_batch(batch, num_frames),
                                                                      num_trajectories)
-        generators = [generator_for('cpu', seed, i, k) for i in batch_indices for k in range(num_trajectories)]
+        generators = [generator_for('cpu', seed, i, r * num_trajectories + k) for i, r in batch_draws
+                      for k in range(num_trajectories)]
         context = gt[:, :context_length].repeat_interleave(num_trajectories, 0) if context_length else None
         video = sampler.predict(context=context, num_frames=unroll_length, conditions=conditions,
                                 generators=generators, height=gt.shape[-2], width=gt.shape[-1])
-        results.append((number, video.float().cpu().unflatten(0, (len(batch_indices), num_trajectories)), gt))
+        results.append((number, video.float().cpu().unflatten(0, (len(batch_draws), num_trajectories)), gt))
         logger.info(f'{name}: batch {done}/{len(mine)} on this process, {progress(done, "batch")}')
     return in_order(results, accelerator)
 
@@ -169,7 +182,7 @@ def save_samples(sampled: Dict[str, Tuple[torch.Tensor, torch.Tensor]], indices:
     from far.grids import save_grid  # drawing and writing mp4s need the image and video codecs, scoring does not
     from far.video import save_videos
 
-    names = [f'video_{i:06d}' for i in indices]
+    names = [f'video_{i:06d}' + (f'_repeat{r}' if r else '') for i, r in numbered_repeats(indices)]
     gt = sampled[''][1]
     for name, (samples, _) in sampled.items():
         if name != COPY_LAST_FRAME:

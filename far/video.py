@@ -11,7 +11,7 @@ metrics run without them.
 """
 import io
 from pathlib import Path
-from typing import List, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -93,12 +93,19 @@ def decode_video(source: Union[str, Path, bytes]) -> np.ndarray:
 
     A file that cannot be decoded raises ``ValueError`` (``OSError`` when it cannot be read at all).
     """
+    return decode_video_and_rate(source)[0]
+
+
+def decode_video_and_rate(source: Union[str, Path, bytes]) -> Tuple[np.ndarray, Optional[float]]:
+    """``decode_video``'s frames and the stream's average frame rate (what decord's ``get_avg_fps`` reads), None
+    when the file does not say."""
     import av
 
     try:
         with av.open(io.BytesIO(source) if isinstance(source, bytes) else str(source)) as container:
             stream = container.streams.video[0]
             stream.codec_context.thread_count = 1  # loader processes already run one per core
+            rate = stream.average_rate or stream.guessed_rate
             frames = [frame.to_ndarray(format='rgb24') for frame in container.decode(stream)]
     except av.FFmpegError as error:
         if isinstance(error, OSError):
@@ -106,7 +113,7 @@ def decode_video(source: Union[str, Path, bytes]) -> np.ndarray:
         raise ValueError(f'undecodable video: {error}') from error
     if not frames:
         raise ValueError('the video has no decodable frame')
-    return np.stack(frames)
+    return np.stack(frames), (float(rate) if rate else None)
 
 
 # ----------------------------------------------------------------------------------------------------------

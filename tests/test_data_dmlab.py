@@ -74,5 +74,5 @@ def test_short_episodes_are_not_padded(dataset_of, dmlab):
     assert ds[2]['index'] == 0 and ds.num_skipped == 1  # the 10-frame episode is skipped
     strict = dataset_of('DMLab', 'val', {'type': 'data_list', 'path': str(dmlab / 'dmlab_val.json')},
                         num_frames=16, strict=True)
-    with pytest.raises(CorruptSampleError, match=r'2\.npz.*10 frames, 16 are needed'):
+    with pytest.raises(CorruptSampleError, match=r'2\.npz.*10 frames, read.num_frames asks for 16'):
         strict[2]

@@ -41,7 +41,7 @@ def test_items_carry_video_only_from_frame_zero(dataset_of, k600):
 def test_short_videos_are_unreadable_not_padded(dataset_of, k600):
     strict = dataset_of('K600', 'val', {'type': 'data_list', 'path': str(k600)},
                         num_frames=17, resolution=32, strict=True)
-    with pytest.raises(CorruptSampleError, match='the clip has 6 frames, 17 are needed'):
+    with pytest.raises(CorruptSampleError, match='the clip has 6 frames, read.num_frames asks for 17'):
         strict[1]
     assert dataset_of('K600', 'val', {'type': 'data_list', 'path': str(k600)},
                       num_frames=17, resolution=32)[1]['index'] == 0  # skipped

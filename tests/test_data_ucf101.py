@@ -75,7 +75,7 @@ def test_training_samples_random_starts_crops_and_flips(dataset_of, ucf, monkeyp
 
     # A horizontal ramp tells crops and flips apart.
     ramp = np.broadcast_to(np.linspace(0, 255, W).astype(np.uint8)[None, None, :, None], (4, H, W, 3)).copy()
-    monkeypatch.setattr('far.data.json_list.decode_video', lambda path: ramp)
+    monkeypatch.setattr('far.data.json_list.decode_video_and_rate', lambda path: (ramp, 25.0))
     rows = {tuple(ds[0]['video'][0, 0, 0, [0, -1]].mul(255).round().tolist()) for _ in range(80)}
     assert any(left > right for left, right in rows) and any(left < right for left, right in rows)
     assert len(rows) > 4  # several crop offsets

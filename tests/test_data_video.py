@@ -41,7 +41,7 @@ def test_training_starts_are_uniform_over_the_valid_starts(total, num, interval)
     rng = random.Random(0)
     starts = set()
     for _ in range(2000):
-        ids = sample_frame_ids(total, num, interval, True, rng)
+        ids = sample_frame_ids(total, num, interval, 'random', rng)
         assert len(ids) == num and ids[-1] < total
         assert all(b - a == interval for a, b in zip(ids, ids[1:]))
         starts.add(ids[0])
@@ -49,13 +49,13 @@ def test_training_starts_are_uniform_over_the_valid_starts(total, num, interval)
 
 
 def test_evaluation_starts_at_zero_and_keeps_the_interval():
-    assert sample_frame_ids(100, 16, 3, False, random.Random(0)) == list(range(0, 48, 3))
+    assert sample_frame_ids(100, 16, 3, 'first', random.Random(0)) == list(range(0, 48, 3))
 
 
-@pytest.mark.parametrize('random_start', [True, False])
-def test_too_short_for_the_interval_gives_consecutive_frames_from_zero(random_start):
+@pytest.mark.parametrize('start', ['random', 'first', 'center'])
+def test_too_short_for_the_interval_gives_consecutive_frames_from_zero(start):
     # 20 frames cannot hold 16 frames at interval 3 (needs 46): frames 0..15, as FAR's UCF-101 loader
-    assert sample_frame_ids(20, 16, 3, random_start, random.Random(0)) == list(range(16))
+    assert sample_frame_ids(20, 16, 3, start, random.Random(0)) == list(range(16))
 
 
 def test_resize_short_side_follows_torchvision_sizes():

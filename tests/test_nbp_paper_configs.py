@@ -1,7 +1,8 @@
 """The NBP paper's experiments under options/ (train/nbp, test/nbp, train/nbp_tokenizer, test/nbp_tokenizer): model
 sizes and layouts, tokens and sampling steps (UCF-101: 1280 tokens in 95 steps; K600: 768 predicted tokens in 48
-steps), the training recipe of the NBP scripts and the evaluation settings (gFVD on the first 16 of 17 frames, top-k
-16000, top-p 0.9; the tokenizers' reconstructions as tokenizer_eval.py scores them).
+steps), the training recipe of the NBP scripts, the data as the reference reads it (lists, frame rate, clip start,
+squashed frames) and the evaluation settings (gFVD on the first 16 of 17 frames, top-k 16000, top-p 0.9; the
+tokenizers' reconstructions as tokenizer_eval.py scores them).
 
 No data and no weights: models and tokenizers are built on the meta device.
 """
@@ -51,14 +52,25 @@ class Row(NamedTuple):
     protocol: str
     num_videos: Optional[int]
     fvd_resolution: Optional[int]
+    fps: int                    # the reference's frame rate of the data, in training and in evaluation
+    eval_clip: dict             # the evaluation data: list, frame rate, clip start
     trained_here: bool          # test.checkpoint: `latest` (trained by this file), else the released model
 
 
 UCF_TEXT = {'type': 'text', 'vocab_size': 32000, 'num_tokens': 8, 'class_text_ids': CLASS_TABLE}
+UCF_TRAIN_LIST = 'options/data_lists/ucf101_split1_train.json'
+K600_VAL_LIST = 'options/data_lists/k600_val.json'
+# UCF-101: 10,000 samples against centre clips of the training list at 8 fps
 UCF = dict(data='UCF101', condition=UCF_TEXT, hybrid=True, context=0, steps=95,
-           short='ucf', protocol='LatteProtocol', num_videos=10_000, fvd_resolution=None)
-K600 = dict(data='K600', condition=None, hybrid=False, context=5, steps=48,
-            short='k600', protocol='MCVDProtocol', num_videos=None, fvd_resolution=64)
+           short='ucf', protocol='NBPReferenceProtocol', num_videos=10_000, fvd_resolution=None, fps=8,
+           eval_clip={'path': UCF_TRAIN_LIST, 'fps': 8, 'clip_start': 'center'})
+# K600 training files: the clean protocol, every validation video once, its centre clip at the training rate
+K600 = dict(data='K600', condition=None, hybrid=False, context=5, steps=48, short='k600',
+            protocol='MCVDProtocol', num_videos=None, fvd_resolution=64, fps=16,
+            eval_clip={'path': K600_VAL_LIST, 'fps': 16, 'clip_start': 'center'})
+# the paper's: 50,000 samples cycling the validation list, random clips at its evaluation's default 25 fps
+K600_PAPER_EVALUATION = {**K600, 'protocol': 'NBPReferenceProtocol', 'num_videos': 50_000,
+                         'eval_clip': {'path': K600_VAL_LIST, 'fps': 25, 'clip_start': 'random'}}
 # (size, UCF-101 total, K600 total, without embeddings and head): the reference's GPT built from its scripts' sizes
 SIZES = {'base': (982_785_024, 884_431_872, 687_823_872), 'xl': (1_612_369_920, 1_481_232_384, 1_219_088_384),
          '3b': (4_230_813_696, 4_034_107_392, 3_640_891_392)}
@@ -68,8 +80,8 @@ def ucf(size: str, **row) -> Row:
     return Row(**UCF, size=size, total_params=SIZES[size][0], non_embedding=SIZES[size][2], **row)
 
 
-def k600(size: str, **row) -> Row:
-    return Row(**K600, size=size, total_params=SIZES[size][1], non_embedding=SIZES[size][2], **row)
+def k600(size: str, data: dict = K600, **row) -> Row:
+    return Row(**data, size=size, total_params=SIZES[size][1], non_embedding=SIZES[size][2], **row)
 
 
 # train_ucf.sh: lr 6e-4 and 64 processes x 4 clips at every size; train_k600.sh: lr 1e-3 / 5e-4 / 2e-4, batch 64
@@ -88,7 +100,7 @@ PAPER = {
     # the script counts 4M steps and 10k warmup steps in batches, 2 per update
     'train/nbp/NBP_3b_k600_res128_bs64': k600('3b', recipe=Recipe(2e-4, 5_000, 2_000_000, 1, 'bf16', accumulation=2),
                                               trained_here=True),
-    'test/nbp/NBP_base_k600_res128_5to12': k600('base', recipe=None, trained_here=False),
+    'test/nbp/NBP_base_k600_res128_5to12': k600('base', K600_PAPER_EVALUATION, recipe=None, trained_here=False),
 }
 
 
@@ -145,6 +157,9 @@ def test_training_follows_the_nbp_scripts(name, experiment_file):
     train = opt.datasets['train']
     read = train['read']
     assert (train['type'], read.num_frames, read.resolution, read.flip) == (row.data, 17, 128, False)
+    assert (read.resize, read.fps, read.clip_start, read.frame_interval) == ('squash', row.fps, None, 1)
+    if row.data == 'UCF101':  # split 1's training list, as the reference trained
+        assert train['source']['path'] == UCF_TRAIN_LIST
     validation = trainer['validation']
     assert (validation.context_length, validation.context_length + validation.unroll_length) == (row.context, 17)
 
@@ -157,13 +172,19 @@ def test_evaluation_follows_the_paper(name, experiment_file):
     sampler = NBPSampling(**{k: v for k, v in test.sampler.items() if k != 'type'})
     assert test.sampler['type'] == 'NBPPipeline' and sampler == NBPSampling(top_k=16000, top_p=0.9)
     protocol = PROTOCOLS.build({**test.protocol, 'metrics': ['psnr']})  # the same settings without loading I3D
-    [fvd] = test.protocol['metrics']
+    fvd = test.protocol['metrics'][-1]
     assert test.protocol['type'] == row.protocol and fvd['type'] == 'fvd'
+    if row.protocol == 'NBPReferenceProtocol':  # PSNR, SSIM and LPIPS (VGG, the reference's) beside gFVD
+        assert test.protocol['metrics'][:-1] == ['psnr', 'ssim', {'type': 'lpips', 'net': 'vgg'}]
+        assert opt.mixed_precision == 'no' or row.recipe is not None  # the released weights: sampled in float32
     assert (protocol.context_length, protocol.context_length + protocol.unroll_length) == (row.context, 17)
     assert (protocol.num_videos, protocol.num_trajectories, protocol.seeds) == (row.num_videos, 1, [0])
     assert (fvd['frames'], fvd.get('resolution')) == (16, row.fvd_resolution)  # gFVD: 16 of 17 frames
     data = opt.datasets[test.dataset]
-    assert (data['type'], data['split'], data['read'].num_frames, data['read'].resolution) == (row.data, 'val', 17, 128)
+    read = data['read']
+    assert (data['type'], data['split'], read.num_frames, read.resolution, read.resize) == (row.data, 'val', 17, 128,
+                                                                                           'squash')
+    assert {'path': data['source']['path'], 'fps': read.fps, 'clip_start': read.clip_start} == row.eval_clip
 
 
 @pytest.mark.parametrize('path', TOKENIZER_FILES, ids=key)
@@ -192,8 +213,11 @@ def test_tokenizer_evaluations_follow_tokenizer_eval(path, experiment_file):
     assert (protocol['type'], protocol['num_frames'], protocol['num_videos'], protocol['reference_quirks']) == (
         'ReconstructionProtocol', 17, None, True)
     assert [m if isinstance(m, str) else m['type'] for m in protocol['metrics']] == ['psnr', 'ssim', 'lpips', 'fvd']
-    data = opt.datasets[opt.test.dataset]
-    assert (data['split'], data['read'].num_frames, data['read'].resolution) == ('val', 17, 128)
+    data, read = opt.datasets[opt.test.dataset], opt.datasets[opt.test.dataset]['read']
+    assert (data['split'], read.num_frames, read.resolution, read.resize) == ('val', 17, 128, 'squash')
+    assert (read.fps, read.clip_start) == (16, 'center')  # the reference's data default, its evaluation's clip
+    lists = {'ucf': 'options/data_lists/ucf101_split1_test.json', 'k600': K600_VAL_LIST}
+    assert data['source']['path'] == lists[short]
     with torch.device('meta'):
         tokenizer = opt.build_autoencoder()
     assert tokenizer.codebook_size == 64000 and sum(p.numel() for p in tokenizer.parameters()) == 370_372_105

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from far.data.transforms import crop_square, resize_short_side, sample_frame_ids
+from far.data.transforms import (ClipStart, Resize, crop_square, resampled_frame_ids, resize_short_side, resize_whole,
+                                 sample_frame_ids)
 from far.utils.faults import RunStopped
 
 logger = logging.getLogger('far')
@@ -39,6 +40,7 @@ class Clip:
     latent: bool = False
     tokens: bool = False
     encoded_frames: Optional[int] = None  # tokens: the frames of the clip they encode
+    fps: Optional[float] = None  # a decoded video's own frame rate (arrays of frames carry none)
     label: Optional[int] = None
     per_frame: Dict[str, np.ndarray] = field(default_factory=dict)  # 'action': int64 [T], 'revisit': bool [T], ...
 
@@ -47,10 +49,12 @@ class Clip:
 class ClipSampler:
     """Frame selection and augmentation: a Clip in, an item out.
 
-    ``train`` picks a random start (every ``frame_interval``-th frame), a random crop and, with ``flip``,
-    a random horizontal flip; evaluation starts at frame 0 and crops the centre. A video shorter than
-    ``num_frames`` is padded with black frames (``pad_short``, as UCF-101 and BAIR are) or unreadable.
-    ``resolution`` resizes the shorter side and crops a square (pixels only; latents are used as stored).
+    The clip's frames: every ``frame_interval``-th frame, or with ``fps`` the video resampled in time to ``fps``
+    with its own frame rate (``resampled_frame_ids``); they start where ``clip_start`` says (null: ``random`` in
+    ``train``, ``first`` otherwise). A video shorter than ``num_frames`` (at ``fps``) is padded with black frames
+    (``pad_short``, as UCF-101 and BAIR are) or unreadable. ``resolution`` resizes pixels (latents are used as
+    stored): ``resize: crop`` the shorter side, then a square crop, random in ``train`` (where ``flip`` flips at
+    random), centred otherwise; ``resize: squash`` the whole frame to a square, nothing cropped or flipped.
     ``fields`` lists the annotations the items carry ('label', 'action', 'revisit'); a clip missing one
     is unreadable. Token clips are taken whole, unaugmented: a causal tokenizer's tokens of a clip cannot be cut
     into the tokens of a shorter one.
@@ -62,6 +66,9 @@ class ClipSampler:
     resolution: Optional[int] = None
     flip: bool = False
     fields: Tuple[str, ...] = ()
+    resize: Resize = 'crop'
+    fps: Optional[float] = None
+    clip_start: Optional[ClipStart] = None
 
     def __post_init__(self):
         if self.num_frames < 1 or self.frame_interval < 1:
@@ -84,12 +91,7 @@ class ClipSampler:
         if clip.tokens:
             return self._tokens_item(clip, index)
 
-        if total < self.num_frames:
-            if not self.pad_short:
-                raise ValueError(f'the clip has {total} frames, {self.num_frames} are needed')
-            ids = list(range(total))
-        else:
-            ids = sample_frame_ids(total, self.num_frames, self.frame_interval, self.train, rng)
+        ids = self._frame_ids(clip, rng)
         pad = self.num_frames - len(ids)
 
         data = torch.from_numpy(np.ascontiguousarray(clip.frames[ids]))
@@ -110,6 +112,23 @@ class ClipSampler:
             item[name] = torch.cat([values, values.new_zeros(pad)]) if pad else values
         return item
 
+    def _frame_ids(self, clip: Clip, rng: random.Random) -> List[int]:
+        total = len(clip.frames)
+        if self.fps is None:
+            timeline = list(range(total))
+        elif clip.fps is None:
+            raise ValueError('read.fps resamples by the video\'s own frame rate, and these frames carry none '
+                             '(latents or stored frame arrays): set read.fps: null')
+        else:
+            timeline = resampled_frame_ids(total, clip.fps, self.fps)
+        if len(timeline) < self.num_frames:
+            if self.pad_short:
+                return timeline
+            rate = '' if self.fps is None else f' ({len(timeline)} at read.fps={self.fps:g}, the video: {clip.fps:g})'
+            raise ValueError(f'the clip has {total} frames{rate}, read.num_frames asks for {self.num_frames}')
+        start = self.clip_start or ('random' if self.train else 'first')
+        return [timeline[i] for i in sample_frame_ids(len(timeline), self.num_frames, self.frame_interval, start, rng)]
+
     def _tokens_item(self, clip: Clip, index: int) -> dict:
         if clip.encoded_frames != self.num_frames:
             raise ValueError(f'the tokens encode a clip of {clip.encoded_frames} frames, num_frames is '
@@ -120,6 +139,8 @@ class ClipSampler:
         return item
 
     def _augment(self, video: torch.Tensor, rng: random.Random) -> torch.Tensor:
+        if self.resolution is not None and self.resize == 'squash':
+            return resize_whole(video, self.resolution)
         if self.resolution is not None:
             video = resize_short_side(video, self.resolution)
             video = crop_square(video, self.resolution, rng if self.train else None)
@@ -196,9 +217,11 @@ class ClipDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         for offset in range(self.length):
             i = (index + offset) % self.length
+            # Training draws from `random`, reseeded per DataLoader worker by torch and by set_seed in the main
+            # process; evaluation from the index, so a video read twice gives the same clip on any process.
+            rng = random if self.sampler.train else random.Random(i)
             try:
-                # `random` is reseeded per DataLoader worker by torch, and by set_seed in the main process.
-                return self.sampler(self.source.load(i), i, random)
+                return self.sampler(self.source.load(i), i, rng)
             except UNREADABLE as error:
                 self.corrupt.report(self.source.name(i), error)
         raise RuntimeError(f'{self.corrupt.dataset}: none of the {self.length} samples is readable')

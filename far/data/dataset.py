@@ -25,7 +25,8 @@ Split = Literal['train', 'val', 'test']
 
 @dataclass(frozen=True, kw_only=True)
 class VideoDatasetOptions:
-    """``split: train`` samples clips at random starts with augmentation, other splits from frame 0."""
+    """``split: train`` samples clips at random starts with augmentation, other splits from frame 0 (unless
+    ``read.clip_start`` says otherwise)."""
     split: Split
     source: Block(SOURCES)
     read: ClipOptions
@@ -50,8 +51,10 @@ class VideoDataset:
 
     def __call__(self, *, options: VideoDatasetOptions) -> Union[ClipDataset, ShardStream]:
         read = options.read
-        sampler = ClipSampler(read.num_frames, read.frame_interval, options.split == 'train', self.pad_short,
-                              read.resolution, read.flip, self.fields)
+        sampler = ClipSampler(num_frames=read.num_frames, frame_interval=read.frame_interval,
+                              train=options.split == 'train', pad_short=self.pad_short, resolution=read.resolution,
+                              flip=read.flip, fields=self.fields, resize=read.resize, fps=read.fps,
+                              clip_start=read.clip_start)
         return read_dataset(self.name, SOURCES.build(options.source), read, sampler)
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from far.data.clips import Clip
-from far.video import decode_video
+from far.video import decode_video_and_rate
 
 
 class JsonListSource:
@@ -61,7 +61,7 @@ class JsonListSource:
     def load(self, index: int) -> Clip:
         record = self.records[index]
         file = self.root / record[self.file_key]
-        actions = None
+        actions, fps = None, None
         if self.use_latent and file.suffix == '.npy':
             frames = np.load(file)
         elif self.use_latent:
@@ -71,7 +71,7 @@ class JsonListSource:
                 frames = data['video']
                 actions = data['actions'] if 'actions' in data.files else None
         else:
-            frames = decode_video(file)
+            frames, fps = decode_video_and_rate(file)
         per_frame = {}
         if 'action' in self.fields:
             if 'action_path' in record:
@@ -80,4 +80,4 @@ class JsonListSource:
             if actions is None:
                 raise KeyError('no actions: the record has no action_path and its video file holds none')
             per_frame['action'] = np.asarray(actions, np.int64).reshape(-1)
-        return Clip(frames, latent=self.use_latent, label=record.get('label'), per_frame=per_frame)
+        return Clip(frames, latent=self.use_latent, label=record.get('label'), per_frame=per_frame, fps=fps)

@@ -30,7 +30,7 @@ from webdataset.utils import glob_with_braces
 from webdataset.writer import encode_based_on_extension1, make_handlers
 
 from far.data.clips import Clip
-from far.video import decode_video
+from far.video import decode_video_and_rate
 
 SHARD_NAME = 'shard-%06d.tar'
 FRAME_MEMBERS = ('mp4', 'frames.npy', 'latent.npy', 'tokens.npy')
@@ -122,13 +122,14 @@ def decode_sample(sample: Dict[str, bytes], use_latent: bool, use_tokens: bool =
     if use_tokens:
         return Clip(np.load(io.BytesIO(sample['tokens.npy'])), tokens=True, label=meta.get('label'),
                     encoded_frames=meta.get('num_frames'))
+    fps = None
     if use_latent:
         frames = np.load(io.BytesIO(sample['latent.npy']))
     elif 'frames.npy' in sample:
         frames = np.load(io.BytesIO(sample['frames.npy']))
     else:
-        frames = decode_video(sample['mp4'])
+        frames, fps = decode_video_and_rate(sample['mp4'])
     if meta.get('num_frames') != len(frames):
         raise ValueError(f"its json says num_frames={meta.get('num_frames')}, its frames hold {len(frames)}")
     per_frame = {name: np.asarray(meta[key], dtype) for key, (name, dtype) in PER_FRAME_JSON.items() if key in meta}
-    return Clip(frames, latent=use_latent, label=meta.get('label'), per_frame=per_frame)
+    return Clip(frames, latent=use_latent, label=meta.get('label'), per_frame=per_frame, fps=fps)

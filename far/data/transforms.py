@@ -1,30 +1,49 @@
 """Clip geometry: which frames of a video form a clip, resize and crop.
 
-The resize is torchvision's tensor ``Resize(size)`` (shorter side to ``size``, bilinear with antialias,
-``align_corners=False``) written with ``F.interpolate``, so the clips match the published FAR
-checkpoints without torchvision installed.
+The resizes are torchvision's tensor ``Resize`` (bilinear with antialias, ``align_corners=False``) written with
+``F.interpolate``, so the clips match the published FAR checkpoints without torchvision installed.
 """
 import random
-from typing import List, Union
+from typing import List, Literal, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+ClipStart = Literal['random', 'first', 'center']
+Resize = Literal['crop', 'squash']
 
-def sample_frame_ids(total: int, num_frames: int, interval: int, random_start: bool,
+
+def resampled_frame_ids(total: int, video_fps: float, fps: float) -> List[int]:
+    """The frames of a ``total``-frame video at ``video_fps`` that show it at ``fps``, as NBP reads videos:
+    ``int(duration * fps)`` frames spread evenly (``np.linspace``, truncated) over the whole video; a video not
+    faster than ``fps`` keeps every frame."""
+    if video_fps <= fps:
+        return list(range(total))
+    count = int(total / video_fps * fps)
+    return np.linspace(0, total - 1, count).astype(int).tolist()
+
+
+def sample_frame_ids(total: int, num_frames: int, interval: int, start: ClipStart,
                      rng: random.Random) -> List[int]:
     """Which frames of a ``total``-frame video form a clip of ``num_frames`` frames.
 
-    Every ``interval``-th frame from a start that is uniform over the valid starts in training and 0 in
-    evaluation; a video too short for the interval gives consecutive frames from 0. The caller deals with
-    a video shorter than ``num_frames`` (padding or an error, depending on the dataset).
+    Every ``interval``-th frame from a start that is uniform over the valid starts (``random``), 0 (``first``) or
+    the middle frame less half the clip's span (``center``, NBP's rule); a video too short for the interval gives
+    consecutive frames from 0. The caller deals with a video shorter than ``num_frames`` (padding or an error,
+    depending on the dataset).
     """
-    max_start = total - (num_frames - 1) * interval
+    span = (num_frames - 1) * interval + 1
+    max_start = total - span + 1
     if max_start < 1:
-        start, interval = 0, 1
+        first, interval = 0, 1
+    elif start == 'random':
+        first = rng.randrange(max_start)
+    elif start == 'center':
+        first = total // 2 - span // 2
     else:
-        start = rng.randrange(max_start) if random_start else 0
-    return list(range(start, start + num_frames * interval, interval))
+        first = 0
+    return list(range(first, first + num_frames * interval, interval))
 
 
 def resize_short_side(video: torch.Tensor, size: int) -> torch.Tensor:
@@ -36,6 +55,13 @@ def resize_short_side(video: torch.Tensor, size: int) -> torch.Tensor:
     if out_size == (height, width):
         return video
     return F.interpolate(video, size=out_size, mode='bilinear', align_corners=False, antialias=True)
+
+
+def resize_whole(video: torch.Tensor, size: int) -> torch.Tensor:
+    """``[T, C, H, W]`` float video with the whole frame resized to ``size`` x ``size`` (aspect ratio not kept)."""
+    if video.shape[-2:] == (size, size):
+        return video
+    return F.interpolate(video, size=(size, size), mode='bilinear', align_corners=False, antialias=True)
 
 
 def crop_square(video: torch.Tensor, size: int, rng: Union[random.Random, None] = None) -> torch.Tensor:

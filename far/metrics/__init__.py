@@ -10,6 +10,7 @@ from .fvd import FVD, frechet_distance
 from .i3d import InceptionI3d, load_i3d
 from .lpips import LPIPS, LPIPSMetric
 from .memory import MemoryProtocol
+from .nbp_reference import NBPReferenceProtocol
 from .pixel import MSE, PSNR, SSIM
 from .protocols import LatteProtocol, MCVDProtocol, Protocol, TECOProtocol
 from .reconstruction import ReconstructionProtocol
@@ -19,7 +20,8 @@ from .weights import MissingWeightsError, resolve_weights
 
 __all__ = [
     'FrameMetric', 'Metric', 'exact_math', 'environment_info', 'FVD', 'frechet_distance', 'InceptionI3d', 'load_i3d',
-    'LPIPS', 'LPIPSMetric', 'MemoryProtocol', 'MSE', 'PSNR', 'SSIM', 'LatteProtocol', 'MCVDProtocol', 'Protocol',
+    'LPIPS', 'LPIPSMetric', 'MemoryProtocol', 'NBPReferenceProtocol', 'MSE', 'PSNR', 'SSIM', 'LatteProtocol',
+    'MCVDProtocol', 'Protocol',
     'TECOProtocol', 'ReconstructionProtocol',
     'RolloutProtocol', 'mp4_round_trip', 'paired_mp4_round_trip', 'MissingWeightsError', 'resolve_weights',
 ]
