@@ -9,6 +9,7 @@ import torch
 
 from far.models.autoencoders import IdentityAutoencoder
 from far.pipelines import cached_sampling
+from far.pipelines.streaming import LONG_TERM_WINDOWS
 from far.utils.compile import count_compilations
 
 ACTIONS = {'type': 'action', 'num_action_classes': 4}
@@ -53,10 +54,13 @@ def test_a_stream_makes_the_frames_of_batch_sampling_while_the_video_fits(action
     torch.testing.assert_close(streamed(stream, actions, 2), batch[:, 2:], rtol=1e-4, atol=1e-5)
 
 
-def test_beyond_its_window_a_stream_slides_as_batch_sampling_with_that_window(action_model, make_pipeline):
-    pipe = make_pipeline(action_model, num_inference_steps=2)
+@pytest.mark.parametrize('execution', ['eager', 'compiled'])
+def test_beyond_its_window_a_stream_slides_as_batch_sampling_with_that_window(action_model, make_pipeline,
+                                                                              eager_backend, execution):
+    pipe = make_pipeline(action_model, num_inference_steps=2, execution=execution)
     context, actions = episode(context=3, new=12)
-    batch = pipe.generate_latents(context, stream_noise(5, 2, 12), {'action': actions}, context_window=5)
+    batch = pipe.generate_latents(context, stream_noise(5, 2, 12), {'action': actions}, context_window=5,
+                                  execution='eager')
     stream = pipe.open_stream(context=context, conditions={'action': actions[:, :3]}, seed=5, max_frames=5)
     frames = streamed(stream, actions, 3)
     torch.testing.assert_close(frames, batch[:, 3:], rtol=1e-4, atol=1e-5)
@@ -69,6 +73,19 @@ def test_a_context_longer_than_the_window_keeps_its_last_frames(action_model, ma
     stream = pipe.open_stream(context=context, conditions={'action': actions[:, :6]}, seed=2, max_frames=4)
     batch = pipe.generate_latents(context, stream_noise(2, 2, 2), {'action': actions}, context_window=4)
     torch.testing.assert_close(streamed(stream, actions, 6), batch[:, 6:], rtol=1e-4, atol=1e-5)
+
+
+def test_the_window_is_max_frames_else_the_samplers_context_window_else_the_models(tiny_far, tiny_far_long,
+                                                                                   make_pipeline):
+    far, far_long = tiny_far(**SMALL, short_term_ctx_winsize=5), tiny_far_long(short_term_ctx_winsize=3, **SMALL)
+    start = dict(height=4, width=4, conditions={'action': torch.zeros(1, 0).long()})
+    assert make_pipeline(far).open_stream(height=4, width=4).max_frames == 5
+    assert make_pipeline(far_long).open_stream(**start).max_frames == 3 * (1 + LONG_TERM_WINDOWS)
+    assert make_pipeline(far_long, context_window=7).open_stream(**start).max_frames == 7
+    stream = make_pipeline(far_long, context_window=7).open_stream(**start, max_frames=4)
+    assert stream.max_frames == 4
+    stream.reset(max_frames=6)
+    assert stream.max_frames == 6
 
 
 @pytest.mark.parametrize('condition', [None, {'type': 'label', 'num_classes': 3}])
@@ -163,5 +180,11 @@ def test_a_compiled_stream_does_not_recompile_frame_after_frame(tiny_far, tiny_f
     with count_compilations() as steady:
         for i in range(30):
             stream.step(i % 4)
-    assert warm_up['graphs'] >= 1 and stream.engine.fallback is None
-    assert steady == {'graphs': 0, 'frames': 0, 'graph_breaks': 0, 'cudagraph_skips': 0}
+    engine = stream.engine
+    stream.reset(seed=3)  # a reset keeps the engine and its compiled passes
+    with count_compilations() as after_reset:
+        for i in range(10):
+            stream.step(i % 4)
+    assert warm_up['graphs'] >= 1 and stream.engine is engine and engine.fallback is None
+    nothing = {'graphs': 0, 'frames': 0, 'graph_breaks': 0, 'cudagraph_skips': 0}
+    assert steady == nothing and after_reset == nothing
