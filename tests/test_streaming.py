@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from far.models.autoencoders import IdentityAutoencoder
-from far.pipelines import cached_sampling
+from far.models.video_dit import VideoDiT
+from far.pipelines import VideoDiTPipeline, cached_sampling
 from far.pipelines.streaming import LONG_TERM_WINDOWS
 from far.utils.compile import count_compilations
 
@@ -138,6 +139,11 @@ def test_bad_starts_and_actions_are_refused_with_one_line(tiny_far, make_pipelin
     pipe = make_pipeline(tiny_far(condition_cfg=ACTIONS, **SMALL), num_inference_steps=1)
     with pytest.raises(ValueError, match=message):
         pipe.open_stream(**start).step(**step)
+
+
+def test_a_sampler_that_cannot_stream_says_which_one_does():
+    with pytest.raises(NotImplementedError, match='VideoDiTPipeline does not stream .* FARPipeline does'):
+        VideoDiTPipeline(transformer=VideoDiT(**SMALL, in_channels=4, out_channels=4)).open_stream(height=4, width=4)
 
 
 def held_bytes():
