@@ -89,14 +89,20 @@ def test_the_window_is_max_frames_else_the_samplers_context_window_else_the_mode
     assert stream.max_frames == 6
 
 
-@pytest.mark.parametrize('condition', [None, {'type': 'label', 'num_classes': 3}])
-def test_unconditional_and_label_models_stream_without_actions(tiny_far, make_pipeline, condition):
-    pipe = make_pipeline(tiny_far(condition_cfg=condition, **SMALL), num_inference_steps=1)
+LABELS = {'type': 'label', 'num_classes': 3}
+
+
+@pytest.mark.parametrize('condition, sampling, window', [
+    (None, dict(), 3), (None, dict(), 1),  # a window of one frame: every frame from nothing
+    (LABELS, dict(), 3), (LABELS, dict(guidance_scale=2.0), 3),
+])
+def test_unconditional_and_label_models_stream_without_actions(tiny_far, make_pipeline, condition, sampling, window):
+    pipe = make_pipeline(tiny_far(condition_cfg=condition, **SMALL), num_inference_steps=1, **sampling)
     conditions = None if condition is None else {'label': torch.tensor([1, 2])}
     batch = 1 if condition is None else 2
-    stream = pipe.open_stream(conditions=conditions, height=4, width=4, seed=1, max_frames=3)
+    stream = pipe.open_stream(conditions=conditions, height=4, width=4, seed=1, max_frames=window)
     frames = torch.stack([stream.step().latent for _ in range(5)], 1)
-    expected = pipe.generate_latents(None, stream_noise(1, batch, 5), conditions, context_window=3)
+    expected = pipe.generate_latents(None, stream_noise(1, batch, 5), conditions, context_window=window)
     torch.testing.assert_close(frames, expected, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match='takes no actions'):
         stream.step(1)
