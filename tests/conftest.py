@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from accelerate.state import AcceleratorState  # noqa: E402
 
 from far.experiment import ExperimentOptions, load_experiment  # noqa: E402
-from far.models import FAR, FAR_Long  # noqa: E402
+from far.models import FAR, FAR_Long, NBPTokenizer  # noqa: E402
 from far.options import validate_block  # noqa: E402
 from far.pipelines import FARPipeline, FARSampling  # noqa: E402
 from far.registry import DATASETS  # noqa: E402
@@ -217,6 +217,23 @@ class Scripts:
         'test.batch_size=2',
     ]
 
+    # A random NBP tokenizer small enough for seconds of training (see the `tokenizer_file` fixture).
+    tiny_tokenizer = dict(image_size=32, channels=(4, 8, 8), num_groups=2, residual_units=(1, 1, 1, 1),
+                          fsq_levels=(8, 5, 5, 5))
+    tiny_tokenizer_overrides = ['autoencoder.channels=[4, 8, 8]', 'autoencoder.num_groups=2']
+
+    def tiny_nbp(self, tokenizer_file: Path) -> list:
+        """The NBP demo shrunk to seconds: a 1-layer model of width 32 on a tiny random tokenizer, 4 steps, 8 clips."""
+        return [
+            'model.num_layers=1', 'model.num_attention_heads=2', 'model.hidden_size=32',
+            f'autoencoder.checkpoint={tokenizer_file}', *self.tiny_tokenizer_overrides,
+            'trainer.total_steps=4', 'trainer.batch_size=2', 'trainer.lr_schedule.warmup_steps=1',
+            'trainer.checkpoint.every=4', 'trainer.log.every=2', 'trainer.validation.every=4',
+            'trainer.validation.num_videos=2', 'trainer.validation.batch_size=2',
+            'datasets.train.source.num_videos=8', 'datasets.val.source.num_videos=2',
+            'datasets.test.source.num_videos=3', 'test.protocol.num_videos=3', 'test.batch_size=2',
+        ]
+
     @staticmethod
     def run(script: str, *args: str, cwd: Path, launcher=(), timeout: float = 300) -> subprocess.CompletedProcess:
         """Run a script of the repository in ``cwd`` (one thread per process, hubs offline)."""
@@ -251,3 +268,12 @@ class Scripts:
 @pytest.fixture(scope='session')
 def scripts() -> Scripts:
     return Scripts()
+
+
+@pytest.fixture(scope='session')
+def tokenizer_file(tmp_path_factory, scripts) -> Path:
+    """A random tiny NBP tokenizer's state dict (a plain ``.pt``, as a checkpoint key takes it)."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp('tokenizer') / 'tokenizer.pt'
+    torch.save(NBPTokenizer(**scripts.tiny_tokenizer).state_dict(), path)
+    return path

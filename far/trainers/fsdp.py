@@ -5,6 +5,7 @@ from pathlib import Path
 import torch
 import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
                                                      set_model_state_dict, set_optimizer_state_dict)
 from torch.distributed.device_mesh import init_device_mesh
@@ -66,7 +67,11 @@ class FullySharded(DataParallel):
     def load(self, folder: Path):
         self.load_module(self.model, folder / MODEL_FILE)
         state = get_optimizer_state_dict(self.model, self.optimizer)
-        dcp.load({'optimizer': state}, checkpoint_id=folder / OPTIMIZER_FOLDER)  # any process count: resharded
+        try:
+            dcp.load({'optimizer': state}, checkpoint_id=folder / OPTIMIZER_FOLDER)  # any process count: resharded
+        except CheckpointException as error:  # a BaseException carrying each process's failure
+            rank, (failure, _) = next(iter(error.failures.items()))
+            raise OSError(f'process {rank}: {failure}') from None
         set_optimizer_state_dict(self.model, self.optimizer, state)
 
     def save_module(self, module: torch.nn.Module, file: Path):
