@@ -3,7 +3,7 @@
     python3 scripts/memory_plan.py -opt CONFIG [--gpus 8] [--gpu-memory-gb 80] [key.path=value ...]
 
 Per GPU, for ``ddp``, ``zero1`` and ``fsdp`` (see ``far/trainers/parallel.py``), with P trained parameters over
-N GPUs: fp32 weights 4P, fp32 gradients 4P, AdamW moments 8P, the fp32 EMA 4P; ``zero1`` divides the moments by
+N GPUs: fp32 weights 4P, fp32 gradients 4P, AdamW moments 8P, the fp32 EMA 4P (when the trainer keeps one); ``zero1`` divides the moments by
 N, ``fsdp`` all four, plus the two blocks it holds gathered at a time (the one computing, the next prefetched: their
 weights in the compute dtype and fp32 gradients).
 
@@ -14,6 +14,7 @@ storage once). The difference is one block's share, the rest what lies outside t
 are (outside + blocks x per block) x the per-process batch. Not counted: the CUDA context and allocator slack (a
 strategy fits when its total is at most 90% of the card), the frozen autoencoder and the data.
 """
+import inspect
 import sys
 from pathlib import Path
 from typing import Optional
@@ -25,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from far.experiment import load_experiment  # noqa: E402
 from far.registry import AUTOENCODERS, MODELS  # noqa: E402
 from far.run import command_line  # noqa: E402
+from far.trainers import Trainer  # noqa: E402
 from far.utils.compile import repeated_blocks  # noqa: E402
 
 GB = 1024 ** 3
@@ -93,7 +95,8 @@ def shallow_model(block: dict, depth: int) -> torch.nn.Module:
 def activations_per_item(options, frame_size: Optional[int]) -> tuple:
     """(bytes outside the blocks, bytes per block) of one item's forward pass, measured (module docstring)."""
     with torch.device('meta'):
-        autoencoder = AUTOENCODERS.build({**options.autoencoder, 'checkpoint': None})
+        block = options.autoencoder  # its weights are not needed, only its shapes
+        autoencoder = AUTOENCODERS.build({**block, **({'checkpoint': None} if 'checkpoint' in block else {})})
     dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(options.mixed_precision)
     measured = []
     for depth in (1, 2):
@@ -115,7 +118,8 @@ def plan(options, gpus: int, frame_size: Optional[int] = None) -> dict:
     batch = options.trainer['batch_size']
     activations = (outside + len(blocks) * per_block) * batch
     gathered = 2 * block_params * (COMPUTE_BYTES[options.mixed_precision] + 4)
-    full = {'weights': 4 * params, 'gradients': 4 * params, 'optimizer': 8 * params, 'EMA': 4 * params}
+    ema = options.trainer.get('ema_decay', inspect.signature(Trainer).parameters['ema_decay'].default) is not None
+    full = {'weights': 4 * params, 'gradients': 4 * params, 'optimizer': 8 * params, 'EMA': 4 * params * ema}
     rows = {'ddp': dict(full),
             'zero1': {**full, 'optimizer': full['optimizer'] / gpus},
             'fsdp': {**{k: v / gpus for k, v in full.items()}}}

@@ -242,6 +242,17 @@ class Scripts:
         command = [*launcher, str(REPO / script)] if launcher else [sys.executable, str(REPO / script)]
         return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
+    def start_ranks(self, cwd: Path, port: int, *args: str) -> list:
+        """The two ranks of a tiny demo run started without a launcher, as on two machines (nobody stops a survivor);
+        their output goes to ``cwd/rank<r>.out`` and ``.err``."""
+        env = {**os.environ, 'OMP_NUM_THREADS': '1', 'HF_HUB_OFFLINE': '1', 'WANDB_MODE': 'offline',
+               'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': str(port), 'WORLD_SIZE': '2'}
+        return [subprocess.Popen([sys.executable, str(self.repo / 'train.py'), '-opt', str(self.demo), *self.tiny,
+                                  *args], cwd=cwd,
+                                 env={**env, 'RANK': str(rank), 'LOCAL_RANK': str(rank)}, text=True,
+                                 stdout=open(cwd / f'rank{rank}.out', 'a'), stderr=open(cwd / f'rank{rank}.err', 'w'))
+                for rank in range(2)]
+
     @staticmethod
     def free_port() -> int:
         """A local port nobody listens on, for a launch of several processes (other runs may hold 29500)."""

@@ -68,15 +68,16 @@ def test_sharded_training_reaches_ddp_weights_resumes_and_spans_machines(scripts
     machines = [start(launch(scripts, tmp_path, 'name=nodes', 'trainer.parallel.strategy=fsdp', machines=2, rank=r,
                              port=port), tmp_path) for r in range(2)]
     [finish(machine) for machine in machines]
-    # fsdp on one machine, killed (-9, every process) once its first checkpoint is saved, then started again
+    # fsdp, both processes killed (-9) once the first checkpoint is saved, then started again
     args = ('name=killed', 'trainer.parallel.strategy=fsdp')
-    run = start(launch(scripts, tmp_path, *args, port=scripts.free_port()), tmp_path)
+    ranks = scripts.start_ranks(tmp_path, scripts.free_port(), *args)
     checkpoints = tmp_path / 'experiments' / 'killed' / 'checkpoints'
-    while latest_checkpoint(checkpoints) is None and run.poll() is None:
+    while latest_checkpoint(checkpoints) is None and ranks[0].poll() is None:
         time.sleep(0.02)
-    os.killpg(run.pid, signal.SIGKILL)
-    assert run.wait() != 0, 'the run ended before it could be killed'
-    finish(start(launch(scripts, tmp_path, *args, port=scripts.free_port()), tmp_path))
+    for rank in ranks:
+        rank.send_signal(signal.SIGKILL)
+    assert [rank.wait() for rank in ranks] == [-signal.SIGKILL] * 2, 'a rank ended before it could be killed'
+    assert [p.wait(timeout=300) for p in scripts.start_ranks(tmp_path, scripts.free_port(), *args)] == [0, 0]
     assert 'resumed from experiments/killed/checkpoints/checkpoint-10' in (checkpoints.parent / 'train.log').read_text()
 
     for file in ('model.safetensors', 'ema.safetensors'):
@@ -93,14 +94,13 @@ def test_sharded_training_reaches_ddp_weights_resumes_and_spans_machines(scripts
     assert load_weights(model, checkpoints / 'checkpoint-20').name == 'ema.safetensors'
     assert load_weights(model, checkpoints / 'checkpoint-20', use_ema=False).name == 'model.safetensors'
 
-    # saved by 2 processes, resumed by 1 (both strategies' optimizer states are read under any process count)
-    for strategy, source in (('fsdp', 'nodes'), ('zero1', 'zero1')):
-        alone = tmp_path / f'alone_{strategy}'
-        shutil.copytree(tmp_path / 'experiments' / source / 'checkpoints' / 'checkpoint-10',
-                        alone / 'experiments' / 'alone' / 'checkpoints' / 'checkpoint-10')
-        scripts.train(alone, f'trainer.parallel.strategy={strategy}', name='alone')
-        log = (alone / 'experiments' / 'alone' / 'train.log').read_text()
-        assert 'resumed from experiments/alone/checkpoints/checkpoint-10 (step 10)' in log and 'step 20/20' in log
+    # the shards of 2 processes resumed by 1 (zero1's optimizer state is gathered: it is DDP's)
+    alone = tmp_path / 'alone'
+    shutil.copytree(tmp_path / 'experiments' / 'nodes' / 'checkpoints' / 'checkpoint-10',
+                    alone / 'experiments' / 'alone' / 'checkpoints' / 'checkpoint-10')
+    scripts.train(alone, 'trainer.parallel.strategy=fsdp', name='alone')
+    log = (alone / 'experiments' / 'alone' / 'train.log').read_text()
+    assert 'resumed from experiments/alone/checkpoints/checkpoint-10 (step 10)' in log and 'step 20/20' in log
 
 
 @pytest.mark.slow
@@ -183,3 +183,25 @@ def test_a_missing_shard_sets_the_checkpoint_aside_and_loading_one_without_manif
     (first / 'optimizer' / '__0_0.distcp').unlink()
     with pytest.raises(CheckpointLoadError, match=r'checkpoint-1 cannot be loaded \(.*__0_0.distcp.*\): move it aside'):
         load_checkpoint(accelerator, first, parallel=fresh_strategy)
+
+
+def test_accelerate_configs_start_one_process_per_gpu():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    found = {path.stem: load_config_from_file(str(path)) for path in (OPTIONS / 'accelerate').glob('*.yaml')}
+    assert set(found) == {'ddp_1x8', 'fsdp_2x8', 'zero1_8x8'}
+    for name, config in found.items():  # the experiment's trainer.parallel shards; accelerate starts processes
+        assert config.distributed_type.value == 'MULTI_GPU' and config.num_processes == 8 * config.num_machines, name
+        assert config.mixed_precision == 'no', name  # the experiment file sets it
+
+
+def test_memory_plan_divides_what_each_strategy_shards(scripts, capsys):
+    result = scripts.module('scripts/memory_plan.py').main(['-opt', str(scripts.demo), '--gpus', '4',
+                                                            '--gpu-memory-gb', '1'])
+    rows, params = result['strategies'], result['parameters']
+    assert (rows['ddp']['optimizer'], rows['zero1']['optimizer'], rows['fsdp']['optimizer']) == (8 * params,
+                                                                                                 2 * params, 2 * params)
+    assert rows['zero1']['weights'] == rows['ddp']['weights'] == 4 * params and rows['fsdp']['EMA'] == params
+    assert rows['ddp']['activations'] == rows['fsdp']['activations'] > 0
+    assert rows['ddp']['total'] > rows['zero1']['total'] > rows['fsdp']['total']
+    assert 'fits: ddp, zero1, fsdp' in capsys.readouterr().out

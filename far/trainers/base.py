@@ -86,6 +86,9 @@ class Trainer(ABC):
     the data loader's worker processes; null: 0 on CPU (workers would take the training's cores), else up to
     ``CUDA_WORKERS`` per process, with pinned memory.
 
+    ``parallel``: what each process holds (DDP, or the optimizer state or everything sharded: see
+    ``ParallelOptions``).
+
     ``ema_warmup``: the EMA's decay grows with its updates (see ``EMA``), so that a short run's EMA weights are
     usable; off, it is ``ema_decay`` from the second update on, as in the reference.
 

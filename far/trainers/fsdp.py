@@ -81,7 +81,7 @@ class FullySharded(DataParallel):
                       metadata={'format': 'pt'})
 
     def load_module(self, module: torch.nn.Module, file: Path):
-        set_model_state_dict(module, load_file(str(file), device=str(self.accelerator.device)),
+        set_model_state_dict(module, load_file(str(file)),  # copied onto each parameter's device
                              options=StateDictOptions(full_state_dict=True))
 
     def full_module(self, module: torch.nn.Module) -> torch.nn.Module:
