@@ -23,8 +23,23 @@ from far.utils.faults import CheckpointLoadError
 ACCELERATE = shutil.which('accelerate')
 needs_launcher = pytest.mark.skipif(ACCELERATE is None, reason='the accelerate launcher is not on PATH')
 OPTIONS = Path(__file__).resolve().parents[1] / 'options'
-SHARDED_CONFIGS = sorted(path for path in (OPTIONS / 'train').rglob('*.yml')
-                         if load_experiment(str(path)).trainer.get('parallel', ParallelOptions()).strategy != 'ddp')
+
+
+def sharded_settings() -> dict:
+    """What the training configs that name a sharded strategy run with, each setting once: (family, strategy,
+    cpu_offload, precision, gradient checkpointing) -> the configs."""
+    found = {}
+    for path in sorted((OPTIONS / 'train').rglob('*.yml')):
+        options = load_experiment(str(path))
+        parallel = options.trainer.get('parallel', ParallelOptions())
+        if parallel.strategy != 'ddp':
+            setting = ('nbp' if options.trainer['type'] == 'NBPTrainer' else 'far', parallel.strategy,
+                       parallel.cpu_offload, options.mixed_precision, options.trainer.get('gradient_checkpointing', False))
+            found.setdefault(setting, []).append(path.stem)
+    return found
+
+
+SHARDED_SETTINGS = sharded_settings()
 
 
 def final_weights(root: Path, name: str, file: str = 'model.safetensors') -> dict:
@@ -105,22 +120,19 @@ def test_sharded_training_reaches_ddp_weights_resumes_and_spans_machines(scripts
 
 @pytest.mark.slow
 @needs_launcher
-@pytest.mark.parametrize('path', SHARDED_CONFIGS, ids=lambda path: path.stem)
-def test_sharded_paper_configs_train_at_tiny_width(path, scripts, tmp_path, tokenizer_file):
-    """The config's strategy, precision and activation checkpointing on its family's demo (tiny model, demo data),
-    a few steps with two processes."""
-    options = load_experiment(str(path))
-    nbp = options.trainer['type'] == 'NBPTrainer'
-    demo = scripts.repo / 'options' / 'demo' / ('nbp_moving_shapes.yml' if nbp else 'far_moving_shapes.yml')
-    parallel = options.trainer['parallel']
+@pytest.mark.parametrize('setting', SHARDED_SETTINGS, ids=lambda setting: '+'.join(SHARDED_SETTINGS[setting]))
+def test_sharded_paper_configs_train_at_tiny_width(setting, scripts, tmp_path, tokenizer_file):
+    """The strategy, precision and activation checkpointing of the configs on their family's demo (tiny model,
+    demo data), a few steps with two processes."""
+    family, strategy, cpu_offload, precision, checkpointing = setting
     flag = {True: 'true', False: 'false'}
     command = [ACCELERATE, 'launch', '--multi_gpu', '--num_processes', '2', '--main_process_port',
-               str(scripts.free_port()), str(scripts.repo / 'train.py'), '-opt', str(demo),
-               *(scripts.tiny_nbp(tokenizer_file) if nbp else scripts.tiny), 'name=tiny', 'trainer.total_steps=4',
-               'trainer.checkpoint.every=4', 'trainer.validation.every=4', f'mixed_precision={options.mixed_precision}',
-               f'trainer.parallel.strategy={parallel.strategy}',
-               f'trainer.parallel.cpu_offload={flag[parallel.cpu_offload]}',
-               f'trainer.gradient_checkpointing={flag[options.trainer.get("gradient_checkpointing", False)]}']
+               str(scripts.free_port()), str(scripts.repo / 'train.py'), '-opt',
+               str(scripts.repo / 'options' / 'demo' / f'{family}_moving_shapes.yml'),
+               *(scripts.tiny_nbp(tokenizer_file) if family == 'nbp' else scripts.tiny), 'name=tiny',
+               'trainer.total_steps=4', 'trainer.checkpoint.every=4', 'trainer.validation.every=4',
+               f'mixed_precision={precision}', f'trainer.parallel.strategy={strategy}',
+               f'trainer.parallel.cpu_offload={flag[cpu_offload]}', f'trainer.gradient_checkpointing={flag[checkpointing]}']
     out = finish(start(command, tmp_path))
     assert (tmp_path / 'experiments' / 'tiny' / 'checkpoints' / 'checkpoint-4').is_dir(), out
 
@@ -205,3 +217,36 @@ def test_memory_plan_divides_what_each_strategy_shards(scripts, capsys):
     assert rows['ddp']['activations'] == rows['fsdp']['activations'] > 0
     assert rows['ddp']['total'] > rows['zero1']['total'] > rows['fsdp']['total']
     assert 'fits: ddp, zero1, fsdp' in capsys.readouterr().out
+
+
+def test_zero1_checkpoints_the_whole_optimizer_state_and_reads_it_back(tmp_path, fresh_accelerator_state):
+    """A gloo group of one process stands in for the many: the saved state is DDP's (every parameter's moments)."""
+    from far.trainers.zero1 import OPTIMIZER_FILE, ZeroOne
+
+    torch.distributed.init_process_group('gloo', store=torch.distributed.HashStore(), rank=0, world_size=1)
+    try:
+        accelerator = Accelerator(cpu=True)
+
+        def trained(steps: int):
+            torch.manual_seed(0)
+            model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+            strategy = ZeroOne(ParallelOptions(strategy='zero1'), accelerator, model)
+            optimizer = strategy.optimizer([{'params': list(model.parameters())}], lr=1e-2)
+            schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+            model, optimizer, _ = strategy.prepare(model, optimizer, schedule)
+            for _ in range(steps):
+                model(torch.randn(3, 4)).square().mean().backward()
+                optimizer.step()
+                optimizer.zero_grad()
+            return strategy
+
+        saved = trained(3)
+        saved.save(tmp_path)
+        state = torch.load(tmp_path / OPTIMIZER_FILE)
+        assert sorted(state['state']) == [0, 1, 2, 3] and float(state['state'][0]['step']) == 3
+        resumed = trained(0)
+        resumed.load(tmp_path)
+        for key, value in saved.fused_optimizer().state_dict()['state'][0].items():
+            assert torch.equal(resumed.fused_optimizer().state_dict()['state'][0][key], value), key
+    finally:
+        torch.distributed.destroy_process_group()
