@@ -27,14 +27,14 @@ OPTIONS = Path(__file__).resolve().parents[1] / 'options'
 
 def sharded_settings() -> dict:
     """What the training configs that name a sharded strategy run with, each setting once: (family, strategy,
-    cpu_offload, precision, gradient checkpointing) -> the configs."""
+    precision, gradient checkpointing) -> the configs (cpu_offload needs a GPU)."""
     found = {}
     for path in sorted((OPTIONS / 'train').rglob('*.yml')):
         options = load_experiment(str(path))
         parallel = options.trainer.get('parallel', ParallelOptions())
         if parallel.strategy != 'ddp':
             setting = ('nbp' if options.trainer['type'] == 'NBPTrainer' else 'far', parallel.strategy,
-                       parallel.cpu_offload, options.mixed_precision, options.trainer.get('gradient_checkpointing', False))
+                       options.mixed_precision, options.trainer.get('gradient_checkpointing', False))
             found.setdefault(setting, []).append(path.stem)
     return found
 
@@ -124,7 +124,7 @@ def test_sharded_training_reaches_ddp_weights_resumes_and_spans_machines(scripts
 def test_sharded_paper_configs_train_at_tiny_width(setting, scripts, tmp_path, tokenizer_file):
     """The strategy, precision and activation checkpointing of the configs on their family's demo (tiny model,
     demo data), a few steps with two processes."""
-    family, strategy, cpu_offload, precision, checkpointing = setting
+    family, strategy, precision, checkpointing = setting
     flag = {True: 'true', False: 'false'}
     command = [ACCELERATE, 'launch', '--multi_gpu', '--num_processes', '2', '--main_process_port',
                str(scripts.free_port()), str(scripts.repo / 'train.py'), '-opt',
@@ -132,7 +132,7 @@ def test_sharded_paper_configs_train_at_tiny_width(setting, scripts, tmp_path, t
                *(scripts.tiny_nbp(tokenizer_file) if family == 'nbp' else scripts.tiny), 'name=tiny',
                'trainer.total_steps=4', 'trainer.checkpoint.every=4', 'trainer.validation.every=4',
                f'mixed_precision={precision}', f'trainer.parallel.strategy={strategy}',
-               f'trainer.parallel.cpu_offload={flag[cpu_offload]}', f'trainer.gradient_checkpointing={flag[checkpointing]}']
+               f'trainer.gradient_checkpointing={flag[checkpointing]}']
     out = finish(start(command, tmp_path))
     assert (tmp_path / 'experiments' / 'tiny' / 'checkpoints' / 'checkpoint-4').is_dir(), out
 
@@ -149,6 +149,8 @@ def test_bad_parallel_options_stop_with_one_line(scripts, fresh_accelerator_stat
                                          r'16 \(accelerate launch --num_processes 16 ...\) or set '
                                          r'trainer.parallel.world_size=1'):
         check_launch(ParallelOptions(world_size=16), accelerator)
+    with pytest.raises(ValueError, match='this run has no GPU: set trainer.parallel.cpu_offload=false'):
+        check_launch(ParallelOptions(strategy='fsdp', cpu_offload=True), accelerator)
     with pytest.raises(ValueError, match=r'strategy fsdp shards a model per transformer block and Linear names none '
                                          r'\(_no_split_modules\): use strategy ddp or zero1'):
         build_strategy(ParallelOptions(strategy='fsdp'), accelerator, torch.nn.Linear(2, 2))

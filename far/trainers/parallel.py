@@ -25,7 +25,7 @@ class ParallelOptions:
       root): weights, gradients, moments and EMA sharded; under ``mixed_precision: bf16`` blocks compute in bf16
       while master weights and gradient reduction stay fp32. Activation checkpointing per block is the trainer's
       ``gradient_checkpointing``; ``cpu_offload`` keeps parameters, gradients and moments in host memory between
-      uses. Checkpoints hold the optimizer state as one shard per process (torch.distributed.checkpoint, read back
+      uses (GPUs only). Checkpoints hold the optimizer state as one shard per process (torch.distributed.checkpoint, read back
       under any process count).
 
     ``world_size``: the number of processes this experiment is meant for (a launch with another count stops before
@@ -61,6 +61,9 @@ def check_launch(options: ParallelOptions, accelerator):
     if options.strategy != 'ddp' and accelerator.mixed_precision == 'fp16':
         raise ValueError(f'trainer.parallel.strategy {options.strategy} trains in fp32 or bf16: set '
                          f'mixed_precision: bf16 (fp16 needs a loss scaler over the shards)')
+    if options.cpu_offload and accelerator.device.type == 'cpu':
+        raise ValueError('trainer.parallel.cpu_offload moves the shards from GPU to host memory and this run has no '
+                         'GPU: set trainer.parallel.cpu_offload=false')
     if accelerator.distributed_type in PLUGIN_TYPES:
         raise ValueError(f'the accelerate config launches {accelerator.distributed_type.value}, which '
                          f'trainer.parallel replaces: launch with a MULTI_GPU config (options/accelerate/) and set '
