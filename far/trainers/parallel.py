@@ -25,8 +25,8 @@ class ParallelOptions:
       root): weights, gradients, moments and EMA sharded; under ``mixed_precision: bf16`` blocks compute in bf16
       while master weights and gradient reduction stay fp32. Activation checkpointing per block is the trainer's
       ``gradient_checkpointing``; ``cpu_offload`` keeps parameters, gradients and moments in host memory between
-      uses (GPUs only). Checkpoints hold the optimizer state as one shard per process (torch.distributed.checkpoint, read back
-      under any process count).
+      uses (GPUs only). Checkpoints hold the optimizer state as one shard per process (torch.distributed.checkpoint,
+      read back under any process count).
 
     ``world_size``: the number of processes this experiment is meant for (a launch with another count stops before
     any work); null: any.
