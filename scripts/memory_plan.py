@@ -3,9 +3,12 @@
     python3 scripts/memory_plan.py -opt CONFIG [--gpus 8] [--gpu-memory-gb 80] [key.path=value ...]
 
 Per GPU, for ``ddp``, ``zero1`` and ``fsdp`` (see ``far/trainers/parallel.py``), with P trained parameters over
-N GPUs: fp32 weights 4P, fp32 gradients 4P, AdamW moments 8P, the fp32 EMA 4P (when the trainer keeps one); ``zero1`` divides the moments by
-N, ``fsdp`` all four, plus the two blocks it holds gathered at a time (the one computing, the next prefetched: their
-weights in the compute dtype and fp32 gradients).
+N GPUs: fp32 weights 4P, fp32 gradients 4P, AdamW moments 8P, the fp32 EMA 4P (when the trainer keeps one);
+``zero1`` divides the moments by N, ``fsdp`` all four, plus the two blocks it holds gathered at a time (the one
+computing, the next prefetched: their weights in the compute dtype and fp32 gradients).
+
+The CPU's attention keeps each attention matrix for the backward pass where the GPUs' fused kernels recompute it,
+so the activations measured here are an upper bound of a GPU's.
 
 Activations are measured, not modelled: the model is built at the config's width with 1 and with 2 blocks, and one
 training loss at the config's clip length (its longest, for ``long_context``) and batch 1 runs forward on the CPU
