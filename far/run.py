@@ -20,6 +20,7 @@ from far.pipelines import build_sampler
 from far.plots import write_per_frame_plot
 from far.registry import AUTOENCODERS, PROTOCOLS, TRAINERS
 from far.trainers.guards import fault_options
+from far.trainers.parallel import check_launch, parallel_options
 from far.utils.checkpoints import latest_checkpoint, load_weights, resolve_weights
 from far.utils.distributed import make_accelerator
 from far.utils.experiment_dir import prepare_experiment_dir, record_options
@@ -82,6 +83,8 @@ def train(*, options: ExperimentOptions, file: str, root: str = 'experiments', f
     trainer_parts(options, file)  # before any work
     config = to_dict(options)
     accelerator = make_accelerator(options.mixed_precision, fault_options(options.trainer).collective_timeout)
+    with building(file, 'trainer'):  # before anything is written
+        check_launch(parallel_options(options.trainer), accelerator)
     folder, changes = prepare_experiment_dir(root, options.name, config, force_new, accelerator)
     setup_logging(folder / 'train.log', accelerator.is_main_process)
     logger.info(f'{file} -> {folder} ({accelerator.num_processes} process(es) on {accelerator.device}, '

@@ -17,9 +17,11 @@ os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
 import importlib.util  # noqa: E402
 import functools  # noqa: E402
 import logging  # noqa: E402
+import signal  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from types import ModuleType  # noqa: E402
 
@@ -28,7 +30,7 @@ import torch  # noqa: E402
 from accelerate.state import AcceleratorState  # noqa: E402
 
 from far.experiment import ExperimentOptions, load_experiment  # noqa: E402
-from far.models import FAR, FAR_Long  # noqa: E402
+from far.models import FAR, FAR_Long, NBPTokenizer  # noqa: E402
 from far.options import validate_block  # noqa: E402
 from far.pipelines import FARPipeline, FARSampling  # noqa: E402
 from far.registry import DATASETS  # noqa: E402
@@ -217,6 +219,23 @@ class Scripts:
         'test.batch_size=2',
     ]
 
+    # A random NBP tokenizer small enough for seconds of training (see the `tokenizer_file` fixture).
+    tiny_tokenizer = dict(image_size=32, channels=(4, 8, 8), num_groups=2, residual_units=(1, 1, 1, 1),
+                          fsq_levels=(8, 5, 5, 5))
+    tiny_tokenizer_overrides = ['autoencoder.channels=[4, 8, 8]', 'autoencoder.num_groups=2']
+
+    def tiny_nbp(self, tokenizer_file: Path) -> list:
+        """The NBP demo shrunk to seconds: a 1-layer model of width 32 on a tiny random tokenizer, 4 steps, 8 clips."""
+        return [
+            'model.num_layers=1', 'model.num_attention_heads=2', 'model.hidden_size=32',
+            f'autoencoder.checkpoint={tokenizer_file}', *self.tiny_tokenizer_overrides,
+            'trainer.total_steps=4', 'trainer.batch_size=2', 'trainer.lr_schedule.warmup_steps=1',
+            'trainer.checkpoint.every=4', 'trainer.log.every=2', 'trainer.validation.every=4',
+            'trainer.validation.num_videos=2', 'trainer.validation.batch_size=2',
+            'datasets.train.source.num_videos=8', 'datasets.val.source.num_videos=2',
+            'datasets.test.source.num_videos=3', 'test.protocol.num_videos=3', 'test.batch_size=2',
+        ]
+
     @staticmethod
     def run(script: str, *args: str, cwd: Path, launcher=(), timeout: float = 300) -> subprocess.CompletedProcess:
         """Run a script of the repository in ``cwd`` (one thread per process, hubs offline)."""
@@ -224,6 +243,35 @@ class Scripts:
         Path(cwd).mkdir(parents=True, exist_ok=True)
         command = [*launcher, str(REPO / script)] if launcher else [sys.executable, str(REPO / script)]
         return subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+    def start_ranks(self, cwd: Path, port: int, *args: str) -> list:
+        """The two ranks of a tiny demo run started without a launcher, as on two machines (nobody stops a survivor);
+        their output goes to ``cwd/rank<r>.out`` and ``.err``. PYTHONFAULTHANDLER lets ``finished`` make a hung
+        rank print where it stands."""
+        env = {**os.environ, 'OMP_NUM_THREADS': '1', 'HF_HUB_OFFLINE': '1', 'WANDB_MODE': 'offline',
+               'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': str(port), 'WORLD_SIZE': '2', 'PYTHONFAULTHANDLER': '1'}
+        return [subprocess.Popen([sys.executable, str(self.repo / 'train.py'), '-opt', str(self.demo), *self.tiny,
+                                  *args], cwd=cwd,
+                                 env={**env, 'RANK': str(rank), 'LOCAL_RANK': str(rank)}, text=True,
+                                 stdout=open(cwd / f'rank{rank}.out', 'a'), stderr=open(cwd / f'rank{rank}.err', 'w'))
+                for rank in range(2)]
+
+    @staticmethod
+    def finished(ranks: list, cwd: Path, timeout: float = 150) -> list:
+        """The exit codes of ``start_ranks``' ranks; a rank still running after ``timeout`` seconds fails the test
+        with every rank's stderr, which holds the hung rank's Python stacks (SIGABRT under PYTHONFAULTHANDLER)."""
+        deadline = time.monotonic() + timeout
+        try:
+            return [rank.wait(timeout=max(deadline - time.monotonic(), 1)) for rank in ranks]
+        except subprocess.TimeoutExpired:
+            for rank in ranks:
+                if rank.poll() is None:
+                    rank.send_signal(signal.SIGABRT)
+            for rank in ranks:
+                rank.wait()
+            logs = '\n'.join(f'--- rank{r}.err ---\n' + (cwd / f'rank{r}.err').read_text()[-6000:]
+                             for r in range(len(ranks)))
+            pytest.fail(f'a rank did not finish within {timeout} s:\n{logs}')
 
     @staticmethod
     def free_port() -> int:
@@ -251,3 +299,12 @@ class Scripts:
 @pytest.fixture(scope='session')
 def scripts() -> Scripts:
     return Scripts()
+
+
+@pytest.fixture(scope='session')
+def tokenizer_file(tmp_path_factory, scripts) -> Path:
+    """A random tiny NBP tokenizer's state dict (a plain ``.pt``, as a checkpoint key takes it)."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp('tokenizer') / 'tokenizer.pt'
+    torch.save(NBPTokenizer(**scripts.tiny_tokenizer).state_dict(), path)
+    return path

@@ -1,12 +1,9 @@
 """Several processes: launch checks, even data splits, synchronised training, rank-independent evaluation,
 and a rank that dies."""
 import json
-import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -161,42 +158,14 @@ def test_two_process_evaluation_gives_the_same_results(scripts, tmp_path):
 
 # ---- a dead rank ----
 
-def start_ranks(scripts, cwd, port: int, *args: str) -> list:
-    """The two ranks of a run started without a launcher, as on two machines: nobody stops the survivor.
-    PYTHONFAULTHANDLER lets ``finished`` make a hung rank print where it stands."""
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'HF_HUB_OFFLINE': '1', 'WANDB_MODE': 'offline',
-           'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': str(port), 'WORLD_SIZE': '2', 'PYTHONFAULTHANDLER': '1'}
-    return [subprocess.Popen([sys.executable, str(scripts.repo / 'train.py'), '-opt', str(scripts.demo), *scripts.tiny,
-                              *args], cwd=cwd,
-                             env={**env, 'RANK': str(rank), 'LOCAL_RANK': str(rank)}, text=True,
-                             stdout=open(cwd / f'rank{rank}.out', 'a'), stderr=open(cwd / f'rank{rank}.err', 'w'))
-            for rank in range(2)]
-
-
-def finished(ranks: list, cwd, timeout: float = 150) -> list:
-    """The ranks' exit codes; a rank still running after ``timeout`` seconds fails the test with every rank's
-    stderr, which holds the hung rank's Python stacks (SIGABRT under PYTHONFAULTHANDLER)."""
-    deadline = time.monotonic() + timeout
-    try:
-        return [rank.wait(timeout=max(deadline - time.monotonic(), 1)) for rank in ranks]
-    except subprocess.TimeoutExpired:
-        for rank in ranks:
-            if rank.poll() is None:
-                rank.send_signal(signal.SIGABRT)
-        for rank in ranks:
-            rank.wait()
-        logs = '\n'.join(f'--- rank{r}.err ---\n' + (cwd / f'rank{r}.err').read_text()[-6000:] for r in range(2))
-        pytest.fail(f'a rank did not finish within {timeout} s:\n{logs}')
-
-
 @pytest.mark.slow
 def test_a_killed_rank_stops_the_other_and_both_resume_exactly(scripts, tmp_path):
     options = ('name=tiny', 'trainer.fault.collective_timeout=20')
     reference = tmp_path / 'reference'
     reference.mkdir()
-    assert finished(start_ranks(scripts, reference, scripts.free_port(), *options), reference) == [0, 0]
+    assert scripts.finished(scripts.start_ranks(reference, scripts.free_port(), *options), reference) == [0, 0]
 
-    ranks = start_ranks(scripts, tmp_path, scripts.free_port(), *options)
+    ranks = scripts.start_ranks(tmp_path, scripts.free_port(), *options)
     checkpoints = tmp_path / 'experiments' / 'tiny' / 'checkpoints'
     try:
         while latest_checkpoint(checkpoints) is None and ranks[1].poll() is None:
@@ -216,7 +185,7 @@ def test_a_killed_rank_stops_the_other_and_both_resume_exactly(scripts, tmp_path
                         r'trainer.fault.collective_timeout; start them all again to resume from the newest checkpoint',
                         survivor.strip().splitlines()[-1]), survivor
 
-    assert finished(start_ranks(scripts, tmp_path, scripts.free_port(), *options), tmp_path) == [0, 0]
+    assert scripts.finished(scripts.start_ranks(tmp_path, scripts.free_port(), *options), tmp_path) == [0, 0]
     assert 'resumed from experiments/tiny/checkpoints/checkpoint-10 (step 10)' in (tmp_path / 'rank0.out').read_text()
     for name in ('model.safetensors', 'ema.safetensors'):
         expected = load_file(str(reference / 'experiments/tiny/checkpoints/checkpoint-20' / name))

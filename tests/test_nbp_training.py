@@ -13,7 +13,7 @@ import far  # noqa: F401  (fills the registries)
 from far.data import CorruptSampleError
 from far import run
 from far.experiment import load_experiment
-from far.models import NBPTokenizer, NBPTransformer
+from far.models import NBPTransformer
 from far.options import OptionError, apply_overrides, load_yaml, validate_block
 from far.pipelines import build_sampler
 from far.registry import AUTOENCODERS, DATASETS, TRAINERS
@@ -24,32 +24,6 @@ from far.utils.distributed import make_accelerator
 REPO = Path(__file__).resolve().parents[1]
 NBP_DEMO = REPO / 'options' / 'demo' / 'nbp_moving_shapes.yml'
 TOKENIZER_DEMO = REPO / 'options' / 'demo' / 'nbp_tokenizer_moving_shapes.yml'
-TINY_TOKENIZER = dict(image_size=32, channels=(4, 8, 8), num_groups=2, residual_units=(1, 1, 1, 1),
-                      fsq_levels=(8, 5, 5, 5))
-TINY_TOKENIZER_OVERRIDES = ['autoencoder.channels=[4, 8, 8]', 'autoencoder.num_groups=2']
-
-
-@pytest.fixture(scope='module')
-def tokenizer_file(tmp_path_factory) -> Path:
-    """A random tiny tokenizer's state dict (a plain ``.pt``, as a checkpoint key takes it)."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp('tokenizer') / 'tokenizer.pt'
-    torch.save(NBPTokenizer(**TINY_TOKENIZER).state_dict(), path)
-    return path
-
-
-def tiny_nbp(tokenizer_file: Path) -> list:
-    """The NBP demo shrunk to seconds: a 1-layer model of width 32 on a tiny random tokenizer, 4 steps, 8 clips."""
-    return [
-        'model.num_layers=1', 'model.num_attention_heads=2', 'model.hidden_size=32',
-        f'autoencoder.checkpoint={tokenizer_file}', *TINY_TOKENIZER_OVERRIDES,
-        'trainer.total_steps=4', 'trainer.batch_size=2', 'trainer.lr_schedule.warmup_steps=1',
-        'trainer.checkpoint.every=4', 'trainer.log.every=2', 'trainer.validation.every=4',
-        'trainer.validation.num_videos=2', 'trainer.validation.batch_size=2',
-        'datasets.train.source.num_videos=8', 'datasets.val.source.num_videos=2', 'datasets.test.source.num_videos=3',
-        'test.protocol.num_videos=3', 'test.batch_size=2',
-    ]
-
 
 def test_weight_decay_reaches_linear_weights_only():
     model = NBPTransformer(num_layers=1, num_attention_heads=2, hidden_size=16, max_positions=8, video_vocab_size=10,
@@ -70,7 +44,7 @@ def test_weight_decay_reaches_linear_weights_only():
 @pytest.mark.parametrize('block', [4, 1], ids=['k=4', 'k=1'])
 def test_train_and_test_through_yaml(scripts, tmp_path, tokenizer_file, block):
     """The demo files with ``model.token_number_per_step`` as the only difference between NBP and token-by-token AR."""
-    overrides = [*tiny_nbp(tokenizer_file), f'model.token_number_per_step={block}', 'name=run']
+    overrides = [*scripts.tiny_nbp(tokenizer_file), f'model.token_number_per_step={block}', 'name=run']
     trained = scripts.run('train.py', '-opt', str(NBP_DEMO), *overrides, cwd=tmp_path)
     assert trained.returncode == 0, trained.stdout + trained.stderr
     folder = tmp_path / 'experiments' / 'run'
@@ -95,9 +69,9 @@ def build(opt: dict, file: Path, key: str, registry):
     return registry.build(validate_block(opt[key], registry, str(file), key))
 
 
-def test_tokenizer_trains_with_the_autoencoder_losses_and_loads_back(tmp_path, fresh_accelerator_state):
+def test_tokenizer_trains_with_the_autoencoder_losses_and_loads_back(tmp_path, fresh_accelerator_state, scripts):
     opt = apply_overrides(load_yaml(str(TOKENIZER_DEMO)), [
-        *TINY_TOKENIZER_OVERRIDES, f'datasets.train.source.root={tmp_path / "data"}',
+        *scripts.tiny_tokenizer_overrides, f'datasets.train.source.root={tmp_path / "data"}',
         'datasets.train.source.num_videos=4',
         f'datasets.val.source.root={tmp_path / "data"}', 'datasets.val.source.num_videos=2', 'trainer.total_steps=4',
         'trainer.batch_size=1', 'trainer.ema_decay=0.5', 'trainer.loss.disc_weight=0.5', 'trainer.loss.disc_start=2',
@@ -132,7 +106,7 @@ def test_tokenizer_trains_with_the_autoencoder_losses_and_loads_back(tmp_path, f
 
 def test_token_shards_are_written_and_read_back(tmp_path, tokenizer_file, fresh_accelerator_state, scripts,
                                                  dataset_of):
-    autoencoder = {'type': 'NBPTokenizer', **TINY_TOKENIZER, 'checkpoint': str(tokenizer_file)}
+    autoencoder = {'type': 'NBPTokenizer', **scripts.tiny_tokenizer, 'checkpoint': str(tokenizer_file)}
     shapes = {'root': str(tmp_path / 'data'), 'num_videos': 3, 'num_frames': 9, 'resolution': 32}
     flat = [f'autoencoder.{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}' for k, v in autoencoder.items()]
     scripts.module('scripts/extract_latents.py').main([*flat, 'dataset.type=MovingShapes', 'dataset.split=val',

@@ -20,6 +20,8 @@ from far.trainers.curves import TrainingCurves
 from far.trainers.ema import EMA
 from far.trainers.guards import FaultOptions, NonFiniteGuard
 from far.trainers.lr_schedule import AppliedStepsSchedule, LRScheduleOptions
+from far.trainers.parallel import ParallelOptions
+from far.trainers.strategies import build_strategy
 from far.utils.checkpoints import load_checkpoint, resume_checkpoint, save_checkpoint
 from far.utils.compile import compile_blocks
 from far.utils.distributed import StepBatchSampler, seed_for
@@ -85,6 +87,9 @@ class Trainer(ABC):
     the data loader's worker processes; null: 0 on CPU (workers would take the training's cores), else up to
     ``CUDA_WORKERS`` per process, with pinned memory.
 
+    ``parallel``: what each process holds (DDP, or the optimizer state or everything sharded: see
+    ``ParallelOptions``).
+
     ``ema_warmup``: the EMA's decay grows with its updates (see ``EMA``), so that a short run's EMA weights are
     usable; off, it is ``ema_decay`` from the second update on, as in the reference.
 
@@ -108,8 +113,9 @@ class Trainer(ABC):
                  lr_schedule: LRScheduleOptions = LRScheduleOptions(), max_grad_norm: Optional[float] = 1.0,
                  ema_decay: Optional[float] = 0.9999, ema_warmup: bool = True, gradient_checkpointing: bool = False,
                  checkpoint: CheckpointOptions = CheckpointOptions(), log: LogOptions = LogOptions(),
-                 fault: FaultOptions = FaultOptions(), num_workers: Optional[int] = None, compile: bool = False,
-                 gradient_accumulation: int = 1, validation=None):
+                 fault: FaultOptions = FaultOptions(), parallel: ParallelOptions = ParallelOptions(),
+                 num_workers: Optional[int] = None, compile: bool = False, gradient_accumulation: int = 1,
+                 validation=None):
         if 'train' not in datasets:
             raise ValueError("the trainer needs datasets['train']")
         if total_steps < 1 or batch_size < 1 or (num_workers is not None and num_workers < 0):
@@ -125,6 +131,7 @@ class Trainer(ABC):
                              f"{', '.join(datasets)}")
         if gradient_checkpointing and not getattr(model, '_supports_gradient_checkpointing', False):
             raise ValueError(f'gradient_checkpointing: {type(model).__name__} does not support it; set it to false')
+        self.parallel = build_strategy(parallel, accelerator, model)
         self.accelerator, self.model, self.datasets = accelerator, model, datasets
         self.folder, self.seed, self.config = Path(folder), seed, config
         self.total_steps, self.batch_size, self.num_workers = total_steps, batch_size, num_workers
@@ -149,7 +156,8 @@ class Trainer(ABC):
     @property
     def sampling_model(self) -> torch.nn.Module:
         """The weights to sample with: the EMA model when there is one."""
-        return self.ema.module if self.ema is not None else self.accelerator.unwrap_model(self.model)
+        return self.parallel.full_module(self.ema.module if self.ema is not None
+                                         else self.accelerator.unwrap_model(self.model))
 
     def _train_batches(self, start_step: int):
         """Endless training batches from ``start_step`` on, on the accelerator's device."""
@@ -193,23 +201,23 @@ class Trainer(ABC):
         if self.compile:
             logger.info(f'compiling {compile_blocks(model)} transformer blocks (regional compilation)')
         model.train()
-        params = [p for p in model.parameters() if p.requires_grad]
-        # One kernel for the whole update, which skips it on the device when told to (`found_inf`, see `_update`).
-        optimizer = torch.optim.AdamW(opt.parameter_groups(model), lr=opt.lr, betas=tuple(opt.betas),
-                                      weight_decay=opt.weight_decay, eps=opt.eps, fused=True)
-        schedule = self.lr_schedule.build(optimizer, self.total_steps)
+        trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
         if self.ema_decay is not None:
             # Built before prepare(): a copy of the plain module, not of a wrapper.
             self.ema = EMA(model, decay=self.ema_decay, warmup=self.ema_warmup)
-        self.model, optimizer, schedule = acc.prepare(model, optimizer, schedule)
+        self.parallel.shard(model, self.ema.module if self.ema is not None else None)
+        optimizer = self.parallel.optimizer(opt.parameter_groups(model), lr=opt.lr, betas=tuple(opt.betas),
+                                            weight_decay=opt.weight_decay, eps=opt.eps)
+        schedule = self.lr_schedule.build(optimizer, self.total_steps)
+        self.model, optimizer, schedule = self.parallel.prepare(model, optimizer, schedule)
         accumulated = f' x {self.gradient_accumulation} accumulated' if self.gradient_accumulation > 1 else ''
-        logger.info(f'model: {sum(p.numel() for p in params) / 1e6:.2f}M trained parameters; '
-                    f'{acc.num_processes} process(es) x batch {self.batch_size}{accumulated}')
+        logger.info(f'model: {trained / 1e6:.2f}M trained parameters; {acc.num_processes} process(es) x batch '
+                    f'{self.batch_size}{accumulated}; parallel strategy {self.parallel.options.strategy}')
 
         step = 0
         latest = resume_checkpoint(acc, self.folder / 'checkpoints')
         if latest is not None:
-            step = load_checkpoint(acc, latest, self.ema)
+            step = load_checkpoint(acc, latest, self.ema, self.parallel)
             logger.info(f'resumed from {latest} (step {step})')
         return optimizer, AppliedStepsSchedule(schedule.scheduler, optimizer, total_steps=self.total_steps,
                                                device=acc.device), step
@@ -266,7 +274,7 @@ class Trainer(ABC):
         """The optimiser, lr schedule and EMA steps, each leaving its state exactly as it was where ``applied`` (a
         bool tensor on the device) is false."""
         # Fused AdamW then skips its update and keeps its step count (what GradScaler uses it for).
-        optimizer.optimizer.found_inf = (~applied).float()
+        self.parallel.fused_optimizer().found_inf = (~applied).float()
         optimizer.step()
         schedule.advance(applied)
         if self.ema is not None:
@@ -276,14 +284,17 @@ class Trainer(ABC):
     def _grad_norm(self) -> torch.Tensor:
         """The gradients' total norm, after clipping them to ``max_grad_norm`` when set."""
         if self.max_grad_norm is not None:
-            return self.accelerator.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
-        return torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
+            norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
+        return self.parallel.full_norm(norm)
 
     def _save(self, step: int):
         """Save a checkpoint of finite weights; non-finite ones stop the run instead."""
         weights = list(self.model.parameters()) + (list(self.ema.parameters()) if self.ema is not None else [])
         self.guard.check_weights(step, weights)
-        save_checkpoint(self.accelerator, self.folder / 'checkpoints', step, self.ema, self.checkpoint.keep)
+        save_checkpoint(self.accelerator, self.folder / 'checkpoints', step, self.ema, self.checkpoint.keep,
+                        self.parallel)
 
     def _log(self, step: int, logs: Dict[str, torch.Tensor], lr: float, progress: str):
         names = sorted(logs)

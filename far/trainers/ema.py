@@ -3,6 +3,8 @@ import copy
 
 import torch
 
+from far.utils.distributed import local_tensor
+
 
 class EMA(torch.nn.Module):
     """``module``: an average of the model's parameters; its first update copies them, each later one moves
@@ -26,8 +28,9 @@ class EMA(torch.nn.Module):
     @torch.no_grad()
     def update_parameters(self, model: torch.nn.Module, applied: torch.Tensor):
         """Average ``model``'s parameters in when ``applied`` (a bool tensor on the device) is true."""
-        averaged = list(self.module.parameters())
-        current = [p.detach() for p in model.parameters()]
+        # Under FSDP both are sharded alike: each process averages its own shares.
+        averaged = [local_tensor(p) for p in self.module.parameters()]
+        current = [local_tensor(p.detach()) for p in model.parameters()]
         # 1 copies (the first update), 0 keeps (a skipped step): torch.lerp is exact at both ends.
         weight = torch.where(self.n_averaged == 0, 1.0, 1.0 - self.current_decay()) * applied
         weights = {dtype: weight.to(dtype) for dtype in {p.dtype for p in averaged}}

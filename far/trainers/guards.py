@@ -7,6 +7,7 @@ from typing import Iterable
 import torch
 
 from far.utils.checkpoints import latest_checkpoint
+from far.utils.distributed import local_tensor
 from far.utils.faults import NonFiniteTraining
 
 logger = logging.getLogger('far')
@@ -97,7 +98,7 @@ class NonFiniteGuard:
 
     def check_weights(self, step: int, parameters: Iterable[torch.Tensor]):
         """Stop before non-finite weights are saved: no step can follow them."""
-        finite = torch.stack([torch.isfinite(p.detach()).all() for p in parameters]).all()
+        finite = torch.stack([torch.isfinite(local_tensor(p.detach())).all() for p in parameters]).all()
         if self.on_any_rank(~finite).item():
             raise NonFiniteTraining(f'step {step}: the weights hold non-finite values and were not saved; the last '
                                     f'finite checkpoint is {self.last_finite_checkpoint()}')

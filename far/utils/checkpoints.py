@@ -64,10 +64,11 @@ def checkpoint_size(path: Optional[Path]) -> Optional[int]:
     return None if path is None else sum(p.stat().st_size for p in path.rglob('*') if p.is_file())
 
 
-def save_checkpoint(accelerator, folder, step: int, ema=None, keep: Optional[int] = None) -> Path:
+def save_checkpoint(accelerator, folder, step: int, ema=None, keep: Optional[int] = None, parallel=None) -> Path:
     """Save the training state on every rank (each writes its RNG state), publish it atomically, prune.
 
-    ``ema`` is a ``torch.optim.swa_utils.AveragedModel``; ``keep`` the number of checkpoints to keep.
+    ``ema`` is the trainer's ``EMA``; ``keep`` the number of checkpoints to keep; ``parallel`` the training's
+    strategy (``far.trainers.parallel``), which writes what accelerate's state leaves out (None: DDP's).
     A failed write on any rank stops every rank with :class:`CheckpointWriteError`; the previous
     checkpoints stay as they were.
     """
@@ -76,7 +77,7 @@ def save_checkpoint(accelerator, folder, step: int, ema=None, keep: Optional[int
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)  # left behind by a save that was killed
     accelerator.wait_for_everyone()
-    _write_everywhere(accelerator, tmp, lambda: _write_state(accelerator, tmp, step, ema))
+    _write_everywhere(accelerator, tmp, lambda: _write_state(accelerator, tmp, step, ema, parallel))
     _write_everywhere(accelerator, tmp, lambda: _publish(accelerator, tmp, final))
     if accelerator.is_main_process:
         for _, old in list_checkpoints(folder)[:-keep] if keep else []:
@@ -86,12 +87,17 @@ def save_checkpoint(accelerator, folder, step: int, ema=None, keep: Optional[int
     return final
 
 
-def _write_state(accelerator, tmp: Path, step: int, ema):
+def _write_state(accelerator, tmp: Path, step: int, ema, parallel):
     accelerator.save_state(str(tmp))
+    if parallel is not None:
+        parallel.save(tmp)
+        if ema is not None:
+            parallel.save_module(ema.module, tmp / EMA_FILE)
+    elif ema is not None and accelerator.is_main_process:
+        save_model(ema.module, str(tmp / EMA_FILE))
     if accelerator.is_main_process:
         state = {'step': step}
         if ema is not None:
-            save_model(ema.module, str(tmp / EMA_FILE))
             state['ema_updates'] = int(ema.n_averaged)  # fewer than the steps when some were skipped
         (tmp / STATE_FILE).write_text(json.dumps(state))
 
@@ -166,24 +172,29 @@ def checkpoint_problem(path: Path) -> Optional[str]:
     return None
 
 
-def load_checkpoint(accelerator, path, ema=None) -> int:
+def load_checkpoint(accelerator, path, ema=None, parallel=None) -> int:
     """Restore a training state saved by :func:`save_checkpoint`; return its step."""
     path = Path(path)
     try:
-        return _load_state(accelerator, path, ema)
+        return _load_state(accelerator, path, ema, parallel)
     except READ_ERRORS as error:
         raise CheckpointLoadError(f'{path} cannot be loaded ({first_line(error)}): move it aside (for example to '
                                   f'{path.name}.bad) to resume from the checkpoint before it') from error
 
 
-def _load_state(accelerator, path: Path, ema) -> int:
+def _load_state(accelerator, path: Path, ema, parallel) -> int:
     accelerator.load_state(str(path))
+    if parallel is not None:
+        parallel.load(path)
     state = json.loads((path / STATE_FILE).read_text())
     step = state['step']
     if ema is not None:
         if not (path / EMA_FILE).is_file():
             raise FileNotFoundError(f'{path} has no {EMA_FILE}: it was saved without EMA (trainer.ema_decay: null)')
-        load_model(ema.module, str(path / EMA_FILE), device=str(next(ema.parameters()).device))
+        if parallel is not None:
+            parallel.load_module(ema.module, path / EMA_FILE)
+        else:
+            load_model(ema.module, str(path / EMA_FILE), device=str(next(ema.parameters()).device))
         ema.n_averaged.fill_(state.get('ema_updates', step))  # older checkpoints: one update per optimiser step
     return step
 

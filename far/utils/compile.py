@@ -4,17 +4,22 @@ Regional compilation compiles one transformer block and reuses the code for ever
 every model with the same block), so warm-up costs one block, not the whole network.
 """
 import contextlib
-from typing import Dict, Iterator
+from typing import Dict, Iterator, List
 
 import torch
 from torch._dynamo.utils import counters
 
 
-def compile_blocks(model: torch.nn.Module, **options) -> int:
-    """``torch.compile`` (in place) every submodule whose class is one of the model's repeated blocks (diffusers'
-    ``_no_split_modules``, e.g. ``FARBlock``); returns how many were compiled."""
+def repeated_blocks(model: torch.nn.Module) -> List[torch.nn.Module]:
+    """The submodules whose class is one of the model's repeated blocks (diffusers' ``_no_split_modules``, e.g.
+    ``FARBlock``): what regional compilation compiles and FSDP shards one by one."""
     names = set(getattr(model, '_no_split_modules', None) or ())
-    blocks = [module for module in model.modules() if type(module).__name__ in names]
+    return [module for module in model.modules() if type(module).__name__ in names]
+
+
+def compile_blocks(model: torch.nn.Module, **options) -> int:
+    """``torch.compile`` (in place) every repeated block of ``model``; returns how many were compiled."""
+    blocks = repeated_blocks(model)
     if not blocks:
         raise ValueError(f'{type(model).__name__} names no repeated block (_no_split_modules) to compile')
     for block in blocks:

@@ -11,6 +11,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs
 
@@ -117,3 +118,8 @@ def gather_to_main(items: list, accelerator) -> Optional[list]:
     gathered = [None] * accelerator.num_processes if accelerator.is_main_process else None
     torch.distributed.gather_object(items, gathered, dst=0)
     return [item for part in gathered for item in part] if accelerator.is_main_process else None
+
+
+def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's part of a sharded tensor (a DTensor of FSDP), or the tensor itself."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
