@@ -158,12 +158,13 @@ def test_timm_cosine_follows_the_reference_stepping():
     assert lrs['cosine'] / lrs['timm_cosine'] == pytest.approx(1.083, rel=2e-3)
 
 
-def test_gradient_accumulation_steps_on_the_mean_of_its_batches(tmp_path, tokenizer_file, fresh_accelerator_state):
+def test_gradient_accumulation_steps_on_the_mean_of_its_batches(tmp_path, tokenizer_file, fresh_accelerator_state,
+                                                                 scripts):
     """2 batches of 2 clips accumulated make the step that one batch of the same 4 clips makes (same loss and
     gradient norm); steps, schedule and checkpoints count optimiser steps, and a run resumed mid-way ends as an
     uninterrupted one."""
-    base = [*tiny_nbp(tokenizer_file), 'model.dropout=0.0', 'trainer.validation=null', 'trainer.ema_decay=null',
-            'trainer.log.every=1', 'trainer.total_steps=2', 'trainer.checkpoint.every=1']
+    base = [*scripts.tiny_nbp(tokenizer_file), 'model.dropout=0.0', 'trainer.validation=null',
+            'trainer.ema_decay=null', 'trainer.log.every=1', 'trainer.total_steps=2', 'trainer.checkpoint.every=1']
 
     def train(name: str, *overrides: str) -> Path:
         opt = load_experiment(str(NBP_DEMO), [*base, f'name={name}', *overrides])
