@@ -144,7 +144,9 @@ def evaluate(*, options: ExperimentOptions, file: str, root: str = 'experiments'
     accelerator = make_accelerator(options.mixed_precision)
     folder = Path(root) / options.name
     source = weights_source(options, file, folder)
-    sampler, weights, dataset, protocol = _build_for_test(options, file, source, accelerator)
+    sampler, weights, dataset = build_sampling(options, file, source, accelerator)
+    with building(file, 'test.protocol'):
+        protocol = PROTOCOLS.build(topt.protocol)
     # created only now, so that bad options or weights leave no folder that shifts the next run's suffix
     out = fresh_folder(folder / 'results' / result_tag(source, weights))
     accelerator.wait_for_everyone()  # every process chose the folder before the main one creates it
@@ -168,9 +170,9 @@ def evaluate(*, options: ExperimentOptions, file: str, root: str = 'experiments'
     return results
 
 
-def _build_for_test(options: ExperimentOptions, file: str, source: Path, accelerator):
-    """The sampler over the loaded weights, the weights' file, the test dataset and protocol, each built as
-    ``options`` say; raises OptionError naming the key at fault."""
+def build_sampling(options: ExperimentOptions, file: str, source: Path, accelerator):
+    """The sampler over the weights ``source`` names, the weights' file and the test dataset, each built as
+    ``options`` say (test.py, the play page); raises OptionError naming the key at fault."""
     topt = options.test
     set_seed(options.seed)
     with building(file, 'model'):
@@ -184,12 +186,10 @@ def _build_for_test(options: ExperimentOptions, file: str, source: Path, acceler
         autoencoder = options.build_autoencoder().to(accelerator.device).eval()
     with accelerator.main_process_first(), building(file, f'datasets.{topt.dataset}'):
         dataset = options.build_dataset(topt.dataset)  # the first use of a dataset may write it to disk
-    with building(file, 'test.protocol'):
-        protocol = PROTOCOLS.build(topt.protocol)
     with building(file, 'test.sampler'):
         sampler = build_sampler(topt.sampler, model=model, autoencoder=autoencoder)
     sampler.set_progress_bar_config(disable=True)
-    return sampler, weights, dataset, protocol
+    return sampler, weights, dataset
 
 
 def _write_results(results: dict, out: Path, protocol):

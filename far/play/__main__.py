@@ -1,0 +1,3 @@
+from far.play.cli import main
+
+main()
