@@ -60,6 +60,11 @@ class VideoSampler(abc.ABC):
     def replace(self, **options) -> 'VideoSampler':
         """The same model and autoencoder with some settings changed (e.g. a baseline's sliding window)."""
 
+    def open_stream(self, **start):
+        """A video made frame by frame for as long as the caller wants (``far.pipelines.streaming``)."""
+        raise NotImplementedError(f'{type(self).__name__} does not stream frame by frame; FARPipeline does (FAR and '
+                                  'FAR-Long models)')
+
     def options_with(self, **changes):
         """``self.options`` with ``changes`` (one clear error for a setting the sampler does not have)."""
         known = {f.name for f in dataclasses.fields(self.options_class)}

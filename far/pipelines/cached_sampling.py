@@ -237,26 +237,49 @@ class CachedFrameSampler:
         """
         batch, num_new = noise.shape[:2]
         num_context = 0 if context is None else context.shape[1]
-        self._reset(context, conditions)
+        self.reset(context, conditions)
         for frame in progress(range(num_context, num_context + num_new)):
             start = 0 if context_window is None else max(frame + 1 - context_window, 0)
             if start != self.start:  # the window slid and its frames were renumbered: nothing cached holds
                 self.segments, self.num_long, self.start = [], 0, start
-            position = frame - start
-            x = torch.zeros_like(self.video[:, 0])
-            x[:batch] = noise[:, frame - num_context]
-            first = self._keep(position + 1, multi_level_cache)
-            for index, (t, dt) in enumerate(steps):
-                x = self._run(first if index == 0 else position, position, x, t, dt)
-            self.video[:, frame] = x
+            self.denoise_frame(frame - start, noise[:, frame - num_context], steps, multi_level_cache)
         return self.video[:batch, :num_context + num_new].clone()
 
-    def _reset(self, context: Optional[torch.Tensor], conditions: Conditions):
+    def denoise_frame(self, position: int, noise: torch.Tensor, steps: List[Step],
+                      multi_level_cache: bool) -> torch.Tensor:
+        """The frame at RoPE ``position`` denoised from ``noise`` ``[b, C, H, W]`` over the frames before it, kept in
+        the video; returns it ``[batch_size, C, H, W]`` (rows past ``b`` padding)."""
+        x = torch.zeros_like(self.video[:, 0])
+        x[:noise.shape[0]] = noise
+        first = self._keep(position + 1, multi_level_cache)
+        for index, (t, dt) in enumerate(steps):
+            x = self._run(first if index == 0 else position, position, x, t, dt)
+        self.video[:, position + self.start] = x
+        return x
+
+    def reset(self, context: Optional[torch.Tensor], conditions: Conditions):
+        """Start a video from ``context`` ``[b, Tc, C, H, W]`` (or None) and the guided batch's ``conditions``."""
         self.segments, self.num_long, self.start, self._plan_key = [], 0, 0, None
         self.video.zero_()
         if context is not None:
             self.video[:context.shape[0], :context.shape[1]] = context
         self.conditions = None if conditions is None else {k: self._pad(v) for k, v in conditions.items()}
+
+    def set_frame_conditions(self, position: int, conditions: Conditions):
+        """Write the guided batch's per-frame ``conditions`` ``{kind: [R]}`` of the frame at ``position``."""
+        for kind, ids in (conditions or {}).items():
+            self.conditions[kind][:, position + self.start] = self._pad(ids)
+
+    def drop_oldest(self, count: int):
+        """Forget the video's first ``count`` frames: the others move to the front and are renumbered from 0, so
+        nothing cached holds (a stream's sliding window)."""
+        kept = self.num_frames - count
+        self.video[:, :kept] = self.video[:, count:].clone()
+        condition = self.model.condition
+        if condition is not None and condition.per_frame:
+            ids = self.conditions[condition.kind]
+            ids[:, :kept] = ids[:, count:].clone()
+        self.segments, self.num_long, self.start, self._plan_key = [], 0, 0, None
 
     def _pad(self, ids: torch.Tensor) -> torch.Tensor:
         """Condition ids of the guided batch padded to the engine's batch (and frames): ``[R]`` or ``[R, F]``."""

@@ -19,6 +19,7 @@ from ..objectives.flow_matching import FlowMatchSchedule
 from ..registry import PIPELINES
 from .cached_sampling import CachedFrameSampler, compiled_engine
 from .latent_flow import LatentFlowSampler, euler_steps
+from .streaming import FrameStream, StreamStart
 
 
 @dataclass(frozen=True)
@@ -104,18 +105,27 @@ class FARPipeline(LatentFlowSampler):
                              'size, channels and latent size')
         # the sampled latents stay in float32 whatever precision the transformer runs in
         noise, device = noise.float(), noise.device
-        conditions = self._guided_conditions(conditions, opt, batch, num_context + num_new, device)
+        conditions = self.guided_conditions(conditions, opt, batch, num_context + num_new, device)
 
-        slope = model.slope_scale if opt.slope_scale is None else opt.slope_scale
         if not opt.use_kv_cache:
             return self._sample_uncached(context, noise, conditions, opt)
         batch, num_new, _, height, width = noise.shape
         sizes = dict(batch_size=batch, num_frames=num_context + num_new, height=height, width=width,
-                     guidance_scale=opt.guidance_scale, slope=slope)
+                     guidance_scale=opt.guidance_scale, slope=self.slope(opt))
         engine = compiled_engine(model, **sizes) if opt.execution == 'compiled' else CachedFrameSampler(model, **sizes)
         return engine.sample(context, noise, conditions, euler_steps(self.scheduler, opt.num_inference_steps, device),
                              multi_level_cache=opt.multi_level_cache, context_window=opt.context_window,
                              progress=self.progress_bar)
+
+    def open_stream(self, **start) -> FrameStream:
+        """A video made frame by frame in bounded memory (``far.pipelines.streaming``): ``start`` holds the keys of
+        :class:`StreamStart` (``context``, ``conditions``, ``seed``, ``guidance_scale``, ``max_frames``, ...);
+        ``stream.step(action)`` makes the next frame. It samples with the KV cache whatever ``use_kv_cache`` says."""
+        return FrameStream(self, StreamStart(**start))
+
+    def slope(self, options: FARSampling) -> float:
+        """The temporal attention bias sampling with ``options`` uses."""
+        return self.transformer.slope_scale if options.slope_scale is None else options.slope_scale
 
     def _sample_uncached(self, context: Optional[torch.Tensor], noise: torch.Tensor, conditions: Conditions,
                          opt: FARSampling) -> torch.Tensor:

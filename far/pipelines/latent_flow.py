@@ -66,7 +66,7 @@ class LatentFlowSampler(DiffusionPipeline, VideoSampler):
         pipe.set_progress_bar_config(**getattr(self, '_progress_bar_config', {}))
         return pipe
 
-    def _guided_conditions(self, conditions: Conditions, options, batch_size: int, num_frames: int,
+    def guided_conditions(self, conditions: Conditions, options, batch_size: int, num_frames: int,
                            device: torch.device) -> Conditions:
         """Model conditions for the whole video; with guidance the batch is ``[unconditional, conditional]``."""
         condition = self.condition

@@ -97,7 +97,7 @@ class VideoDiTPipeline(LatentFlowSampler):
             raise ValueError(f'context {tuple(context.shape)} and noise {tuple(noise.shape)} must agree in batch '
                              'size, channels and latent size')
         video = torch.cat([context.float(), noise.float()], 1) if context is not None else noise.float()
-        conditions = self._guided_conditions(conditions, opt, batch, num_context + num_new, noise.device)
+        conditions = self.guided_conditions(conditions, opt, batch, num_context + num_new, noise.device)
         for first, start, end in self.progress_bar(self.windows(num_context, num_context + num_new, opt)):
             video[:, start:end] = self.denoise(
                 video[:, first:start], video[:, start:end], self.transformer.condition_frames(conditions, first, end),
