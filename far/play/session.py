@@ -44,8 +44,7 @@ class Session:
 
     def reset(self, seed: int) -> Step:
         """Back to the episode's context, with new noise."""
-        context = self.episode['video'][:, :self.world.context_length]
-        self.stream.reset(context=context.to(self.world.sampler.transformer.device), seed=seed)
+        self.stream.reset(seed=seed)
         self.seed, self.index = seed, self.world.context_length - 1
         return self.first()
 
