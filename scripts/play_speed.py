@@ -36,11 +36,14 @@ def psnr(errors: list):
 def main(argv=None):
     parser = run.command_line(__doc__)
     parser.add_argument('--episodes', type=int, default=8, help='held-out episodes replayed')
+    parser.add_argument('--max-frames', type=int, help="frames a stream keeps (default: the stream's; the short-term "
+                                                       'window alone is a sliding window without long-term memory)')
     parser.add_argument('--threads', type=int, default=1, help='torch intra-op threads')
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
-        world = load_world(load_experiment(args.opt, args.overrides), args.opt, root=args.root)
+        world = load_world(load_experiment(args.opt, args.overrides), args.opt, root=args.root,
+                           max_frames=args.max_frames)
     except OptionError as error:
         raise SystemExit(f'error: {error}') from None
     latencies, scores, revisits = [], [], []
@@ -57,7 +60,8 @@ def main(argv=None):
     print(json.dumps({'frames': len(latencies), 'latency_ms_median': round(1000 * median, 2),
                       'latency_ms_p90': round(1000 * float(np.percentile(latencies, 90)), 2),
                       'fps': round(1 / median, 1), 'psnr': psnr(scores), 'psnr_revisit': psnr(revisits),
-                      'revisit_frames': len(revisits), 'threads': args.threads}, indent=2))
+                      'revisit_frames': len(revisits), 'max_frames': world.max_frames,
+                      'threads': args.threads}, indent=2))
 
 
 if __name__ == '__main__':

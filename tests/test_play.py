@@ -16,6 +16,7 @@ import torch
 
 from conftest import REPO, randomized
 from far.experiment import load_experiment
+from far.options import OptionError
 from far.play.cli import main
 from far.play.session import Session
 from far.play.world import load_world
@@ -79,6 +80,15 @@ def test_free_play_checks_actions_and_reset_repeats_the_frames(maze):
     session.reset(seed=3)
     other = [session.step(a).frame for a in [3, 0, 0, 1]]
     assert not np.array_equal(first[-1], other[-1])
+
+
+def test_a_world_that_cannot_stream_stops_before_serving(maze):
+    overrides, weights = maze
+    options = load_experiment(str(MAZE), [*overrides, f'test.checkpoint={weights}'])
+    with pytest.raises(OptionError, match=r'test\.sampler: .*max_frames'):
+        load_world(options, str(MAZE), max_frames=-1)
+    with pytest.raises(OptionError, match=r'test\.protocol\.context_length: is 0'):
+        load_world(options, str(MAZE), context_length=0)
 
 
 def play_args(maze, *args, checkpoint=None):

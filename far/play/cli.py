@@ -25,6 +25,8 @@ def parse_args(argv=None):
     parser.add_argument('--port', type=int, default=8000, help='port on 127.0.0.1 (0: any free port)')
     parser.add_argument('--context', type=int, help='context frames a stream starts from (default: '
                                                     'test.protocol.context_length)')
+    parser.add_argument('--max-frames', type=int, help="frames a stream keeps (default: the sampler's stream default, "
+                                                       'for FAR-Long four short-term windows)')
     parser.add_argument('--max-streams', type=int, default=MAX_STREAMS,
                         help='players served at once, each with its own stream; the next is told the server is busy')
     return parser.parse_args(argv)
@@ -34,7 +36,8 @@ def main(argv=None):
     args = parse_args(argv)
     overrides = [*args.overrides, *([f'test.checkpoint={args.checkpoint}'] if args.checkpoint else [])]
     try:
-        world = load_world(load_experiment(args.opt, overrides), args.opt, root=args.root, context_length=args.context)
+        world = load_world(load_experiment(args.opt, overrides), args.opt, root=args.root, context_length=args.context,
+                           max_frames=args.max_frames)
     except OptionError as error:
         raise SystemExit(f'error: {error}') from None
     try:

@@ -13,11 +13,12 @@ from far.utils.distributed import make_accelerator
 
 
 class World:
-    """``sampler`` streams frames; ``dataset`` holds the held-out episodes whose first ``context_length`` frames
-    (and their conditions) start a stream."""
+    """``sampler`` streams frames, each stream keeping ``max_frames`` (``None``: the stream's default); ``dataset``
+    holds the held-out episodes whose first ``context_length`` frames (and their conditions) start a stream."""
 
-    def __init__(self, *, sampler, dataset, context_length: int, weights: Path):
+    def __init__(self, *, sampler, dataset, context_length: int, weights: Path, max_frames: Optional[int] = None):
         self.sampler, self.dataset, self.context_length, self.weights = sampler, dataset, context_length, weights
+        self.max_frames = max_frames
 
     @property
     def num_actions(self) -> int:
@@ -48,14 +49,16 @@ class World:
     def open_stream(self, episode: dict, seed: int):
         """A stream continuing ``episode``'s first ``context_length`` frames, its noise drawn from ``seed``."""
         context = episode['video'][:, :self.context_length].to(self.sampler.transformer.device)
-        return self.sampler.open_stream(context=context, conditions=self.conditions(episode), seed=seed)
+        return self.sampler.open_stream(context=context, conditions=self.conditions(episode), seed=seed,
+                                        max_frames=self.max_frames)
 
 
 def load_world(options: ExperimentOptions, file: str, *, root: str = 'experiments',
-               context_length: Optional[int] = None) -> World:
+               context_length: Optional[int] = None, max_frames: Optional[int] = None) -> World:
     """The world of an experiment with a ``test`` section: its ``test.sampler`` over the weights ``test.checkpoint``
     names, starting from the ``test.dataset`` episodes' first ``context_length`` frames (by default
-    ``test.protocol.context_length``). Raises OptionError naming the key at fault, before any stream starts."""
+    ``test.protocol.context_length``), each stream keeping ``max_frames``. Raises OptionError naming the key at fault
+    before any player's stream starts."""
     require(options, file, 'test', 'the play page (its sampler, held-out dataset and checkpoint)')
     require(options, file, 'model', 'the play page')
     context = options.test.protocol.get('context_length', 0) if context_length is None else context_length
@@ -64,11 +67,13 @@ def load_world(options: ExperimentOptions, file: str, *, root: str = 'experiment
                           'frame of a held-out episode; pass --context N (N >= 1)')
     source = run.weights_source(options, file, Path(root) / options.name)
     sampler, weights, dataset = run.build_sampling(options, file, source, make_accelerator(options.mixed_precision))
-    world = World(sampler=sampler, dataset=dataset, context_length=context, weights=weights)
+    world = World(sampler=sampler, dataset=dataset, context_length=context, weights=weights, max_frames=max_frames)
     try:  # a first stream, so that what cannot play stops the command before it serves
-        world.open_stream(world.episode(0), seed=0)
-    except NotImplementedError as error:
-        raise OptionError(file, 'test.sampler', str(error)) from None
+        episode = world.episode(0)
     except ValueError as error:
         raise OptionError(file, f'datasets.{options.test.dataset}', str(error)) from None
+    try:
+        world.open_stream(episode, seed=0)
+    except (NotImplementedError, ValueError) as error:
+        raise OptionError(file, 'test.sampler', str(error)) from None
     return world
