@@ -4,6 +4,7 @@ and the page itself in headless Chromium driven by Playwright."""
 import asyncio
 import json
 import os
+import runpy
 import socket
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import torch
 from conftest import REPO, randomized
 from far.experiment import load_experiment
 from far.options import OptionError
+from far.play import __main__ as module_command
 from far.play.cli import main
 from far.play.session import Session
 from far.play.world import load_world
@@ -80,6 +82,15 @@ def test_free_play_checks_actions_and_reset_repeats_the_frames(maze):
     session.reset(seed=3)
     other = [session.step(a).frame for a in [3, 0, 0, 1]]
     assert not np.array_equal(first[-1], other[-1])
+
+
+def test_python_m_far_play_is_the_command(monkeypatch, capsys):
+    assert module_command.main is main
+    monkeypatch.setattr(sys, 'argv', ['far.play', '--help'])
+    monkeypatch.delitem(sys.modules, 'far.play.__main__')  # run afresh, as `python3 -m far.play --help`
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_module('far.play', run_name='__main__')
+    assert stop.value.code == 0 and '--checkpoint' in capsys.readouterr().out
 
 
 def test_a_world_that_cannot_stream_stops_before_serving(maze):
