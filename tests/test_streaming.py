@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from far.models.autoencoders import IdentityAutoencoder
-from far.pipelines import cached_sampling
+from far.models.video_dit import VideoDiT
+from far.pipelines import VideoDiTPipeline, cached_sampling
 from far.pipelines.streaming import LONG_TERM_WINDOWS
 from far.utils.compile import count_compilations
 
@@ -88,14 +89,20 @@ def test_the_window_is_max_frames_else_the_samplers_context_window_else_the_mode
     assert stream.max_frames == 6
 
 
-@pytest.mark.parametrize('condition', [None, {'type': 'label', 'num_classes': 3}])
-def test_unconditional_and_label_models_stream_without_actions(tiny_far, make_pipeline, condition):
-    pipe = make_pipeline(tiny_far(condition_cfg=condition, **SMALL), num_inference_steps=1)
+LABELS = {'type': 'label', 'num_classes': 3}
+
+
+@pytest.mark.parametrize('condition, sampling, window', [
+    (None, dict(), 3), (None, dict(), 1),  # a window of one frame: every frame from nothing
+    (LABELS, dict(), 3), (LABELS, dict(guidance_scale=2.0), 3),
+])
+def test_unconditional_and_label_models_stream_without_actions(tiny_far, make_pipeline, condition, sampling, window):
+    pipe = make_pipeline(tiny_far(condition_cfg=condition, **SMALL), num_inference_steps=1, **sampling)
     conditions = None if condition is None else {'label': torch.tensor([1, 2])}
     batch = 1 if condition is None else 2
-    stream = pipe.open_stream(conditions=conditions, height=4, width=4, seed=1, max_frames=3)
+    stream = pipe.open_stream(conditions=conditions, height=4, width=4, seed=1, max_frames=window)
     frames = torch.stack([stream.step().latent for _ in range(5)], 1)
-    expected = pipe.generate_latents(None, stream_noise(1, batch, 5), conditions, context_window=3)
+    expected = pipe.generate_latents(None, stream_noise(1, batch, 5), conditions, context_window=window)
     torch.testing.assert_close(frames, expected, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match='takes no actions'):
         stream.step(1)
@@ -138,6 +145,11 @@ def test_bad_starts_and_actions_are_refused_with_one_line(tiny_far, make_pipelin
     pipe = make_pipeline(tiny_far(condition_cfg=ACTIONS, **SMALL), num_inference_steps=1)
     with pytest.raises(ValueError, match=message):
         pipe.open_stream(**start).step(**step)
+
+
+def test_a_sampler_that_cannot_stream_says_which_one_does():
+    with pytest.raises(NotImplementedError, match='VideoDiTPipeline does not stream .* FARPipeline does'):
+        VideoDiTPipeline(transformer=VideoDiT(**SMALL, in_channels=4, out_channels=4)).open_stream(height=4, width=4)
 
 
 def held_bytes():

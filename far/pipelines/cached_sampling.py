@@ -19,6 +19,9 @@ For FAR-Long, when the short-term window slides, the frame that leaves it is enc
 slots (multi-level cache) and the window is re-encoded behind it; ``multi_level_cache=False`` re-encodes the
 whole context instead (a single-level cache). The result equals uncached sampling up to float rounding: a frame's
 keys and values depend only on the frames up to it, however the passes group them.
+
+A stream (``far.pipelines.streaming``) drives an engine of its own frame by frame (``denoise_frame``) and, once the
+engine's frames are full, drops the oldest before each new frame (``drop_oldest``).
 """
 import logging
 import types
