@@ -159,6 +159,8 @@ async def play_sockets(url: str):
         assert (await receive(player))['index'] == CONTEXT - 1
         await player.send_json({'type': 'step', 'action': 9})
         assert 'action must be an integer' in (await receive(player))['message']
+        await player.send_str('[1, 2]')
+        assert 'a message is a JSON object' in (await receive(player))['message']
         await player.send_json({'type': 'step', 'action': 2})
         frame = await receive(player)
         assert frame['index'] == CONTEXT and frame['frame'].startswith('data:image/png;base64,')

@@ -16,7 +16,7 @@ from far.play.session import Session, Step
 from far.play.world import World
 
 HOST = '127.0.0.1'  # loopback only: the page drives a model on this machine
-MAX_STREAMS = 4
+MAX_STREAMS = 4  # players served at once by default (--max-streams)
 
 logger = logging.getLogger('far')
 
@@ -51,6 +51,8 @@ def hello(world: World) -> dict:
 async def on_message(request: web.Request, session: Optional[Session], message: dict):
     """Apply one client message; returns the session (a new one after ``start``) and the reply."""
     world, loop = request.app[WORLD], asyncio.get_running_loop()
+    if not isinstance(message, dict):
+        raise ValueError(f'a message is a JSON object with a "type", got {message!r}')
     kind = message.get('type')
     async with request.app[MODEL_LOCK]:  # one frame at a time on the model, made in a worker thread
         if kind == 'start':
@@ -101,7 +103,7 @@ async def page(request: web.Request) -> web.Response:
     return web.Response(text=resources.files('far.play').joinpath('page.html').read_text(), content_type='text/html')
 
 
-def make_app(world: World, *, max_streams: int = MAX_STREAMS) -> web.Application:
+def make_app(world: World, *, max_streams: int) -> web.Application:
     app = web.Application()
     app[WORLD], app[MODEL_LOCK], app[PLAYERS], app[LIMIT] = world, asyncio.Lock(), set(), max_streams
     app.router.add_get('/', page)
@@ -109,7 +111,7 @@ def make_app(world: World, *, max_streams: int = MAX_STREAMS) -> web.Application
     return app
 
 
-async def serve(world: World, *, port: int, max_streams: int = MAX_STREAMS):
+async def serve(world: World, *, port: int, max_streams: int):
     """Serve the page on ``HOST:port`` (0: a free port) until cancelled; prints the address once it listens."""
     runner = web.AppRunner(make_app(world, max_streams=max_streams), handle_signals=False)
     await runner.setup()
