@@ -149,8 +149,10 @@ def evaluate(*, options: ExperimentOptions, file: str, root: str = 'experiments'
     accelerator = make_accelerator(options.mixed_precision)
     folder = Path(root) / options.name
     source = weights_source(options, file, folder)
-    build = _build_for_reconstruction if reconstructs else _build_for_test
-    evaluated, weights, dataset, protocol = build(options, file, source, accelerator)
+    build = build_reconstruction if reconstructs else build_sampling
+    evaluated, weights, dataset = build(options, file, source, accelerator)
+    with building(file, 'test.protocol'):
+        protocol = PROTOCOLS.build(topt.protocol)
     # created only now, so that bad options or weights leave no folder that shifts the next run's suffix
     out = fresh_folder(folder / 'results' / result_tag(source, weights))
     accelerator.wait_for_everyone()  # every process chose the folder before the main one creates it
@@ -176,9 +178,9 @@ def evaluate(*, options: ExperimentOptions, file: str, root: str = 'experiments'
     return results
 
 
-def _build_for_test(options: ExperimentOptions, file: str, source: Path, accelerator):
-    """The sampler over the loaded weights, the weights' file, the test dataset and protocol, each built as
-    ``options`` say; raises OptionError naming the key at fault."""
+def build_sampling(options: ExperimentOptions, file: str, source: Path, accelerator):
+    """The sampler over the weights ``source`` names, the weights' file and the test dataset, each built as
+    ``options`` say (test.py, the play page); raises OptionError naming the key at fault."""
     topt = options.test
     set_seed(options.seed)
     with building(file, 'model'):
@@ -192,26 +194,22 @@ def _build_for_test(options: ExperimentOptions, file: str, source: Path, acceler
         autoencoder = options.build_autoencoder().to(accelerator.device).eval()
     with accelerator.main_process_first(), building(file, f'datasets.{topt.dataset}'):
         dataset = options.build_dataset(topt.dataset)  # the first use of a dataset may write it to disk
-    with building(file, 'test.protocol'):
-        protocol = PROTOCOLS.build(topt.protocol)
     with building(file, 'test.sampler'):
         sampler = build_sampler(topt.sampler, model=model, autoencoder=autoencoder)
     sampler.set_progress_bar_config(disable=True)
-    return sampler, weights, dataset, protocol
+    return sampler, weights, dataset
 
 
-def _build_for_reconstruction(options: ExperimentOptions, file: str, source: Path, accelerator):
+def build_reconstruction(options: ExperimentOptions, file: str, source: Path, accelerator):
     """The autoencoder with the weights of ``source`` (see ``test.checkpoint``; a checkpoint's EMA weights), its
-    weight file, the test dataset and the reconstruction protocol, each built as ``options`` say."""
+    weight file and the test dataset, each built as ``options`` say."""
     topt = options.test
     with building(file, 'test.checkpoint'):  # a damaged or misfit file: one line naming it
         autoencoder = AUTOENCODERS.build({**options.autoencoder, 'checkpoint': str(source)})
     autoencoder = autoencoder.to(accelerator.device).eval()
     with accelerator.main_process_first(), building(file, f'datasets.{topt.dataset}'):
         dataset = options.build_dataset(topt.dataset)
-    with building(file, 'test.protocol'):
-        protocol = PROTOCOLS.build(topt.protocol)
-    return autoencoder, resolve_weights(latest_checkpoint(source) or source), dataset, protocol
+    return autoencoder, resolve_weights(latest_checkpoint(source) or source), dataset
 
 
 def _write_results(results: dict, out: Path, protocol):
