@@ -68,10 +68,10 @@ def test_command_line_overrides():
     ('num_layers: 4', 'num_layer: 4',
      r"run\.yml: model\.num_layer: unknown key for model 'FAR' \(did you mean 'num_layers'\?\); allowed keys: "),
     # runtime objects are not YAML keys
-    ('total_steps: 1500', 'accelerator: cpu',
+    ('total_steps: 1700', 'accelerator: cpu',
      r"trainer\.accelerator: unknown key for trainer 'FARTrainer'"),
     # wrong type
-    ('total_steps: 1500', 'total_steps: many', r"trainer\.total_steps: got 'many', expected an integer"),
+    ('total_steps: 1700', 'total_steps: many', r"trainer\.total_steps: got 'many', expected an integer"),
     ('use_kv_cache: true\n  batch_size', 'use_kv_cache: 3\n  batch_size',
      r'test\.sampler\.use_kv_cache: got 3, expected true or false'),
     # unknown key in a sampler block (its options dataclass)
@@ -83,7 +83,7 @@ def test_command_line_overrides():
     ('type: FARTrainer', 'type: FARTrainr',
      r"trainer\.type: unknown trainer 'FARTrainr' \(did you mean 'FARTrainer'\?\)"),
     # missing required key
-    ('  total_steps: 1500\n', '', r"trainer\.total_steps: missing required key for trainer 'FARTrainer'"),
+    ('  total_steps: 1700\n', '', r"trainer\.total_steps: missing required key for trainer 'FARTrainer'"),
     ('name: demo_far_moving_shapes\n', '', r'run\.yml: name: missing required key for ExperimentOptions'),
     # a key that names a dataset
     ('dataset: test ', 'dataset: tset ', r"test\.dataset: names dataset 'tset', which is not a key of `datasets` "
