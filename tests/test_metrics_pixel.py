@@ -5,7 +5,8 @@ import torch
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 import far.metrics  # noqa: F401  (registers the metrics)
-from far.metrics import MSE, PSNR, SSIM, GroundTruthMeanIntensity, MCVDProtocol, MeanIntensity
+from far.metrics import MSE, PSNR, SSIM, MCVDProtocol
+from far.metrics.pixel import GroundTruthMeanIntensity, MeanIntensity
 from far.registry import METRICS
 
 

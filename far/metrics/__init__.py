@@ -11,7 +11,7 @@ from .fvd import FVD, frechet_distance
 from .i3d import InceptionI3d, load_i3d
 from .lpips import LPIPS, LPIPSMetric
 from .memory import MemoryProtocol
-from .pixel import MSE, PSNR, SSIM, GroundTruthMeanIntensity, MeanIntensity
+from .pixel import MSE, PSNR, SSIM
 from .protocols import LatteProtocol, MCVDProtocol, Protocol, TECOProtocol
 from .rollout import RolloutProtocol
 from .round_trip import mp4_round_trip, paired_mp4_round_trip
@@ -19,7 +19,7 @@ from .weights import MissingWeightsError, resolve_weights
 
 __all__ = [
     'FrameMetric', 'Metric', 'exact_math', 'environment_info', 'FVD', 'frechet_distance', 'InceptionI3d', 'load_i3d',
-    'LPIPS', 'LPIPSMetric', 'MemoryProtocol', 'MSE', 'PSNR', 'SSIM', 'GroundTruthMeanIntensity', 'MeanIntensity',
-    'LatteProtocol', 'MCVDProtocol', 'Protocol', 'TECOProtocol',
+    'LPIPS', 'LPIPSMetric', 'MemoryProtocol', 'MSE', 'PSNR', 'SSIM', 'LatteProtocol', 'MCVDProtocol', 'Protocol',
+    'TECOProtocol',
     'RolloutProtocol', 'mp4_round_trip', 'paired_mp4_round_trip', 'MissingWeightsError', 'resolve_weights',
 ]
