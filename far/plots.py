@@ -11,7 +11,9 @@ DPI = 100
 PANEL = (4.2, 3.2)  # inches per panel
 CURVE_COLUMNS = 3   # training-curve panels per row
 METRIC_TITLES = {'psnr': 'PSNR (dB), higher is better', 'ssim': 'SSIM, higher is better',
-                 'lpips': 'LPIPS, lower is better', 'mse': 'MSE, lower is better'}
+                 'lpips': 'LPIPS, lower is better', 'mse': 'MSE, lower is better',
+                 'mean_intensity': 'mean intensity, as the ground truth is better'}
+GROUND_TRUTH_SUFFIX = '_gt'  # `<metric>_gt`: the ground truth's value of `<metric>`, drawn in its panel
 CATEGORY_MARKERS = {'revisit': ('o', 'revisit frames'), 'first_visit': ('x', 'first-visit frames')}
 SERIES_TITLES = {'train/loss': 'training loss', 'train/lr': 'learning rate', 'train/grad_norm': 'gradient norm'}
 
@@ -48,11 +50,14 @@ def save_figure(figure, path) -> Path:
 
 def per_frame_figure(results: dict):
     """One panel per frame metric of ``results`` (test.py's results.json): the model and each baseline against
-    the predicted frame's index; the memory protocol's revisit and first-visit frames marked on each curve."""
+    the predicted frame's index, and the ground truth where a ``<metric>_gt`` gives its value; the memory protocol's
+    revisit and first-visit frames marked on each curve."""
     from far.evaluation import row_label
 
     per_frame, protocol = results['per_frame'], results['protocol']
-    metrics = [m for m in protocol['metrics'] if m in per_frame['metrics']]
+    scored = [m for m in protocol['metrics'] if m in per_frame['metrics']]
+    truths = {m for m in scored if m.endswith(GROUND_TRUTH_SUFFIX) and m.removesuffix(GROUND_TRUTH_SUFFIX) in scored}
+    metrics = [m for m in scored if m not in truths]
     figure = _figure(1, max(len(metrics), 2))  # room for the legend and the title under one panel too
     axes = figure.subplots(1, len(metrics), squeeze=False)[0]
     marked = set()
@@ -60,11 +65,15 @@ def per_frame_figure(results: dict):
         for key in ('metrics', *results['baselines']):
             marked |= _draw_curve(ax, per_frame['frames'], per_frame[key], metric,
                                   row_label('' if key == 'metrics' else key))
+        if metric + GROUND_TRUTH_SUFFIX in truths:
+            ax.plot(per_frame['frames'], per_frame['metrics'][metric + GROUND_TRUTH_SUFFIX], color='black',
+                    linestyle='--', label='ground truth')
         ax.set_title(METRIC_TITLES.get(metric, metric))
         ax.set_xlabel(f'frame (0-{protocol["context_frames"] - 1} are the context)'
                       if protocol['context_frames'] else 'generated frame')
         _style(ax)
-    handles = axes[0].get_legend_handles_labels()[0] + _category_keys(marked)
+    curves = {label: handle for ax in axes for handle, label in zip(*ax.get_legend_handles_labels())}
+    handles = list(curves.values()) + _category_keys(marked)
     figure.legend(handles=handles, loc='outside lower center', ncols=min(len(handles), 2 * max(len(metrics), 2)))
     figure.suptitle(f'{results["name"]}: {protocol["protocol"]} protocol, {protocol["num_videos"] or "all"} videos, '
                     f'seeds {protocol["seeds"]}')

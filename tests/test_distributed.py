@@ -116,7 +116,8 @@ def test_two_process_long_context_training_stays_in_sync(scripts, tmp_path):
     script.write_text(SPY.format(repo=str(scripts.repo)))
     result = scripts.run(str(script), '-opt', str(scripts.demo), *scripts.tiny, 'name=ddp',
                          'datasets.train.source.num_videos=26', 'trainer.objective.training_type=long_context',
-                         'model.short_term_ctx_winsize=4', cwd=tmp_path, launcher=two_processes(scripts))
+                         'model.short_term_ctx_winsize=4', 'trainer.clip_length_buckets=4', cwd=tmp_path,
+                         launcher=two_processes(scripts))
     assert result.returncode == 0, result.stdout + result.stderr
     ranks = [torch.load(tmp_path / f'rank{r}.pt') for r in range(2)]
     # every step trained on a clip of 4..8 frames, the same length on both ranks

@@ -1,10 +1,12 @@
-"""Pixel metrics: per-frame MSE/PSNR/SSIM equal to the torchmetrics calls FAR's evaluation makes."""
+"""Pixel metrics: per-frame MSE/PSNR/SSIM equal to the torchmetrics calls FAR's evaluation makes; the mean intensity
+of predicted and true frames."""
 import pytest
 import torch
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 import far.metrics  # noqa: F401  (registers the metrics)
-from far.metrics import MSE, PSNR, SSIM
+from far.metrics import MSE, PSNR, SSIM, MCVDProtocol
+from far.metrics.pixel import GroundTruthMeanIntensity, MeanIntensity
 from far.registry import METRICS
 
 
@@ -55,6 +57,29 @@ def test_broadcast_gt_and_chunking_do_not_change_scores(videos):
     torch.testing.assert_close(chunked, full)
     torch.testing.assert_close(chunked[:, 0], PSNR()(sample, gt))
     assert torch.isinf(chunked[:, 1]).all()  # identical frames
+
+
+def test_mean_intensity_of_the_prediction_and_of_the_ground_truth(videos):
+    sample, gt = videos
+    faded = sample * torch.linspace(1.0, 0.25, 4)[:, None, None, None]  # dims frame by frame
+    torch.testing.assert_close(METRICS.build({'type': 'mean_intensity'})(faded, gt), faded.mean(dim=(2, 3, 4)))
+    torch.testing.assert_close(METRICS.build({'type': 'mean_intensity_gt'})(faded, gt), gt.mean(dim=(2, 3, 4)))
+    ratio = MeanIntensity()(faded, gt) / GroundTruthMeanIntensity()(faded, gt)
+    torch.testing.assert_close(ratio[:, -1], torch.full((3,), 0.25), rtol=0.05, atol=0.0)
+
+
+def test_a_protocol_averages_the_mean_intensity_over_trajectories(videos):
+    sample, gt = videos
+    samples = torch.stack([gt, 0.5 * sample], dim=1)  # [B, n=2, F, C, H, W]: PSNR's best trajectory is the first
+    protocol = MCVDProtocol(context_length=1, unroll_length=3, num_trajectories=2, num_videos=None,
+                            metrics=['psnr', 'mean_intensity', 'mean_intensity_gt'])
+    scores = protocol.evaluate(samples, gt)
+    expected = (0.5 * gt[:, 1:].mean(dim=(2, 3, 4)) + 0.25 * sample[:, 1:].mean(dim=(2, 3, 4))).double()
+    torch.testing.assert_close(scores.frames['mean_intensity'], expected, rtol=1e-5, atol=0.0)
+    torch.testing.assert_close(scores.frames['mean_intensity_gt'], gt[:, 1:].mean(dim=(2, 3, 4)).double(), rtol=1e-5,
+                               atol=0.0)
+    assert scores['mean_intensity'] == pytest.approx(expected.mean().item(), rel=1e-6)
+    assert 'trajectories' in protocol.scoring()['mean_intensity']
 
 
 def test_bad_inputs_are_named():

@@ -61,21 +61,21 @@ def test_command_line_overrides():
 
 @pytest.mark.parametrize('old, new, expected', [
     # unknown key in a dataclass group: file, key path, suggestion, allowed keys
-    ('lr: 1.0e-3', 'lrr: 1.0e-3',
+    ('lr: 1.5e-3', 'lrr: 1.5e-3',
      r"run\.yml: trainer\.optimizer\.lrr: unknown key for OptimizerOptions \(did you mean 'lr'\?\); "
      r"allowed keys: betas, decayed_modules, eps, lr, weight_decay"),
     # unknown key in a registry block
     ('num_layers: 4', 'num_layer: 4',
      r"run\.yml: model\.num_layer: unknown key for model 'FAR' \(did you mean 'num_layers'\?\); allowed keys: "),
     # runtime objects are not YAML keys
-    ('total_steps: 1000', 'accelerator: cpu',
+    ('total_steps: 1700', 'accelerator: cpu',
      r"trainer\.accelerator: unknown key for trainer 'FARTrainer'"),
     # wrong type
-    ('total_steps: 1000', 'total_steps: many', r"trainer\.total_steps: got 'many', expected an integer"),
+    ('total_steps: 1700', 'total_steps: many', r"trainer\.total_steps: got 'many', expected an integer"),
     ('use_kv_cache: true\n  batch_size', 'use_kv_cache: 3\n  batch_size',
      r'test\.sampler\.use_kv_cache: got 3, expected true or false'),
     # unknown key in a sampler block (its options dataclass)
-    ('    num_inference_steps: 10\n    guidance', '    num_inference_step: 10\n    guidance',
+    ('    num_inference_steps: 20\n    guidance', '    num_inference_step: 20\n    guidance',
      r"test\.sampler\.num_inference_step: unknown key for pipeline 'FARPipeline' \(did you mean "
      r"'num_inference_steps'\?\)"),
     ("mixed_precision: 'no'", 'mixed_precision: fp32', r"mixed_precision: got 'fp32', allowed: 'no', 'fp16', 'bf16'"),
@@ -83,7 +83,7 @@ def test_command_line_overrides():
     ('type: FARTrainer', 'type: FARTrainr',
      r"trainer\.type: unknown trainer 'FARTrainr' \(did you mean 'FARTrainer'\?\)"),
     # missing required key
-    ('  total_steps: 1000\n', '', r"trainer\.total_steps: missing required key for trainer 'FARTrainer'"),
+    ('  total_steps: 1700\n', '', r"trainer\.total_steps: missing required key for trainer 'FARTrainer'"),
     ('name: demo_far_moving_shapes\n', '', r'run\.yml: name: missing required key for ExperimentOptions'),
     # a key that names a dataset
     ('dataset: test ', 'dataset: tset ', r"test\.dataset: names dataset 'tset', which is not a key of `datasets` "

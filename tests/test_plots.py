@@ -36,6 +36,18 @@ def test_per_frame_plot_has_a_panel_per_metric_and_a_curve_per_result(tmp_path):
         assert image.size == (round(2 * PANEL[0] * DPI), round(PANEL[1] * DPI))
 
 
+def test_a_ground_truth_statistic_is_drawn_in_its_metric_panel():
+    values = results()
+    values['protocol']['metrics'] += ['mean_intensity', 'mean_intensity_gt']
+    for key in ('metrics', 'copy_last_frame'):
+        values['per_frame'][key].update(mean_intensity=[0.1, 0.08, 0.05], mean_intensity_gt=[0.1, 0.1, 0.1])
+    figure = per_frame_figure(values)
+    axes = [ax for ax in figure.axes if ax.get_visible()]
+    assert axes[-1].get_title() == 'mean intensity, as the ground truth is better' and len(axes) == 3
+    assert [list(line.get_ydata()) for line in axes[-1].get_lines()][-1] == [0.1, 0.1, 0.1]
+    assert legend_texts(figure) == ['model', 'copy last frame', 'ground truth']
+
+
 def test_memory_plots_mark_revisits_and_first_visits():
     figure = per_frame_figure(results('memory', ('sliding_window', 'copy_last_frame'), ('revisit', 'first_visit')))
     assert legend_texts(figure) == ['model', 'sliding window', 'copy last frame', 'revisit frames',

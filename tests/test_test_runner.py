@@ -29,7 +29,8 @@ def test_test_py_writes_results_and_videos(scripts, tmp_path, random_weights):
     out = tmp_path / 'experiments' / 'eval' / 'results' / 'random_far'
     results = json.loads((out / 'results.json').read_text())
     assert results['weights'] == str(random_weights)
-    assert {'mse', 'psnr', 'ssim', 'mse_std', 'psnr_std', 'ssim_std'} == set(results['metrics'])
+    scored = ('mse', 'psnr', 'ssim', 'mean_intensity', 'mean_intensity_gt')
+    assert {*scored, *(f'{name}_std' for name in scored)} == set(results['metrics'])
     assert set(results['copy_last_frame']) == set(results['metrics'])
     assert results['protocol']['protocol'] == 'mcvd' and results['protocol']['num_videos'] == 5
     assert results['baselines'] == ['copy_last_frame']
@@ -52,8 +53,10 @@ def test_test_py_writes_results_and_videos(scripts, tmp_path, random_weights):
     per_frame = results['per_frame']
     assert per_frame['frames'] == [2, 3, 4] and set(per_frame) == {'frames', 'metrics', 'copy_last_frame'}
     for key in ('metrics', 'copy_last_frame'):
-        assert set(per_frame[key]) == {'mse', 'psnr', 'ssim'}
+        assert set(per_frame[key]) == set(scored)
         assert sum(per_frame[key]['psnr']) / 3 == pytest.approx(results[key]['psnr'], rel=1e-9)
+    # the ground truth's intensity is the same beside every prediction
+    assert per_frame['copy_last_frame']['mean_intensity_gt'] == per_frame['metrics']['mean_intensity_gt']
     with Image.open(out / 'per_frame_metrics.png') as plot:
         assert plot.size[0] > plot.size[1] > 200
     assert (out / 'test.log').is_file() and (out / 'options.yml').is_file()

@@ -95,7 +95,7 @@ def test_other_options_stop_the_run_and_force_new_archives(scripts, finished_run
     refused = scripts.run('train.py', '-opt', str(scripts.demo), *scripts.tiny, 'name=tiny', 'trainer.optimizer.lr=0.01', cwd=tmp_path)
     assert refused.returncode == 1
     assert 'experiments/tiny holds a run with other options' in refused.stderr
-    assert 'trainer.optimizer.lr: 0.001 -> 0.01' in refused.stderr and '--force-new' in refused.stderr
+    assert 'trainer.optimizer.lr: 0.0015 -> 0.01' in refused.stderr and '--force-new' in refused.stderr
 
     # the new run also tries the other switches: bf16, gradient checkpointing, wandb (offline)
     scripts.train(tmp_path, 'trainer.total_steps=2', 'mixed_precision=bf16', 'trainer.gradient_checkpointing=true',

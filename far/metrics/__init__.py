@@ -1,7 +1,8 @@
 """Video metrics (registry ``METRICS``) and the evaluation protocols of FAR's tables (``PROTOCOLS``).
 
 Metrics take videos ``[N,T,3,H,W]`` in [0,1] and declare what they need (``base.Metric``): ``mse``, ``psnr``,
-``ssim`` and ``lpips`` return per-frame scores ``[N,T]``; ``fvd`` compares two sets of videos and returns a float.
+``ssim`` and ``lpips`` return per-frame scores ``[N,T]``, ``mean_intensity`` and ``mean_intensity_gt`` the per-frame
+mean pixel value of the prediction and of the ground truth; ``fvd`` compares two sets of videos and returns a float.
 Weight files for LPIPS and I3D are found as described in ``far.metrics.weights``.
 """
 from .base import FrameMetric, Metric, exact_math

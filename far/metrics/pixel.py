@@ -1,4 +1,5 @@
-"""Pixel metrics per frame: MSE, PSNR and SSIM on videos in [0,1].
+"""Pixel metrics per frame: MSE, PSNR and SSIM on videos in [0,1], and the mean intensity of the predicted and of the
+true frames.
 
 PSNR and SSIM are torchmetrics' functional versions with the settings FAR's evaluation uses:
 PSNR ``10 log10(1/MSE)`` with the MSE over (C,H,W) of each frame; SSIM with an 11x11 Gaussian
@@ -50,3 +51,31 @@ class SSIM(RangeMetric):
 
     def score(self, sample: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
         return structural_similarity_index_measure(sample, gt, data_range=self.data_range, reduction='none')
+
+
+@METRICS.register(aliases=('mean_intensity',))
+class MeanIntensity(FrameMetric):
+    """The mean pixel value of each predicted frame over (C,H,W). Set beside ``mean_intensity_gt`` it shows a
+    prediction that fades or brightens, which PSNR may hide (a dark frame is close to a mostly dark one). A
+    statistic, not a score: it ranks no trajectory, the trajectories are averaged."""
+    name = 'mean_intensity'
+
+    @property
+    def aggregation(self) -> str:
+        return 'predicted frames; mean over frames; mean over trajectories; mean over videos'
+
+    def chosen_trajectories(self, samples: torch.Tensor, gt: torch.Tensor, device=None) -> torch.Tensor:
+        gt = gt if gt.dim() == samples.dim() else gt.unsqueeze(1)
+        return self(samples, gt, device).double().mean(dim=1)
+
+    def score(self, sample: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        return sample.mean(dim=(1, 2, 3))
+
+
+@METRICS.register(aliases=('mean_intensity_gt',))
+class GroundTruthMeanIntensity(MeanIntensity):
+    """The mean pixel value of each true frame over (C,H,W), what ``mean_intensity`` is compared with."""
+    name = 'mean_intensity_gt'
+
+    def score(self, sample: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        return gt.mean(dim=(1, 2, 3))

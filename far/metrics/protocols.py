@@ -17,6 +17,8 @@ Each entry of ``metrics`` is a ``METRICS`` name or a block with the metric's opt
 
 * per-frame metrics (``mse``, ``psnr``, ``ssim``, ``lpips`` (AlexNet, v0.1)): predicted frames only; per frame ->
   mean over frames -> best trajectory per video (lowest MSE/LPIPS, highest PSNR/SSIM) -> mean over videos.
+  ``mean_intensity`` and ``mean_intensity_gt`` (the mean pixel value of the predicted and of the true frames, which
+  shows a fading prediction) are statistics, averaged over the trajectories instead.
 * whole-video metrics (``fvd``): all frames, context included; FVD between the B samples of trajectory k and the B
   ground truths, averaged over k (see ``far.metrics.fvd.FVD`` for its ``frames``, ``resolution``, ``weights``).
 
