@@ -131,14 +131,15 @@ def tiny_far():
 @pytest.fixture
 def tiny_far_long():
     """``tiny_far_long(**overrides)``: a 2-layer FAR-Long, window 3 and 2x2 long-term patches, random weights."""
+    return make_tiny_far_long
 
-    def make(**overrides) -> FAR_Long:
-        torch.manual_seed(0)
-        config = {**TINY_FAR, 'context_patch_size': 2, 'short_term_ctx_winsize': 3,
-                  'condition_cfg': {'type': 'action', 'num_action_classes': 4}}
-        return randomized(FAR_Long(**{**config, **overrides}))
 
-    return make
+def make_tiny_far_long(**overrides) -> FAR_Long:
+    """The ``tiny_far_long`` fixture's model, also for a test's child process."""
+    torch.manual_seed(0)
+    config = {**TINY_FAR, 'context_patch_size': 2, 'short_term_ctx_winsize': 3,
+              'condition_cfg': {'type': 'action', 'num_action_classes': 4}}
+    return randomized(FAR_Long(**{**config, **overrides}))
 
 
 @pytest.fixture
