@@ -92,6 +92,7 @@ def test_engines_are_shared_grown_and_compile_a_bounded_number_of_graphs(tiny_fa
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
+@pytest.mark.slow
 def test_engines_of_many_shapes_never_reach_the_recompile_limit(tiny_far, make_pipeline, eager_backend, caplog):
     """Each engine compiles its passes on its own copy of their code: more engines of other shapes than Dynamo's
     recompile limit (8 entries per code object) all stay compiled."""

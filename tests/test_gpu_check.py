@@ -68,6 +68,7 @@ def fake_reference(root):
     return root
 
 
+@pytest.mark.slow
 def test_a_crashing_reference_is_recorded_and_our_figures_kept(scripts, tmp_path):
     out = tmp_path / 'check.json'
     export = fake_reference(tmp_path / 'ref')

@@ -66,6 +66,7 @@ def k600_list(tmp_path):
     return str(tmp_path / 'val.json')
 
 
+@pytest.mark.slow
 def test_a_cycled_list_gives_its_first_clips_again_with_new_samples(dataset_of, k600_list, pipe, shared_dir):
     dataset = dataset_of('K600', 'val', {'type': 'data_list', 'path': k600_list}, num_frames=10, fps=16,
                          clip_start='random', resolution=32, resize='squash')

@@ -224,6 +224,7 @@ def test_test_py_scores_a_tokenizers_reconstructions(tmp_path, shared_dir, scrip
     assert results['metrics']['fvd'] > 0 and 0 < results['metrics']['lpips'] < 1
 
 
+@pytest.mark.slow
 def test_tokenizer_evaluation_stops_on_bad_options_and_files(tmp_path, shared_dir, scripts):
     experiment = tokenizer_evaluation(tmp_path, shared_dir, sampler={'type': 'NBPPipeline'})
     with pytest.raises(OptionError, match='test.sampler: test.protocol.type reconstruction scores .* remove test.sampler'):

@@ -156,6 +156,7 @@ def test_bad_parallel_options_stop_with_one_line(scripts, fresh_accelerator_stat
         build_strategy(ParallelOptions(strategy='fsdp'), accelerator, torch.nn.Linear(2, 2))
 
 
+@pytest.mark.slow
 def test_world_size_mismatch_stops_train_py_before_anything_is_written(scripts, tmp_path):
     result = scripts.run('train.py', '-opt', str(scripts.demo), *scripts.tiny, 'trainer.parallel.world_size=2',
                          cwd=tmp_path)

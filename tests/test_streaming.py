@@ -179,6 +179,7 @@ def thousand_frames(results):
     results.put((frame.index, bool(torch.isfinite(frame.latent).all()), after_100, held_bytes()))
 
 
+@pytest.mark.slow
 def test_memory_after_a_thousand_frames_is_where_it_was_after_a_hundred():
     context = multiprocessing.get_context('spawn')
     results = context.Queue()
