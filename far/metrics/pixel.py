@@ -9,7 +9,6 @@ import copy
 from typing import Dict
 
 import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from ..registry import METRICS
 from .base import FrameMetric
@@ -42,6 +41,7 @@ class PSNR(RangeMetric):
     name, higher_is_better = 'psnr', True
 
     def score(self, sample: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        from torchmetrics.functional.image import peak_signal_noise_ratio  # ~1 s to import: training never scores
         return peak_signal_noise_ratio(sample, gt, data_range=self.data_range, reduction='none', dim=(1, 2, 3))
 
 
@@ -50,6 +50,7 @@ class SSIM(RangeMetric):
     name, higher_is_better = 'ssim', True
 
     def score(self, sample: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        from torchmetrics.functional.image import structural_similarity_index_measure  # see PSNR
         return structural_similarity_index_measure(sample, gt, data_range=self.data_range, reduction='none')
 
 
