@@ -136,6 +136,33 @@ def test_encoder_is_causal_in_time():
     assert decoded.shape == video.shape
 
 
+def test_spatial_compression_4_keeps_twice_the_tokens_per_side():
+    torch.manual_seed(0)
+    tokenizer = NBPTokenizer(image_size=32, channels=(4, 6, 8), num_groups=2, fsq_levels=(8, 5, 5, 5),
+                             spatial_compression=4).eval()
+    released = NBPTokenizer(image_size=32, channels=(4, 6, 8), num_groups=2, fsq_levels=(8, 5, 5, 5))
+    assert (tokenizer.spatial_compression, tokenizer.latent_size) == (4, 8)
+    assert (released.spatial_compression, released.latent_size) == (8, 4)
+    # only the space-only downsampling and its upsampling (a convolution and a depth-to-space) are left out
+    assert (len(released.encoder_layers) - len(tokenizer.encoder_layers),
+            len(released.decoder_layers) - len(tokenizer.decoder_layers)) == (1, 2)
+    video = torch.rand(2, 9, 3, 32, 32)
+    ids = tokenizer.encode_tokens(video)
+    assert ids.shape == (2, 3, 8, 8) and int(ids.max()) < 1000
+    assert tokenizer.decode_tokens(ids.flatten(1)).shape == video.shape
+    with pytest.raises(ValueError, match='spatial_compression must be one of \\[8, 4\\], got 2'):
+        NBPTokenizer(image_size=32, channels=(4, 6, 8), num_groups=2, spatial_compression=2)
+    with pytest.raises(ValueError, match='image_size be a multiple of 4'):
+        NBPTokenizer(image_size=30, channels=(4, 6, 8), num_groups=2, spatial_compression=4)
+
+
+def test_checkpoint_of_another_spatial_compression_names_the_key(tmp_path):
+    path = tmp_path / 'tokenizer.pt'
+    torch.save(NBPTokenizer(image_size=32, channels=(4, 6, 8), num_groups=2).state_dict(), path)
+    with pytest.raises(ValueError, match='spatial_compression=4\\).*`spatial_compression`'):
+        NBPTokenizer(image_size=32, channels=(4, 6, 8), num_groups=2, spatial_compression=4, checkpoint=str(path))
+
+
 def test_checkpoint_with_module_prefix_loads(nbp_parity, tmp_path):
     data = nbp_parity['tokenizer']
     path = tmp_path / 'magvit2_tiny.pt'

@@ -2,7 +2,8 @@
 "Next Block Prediction").
 
 A clip ``[B, 3, T, H, W]`` in [0, 1] (no normalisation) becomes ``T' = (T - 1) / 4 + 1`` latent frames of
-``H/8 x W/8`` tokens, each one of ``prod(fsq_levels)`` = 64000 codes: 17 frames at 128x128 give 5x16x16 =
+``H/8 x W/8`` tokens (``H/4 x W/4`` with ``spatial_compression=4``, which leaves out the space-only down- and
+upsampling: small frames keep enough tokens), each one of ``prod(fsq_levels)`` = 64000 codes: 17 frames at 128x128 give 5x16x16 =
 1280 tokens. The first frame is encoded on its own, every later latent frame summarises 4 frames.
 
 Layout, as in the released ``magvit2_*.pt`` (parameter names are theirs, so they load strictly):
@@ -134,10 +135,12 @@ class NBPTokenizer(VideoTokenizer):
         checkpoint: a released ``magvit2_*.pt`` (or a plain state dict), or a checkpoint of the autoencoder
             trainer (or its ``checkpoints`` folder: the newest), loaded strictly (see
             ``far.utils.checkpoints.read_autoencoder_weights``). ``None`` leaves the weights random.
+        spatial_compression: 8 (released), or 4 without the encoder's space-only downsampling and the decoder's
+            last upsampling (every later stage then sees frames twice as wide and high).
     """
 
-    spatial_compression = 8
     temporal_compression = 4
+    spatial_compressions = (8, 4)
     family = 'NBP-tokenizer'  # what samplers and trainers accept (autoencoder_families)
 
     @staticmethod
@@ -159,11 +162,15 @@ class NBPTokenizer(VideoTokenizer):
 
     def __init__(self, *, image_size: int = 128, channels: Sequence[int] = (128, 256, 512), num_groups: int = 32,
                  residual_units: Sequence[int] = (4, 4, 4, 8), fsq_levels: Sequence[int] = (8, 8, 8, 5, 5, 5),
-                 checkpoint: Optional[str] = None):
+                 checkpoint: Optional[str] = None, spatial_compression: int = 8):
         super().__init__()
-        if len(channels) != 3 or image_size % self.spatial_compression:
+        if spatial_compression not in self.spatial_compressions:
+            raise ValueError(f'NBPTokenizer: spatial_compression must be one of {list(self.spatial_compressions)}, '
+                             f'got {spatial_compression}')
+        self.spatial_compression = spatial_compression
+        if len(channels) != 3 or image_size % spatial_compression:
             raise ValueError(f'NBPTokenizer: channels must list 3 widths and image_size be a multiple of '
-                             f'{self.spatial_compression}, got channels={list(channels)}, image_size={image_size}')
+                             f'{spatial_compression}, got channels={list(channels)}, image_size={image_size}')
         if len(residual_units) != 4 or min(residual_units) < 1:
             raise ValueError(f'NBPTokenizer: residual_units must list 4 counts >= 1, got {list(residual_units)}')
         c1, c2, c3 = channels
@@ -178,10 +185,11 @@ class NBPTokenizer(VideoTokenizer):
 
     def _build_layers(self, c1: int, c2: int, c3: int, g: int, latent: int):
         n1, n2, n3, n4 = self.residual_units
+        space_only = self.spatial_compression == 8  # the released layout halves space once more, alone
         self.encoder_layers = nn.ModuleList([
             CausalConv3d(self.in_channels, c1),
             *residual_units(c1, c1, n1, g),
-            CausalConv3d(c1, c1, stride=(1, 2, 2)),  # space / 2
+            *([CausalConv3d(c1, c1, stride=(1, 2, 2))] if space_only else []),  # space / 2
             *residual_units(c1, c2, n2, g),
             CausalConv3d(c2, c2, stride=2),  # space and time / 2
             *residual_units(c2, c2, n3, g),
@@ -197,7 +205,7 @@ class NBPTokenizer(VideoTokenizer):
             *residual_units(c3, c2, n3, g),
             *upsample(c2, (2, 2, 2)),
             *residual_units(c2, c2, n2, g),
-            *upsample(c2, (1, 2, 2)),
+            *(upsample(c2, (1, 2, 2)) if space_only else []),
             *residual_units(c2, c1, n1, g),
             GroupNorm3D(g, c1), Swish(c1),
             CausalConv3d(c1, self.in_channels),
@@ -209,8 +217,9 @@ class NBPTokenizer(VideoTokenizer):
         except RuntimeError as error:
             summary = ' '.join(str(error).split())
             raise ValueError(f'{checkpoint} does not fit NBPTokenizer(channels={self.channels}, residual_units='
-                             f'{self.residual_units}, fsq_levels='
-                             f'{self.quantizer.levels}) (autoencoder keys `checkpoint`, `channels`, `fsq_levels`): '
+                             f'{self.residual_units}, fsq_levels={self.quantizer.levels}, '
+                             f'spatial_compression={self.spatial_compression}) (autoencoder keys `checkpoint`, '
+                             f'`channels`, `fsq_levels`, `spatial_compression`): '
                              f'{summary[:500]}') from None
 
     @property
