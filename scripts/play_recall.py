@@ -13,16 +13,11 @@ of them, back where the walk started, against the frame before leaving.
 import json
 
 import numpy as np
-import torch
 
 import far  # noqa: F401  (fills the registries)
-from far import run
 from far.data.maze_memory import MazeMemory, excursion, way_back
-from far.experiment import load_experiment
-from far.options import OptionError
-from far.play.scores import psnr, squared_error
+from far.play.measure import command_line, load, psnr, squared_error
 from far.play.session import Session
-from far.play.world import load_world
 
 
 def context_rooms(options, context_length: int) -> list:
@@ -52,20 +47,11 @@ def walk(session: Session, actions: list) -> list:
 
 
 def main(argv=None):
-    parser = run.command_line(__doc__)
-    parser.add_argument('--episodes', type=int, default=8, help='held-out episodes walked from')
+    parser = command_line(__doc__, 'held-out episodes walked from')
     parser.add_argument('--moves', type=int, nargs=2, default=[2, 12], metavar=('FEWEST', 'MOST'),
                         help='moves out of the shortest and the longest walk')
-    parser.add_argument('--max-frames', type=int, help="frames a stream keeps (default: the stream's; the short-term "
-                                                       'window alone is a sliding window without long-term memory)')
-    parser.add_argument('--threads', type=int, default=1, help='torch intra-op threads')
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    try:
-        options = load_experiment(args.opt, args.overrides)
-        world = load_world(options, args.opt, root=args.root, max_frames=args.max_frames)
-    except OptionError as error:
-        raise SystemExit(f'error: {error}') from None
+    options, world = load(args)
     rooms = context_rooms(options, world.context_length)
     grid = options.datasets[options.test.dataset]['source'].grid
     report = {}
