@@ -12,40 +12,15 @@ frames (8-bit, as the page shows them), all and revisits.
 import json
 
 import numpy as np
-import torch
 
 import far  # noqa: F401  (fills the registries)
-from far import run
-from far.experiment import load_experiment
-from far.options import OptionError
+from far.play.measure import command_line, load, psnr, squared_error
 from far.play.session import Session
-from far.play.world import load_world
-
-
-def squared_error(frame: np.ndarray, truth: np.ndarray) -> float:
-    """The mean squared error of two uint8 frames, on [0, 1]."""
-    return float(np.mean((frame.astype(np.float64) / 255 - truth.astype(np.float64) / 255) ** 2))
-
-
-def psnr(errors: list):
-    """The PSNR of the mean squared error of frames (``'exact'`` when every frame is the truth's)."""
-    error = float(np.mean(errors)) if errors else None
-    return None if error is None else 'exact' if error == 0 else round(10 * float(np.log10(1 / error)), 2)
 
 
 def main(argv=None):
-    parser = run.command_line(__doc__)
-    parser.add_argument('--episodes', type=int, default=8, help='held-out episodes replayed')
-    parser.add_argument('--max-frames', type=int, help="frames a stream keeps (default: the stream's; the short-term "
-                                                       'window alone is a sliding window without long-term memory)')
-    parser.add_argument('--threads', type=int, default=1, help='torch intra-op threads')
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    try:
-        world = load_world(load_experiment(args.opt, args.overrides), args.opt, root=args.root,
-                           max_frames=args.max_frames)
-    except OptionError as error:
-        raise SystemExit(f'error: {error}') from None
+    args = command_line(__doc__, 'held-out episodes replayed').parse_args(argv)
+    _, world = load(args)
     latencies, scores, revisits = [], [], []
     for episode in range(min(args.episodes, world.num_episodes)):
         session = Session(world, episode=episode, seed=episode, replay=True)

@@ -1,4 +1,6 @@
 """MazeMemory: deterministic episodes, actions that move the view, the revisit mask, enough revisits."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -98,10 +100,34 @@ def test_revisits_show_what_was_seen_long_before(episodes):
 
 
 def test_trajectory_goes_out_and_comes_back():
-    positions, actions = trajectory(np.random.default_rng(0), grid=12, length=200, window=8)
+    positions, actions = trajectory(np.random.default_rng(0), grid=12, length=200, excursion_length=(8, 24))
     home = positions[0]
     returns = [t for t, p in enumerate(positions) if p == home]
     assert len(returns) >= 3 and len(actions) == len(positions) == 200
+
+
+def test_excursions_go_out_the_set_number_of_moves_and_back_the_same_way():
+    for seed in range(20):
+        positions, actions = trajectory(np.random.default_rng(seed), grid=8, length=120, excursion_length=(2, 5))
+        home = positions[0]
+        returns = [t for t, p in enumerate(positions) if p == home]
+        for start, end in zip(returns, returns[1:]):
+            out = (end - start) // 2
+            assert (end - start) % 2 == 0 and out <= 5  # shorter only where a self-avoiding path was stuck
+            assert positions[start:end + 1] == positions[start:end + 1][::-1]  # back along the same path
+        assert len(returns) >= 120 // (2 * 5)
+    positions, _ = trajectory(np.random.default_rng(0), grid=12, length=60, excursion_length=(3, 3))
+    assert [t for t, p in enumerate(positions) if p == positions[0]] == list(range(0, 60, 6))
+
+
+def test_unset_excursion_length_is_window_to_three_windows_and_not_recorded(dataset_of, tmp_path):
+    unset = list(generate_samples('train', 2, 64, 12, 4, 32, 8, seed=0))
+    explicit = list(generate_samples('train', 2, 64, 12, 4, 32, 8, seed=0, excursion_length=[8, 24]))
+    assert all(x['json'] == y['json'] for x, y in zip(unset, explicit))
+    dataset_of('MazeMemory', 'test', {'root': str(tmp_path / 'a'), 'num_episodes': 1})
+    assert 'excursion_length' not in json.loads((tmp_path / 'a' / 'test' / 'generation.json').read_text())
+    dataset_of('MazeMemory', 'test', {'root': str(tmp_path / 'b'), 'num_episodes': 1, 'excursion_length': [2, 12]})
+    assert json.loads((tmp_path / 'b' / 'test' / 'generation.json').read_text())['excursion_length'] == [2, 12]
 
 
 def test_patrols_lap_a_block_and_repeat_with_the_period():
@@ -130,5 +156,9 @@ def test_registered_and_validated(dataset_of, tmp_path):
     with pytest.raises(ValueError, match=r'<= 4 \* \(grid - 1\) = 12'):
         dataset_of('MazeMemory', 'test', {'root': str(tmp_path), 'num_episodes': 2, 'route': 'patrol', 'period': 16,
                                           'grid': 4})
+    for bad, route in (([5, 2], 'excursions'), ([0, 4], 'excursions'), ([2, 12], 'patrol')):
+        with pytest.raises(ValueError, match=r'excursion_length is \[shortest, longest\] moves out'):
+            dataset_of('MazeMemory', 'test', {'root': str(tmp_path), 'num_episodes': 2, 'route': route,
+                                              'excursion_length': bad})
     with pytest.raises(ValueError, match=r"source\.route: got 'loop', allowed: 'excursions', 'patrol'"):
         dataset_of('MazeMemory', 'test', {'root': str(tmp_path), 'num_episodes': 2, 'route': 'loop'})

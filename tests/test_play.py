@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from conftest import REPO, randomized
+from far.data.maze_memory import MOVES, way_back
 from far.experiment import load_experiment
 from far.options import OptionError
 from far.play import __main__ as module_command
@@ -91,6 +92,27 @@ def test_python_m_far_play_is_the_command(monkeypatch, capsys):
     with pytest.raises(SystemExit) as stop:
         runpy.run_module('far.play', run_name='__main__')
     assert stop.value.code == 0 and '--checkpoint' in capsys.readouterr().out
+
+
+def test_a_recall_walk_goes_out_inside_the_world_and_retraces_its_steps(scripts):
+    recall = scripts.module('scripts/play_recall.py')
+    seen = [(0, 0), (1, 0), (1, 1)]
+    for seed in range(20):
+        out = recall.walk_out(seed, 4, seen, 6)
+        rooms = [seen[-1]]
+        for action in out + way_back(out):
+            rooms.append((rooms[-1][0] + MOVES[action][0], rooms[-1][1] + MOVES[action][1]))
+        assert len(out) == 6 and len(set(rooms[:7])) == 7 and rooms[7:] == rooms[5::-1]
+        assert all(0 <= c < 4 for room in rooms for c in room) and rooms[1] not in seen  # a fresh room first
+
+
+def test_the_recall_walk_scores_each_number_of_moves(maze, scripts, capsys):
+    overrides, weights = maze
+    recall = scripts.module('scripts/play_recall.py')
+    recall.main(['-opt', str(MAZE), *overrides, f'test.checkpoint={weights}', '--episodes', '2', '--moves', '2', '3'])
+    report = json.loads(capsys.readouterr().out)
+    assert report['episodes'] == 2 and set(report['moves_out']) == {'2', '3'}
+    assert all(isinstance(v, float) for k in report['moves_out'].values() for v in k.values())
 
 
 def test_a_world_that_cannot_stream_stops_before_serving(maze):

@@ -6,8 +6,8 @@ pixels. Each frame the agent moves north, east, south or west (4 actions, as DML
 ``stride: 1`` slides the view one cell (a scrolling maze), ``stride == view`` moves from room to room of a
 ``grid`` x ``grid`` world of rooms, with nothing in common between neighbouring views. Two routes:
 
-* ``excursions``: out from a home cell along a fresh random path, then back along the same path, again
-  and again. On the way back the agent sees places it left long before, so predicting those frames needs
+* ``excursions``: out from a home cell along a fresh random path of ``excursion_length`` moves (by default
+  ``window`` to ``3 * window``), then back along the same path, again and again. On the way back the agent sees places it left long before, so predicting those frames needs
   memory beyond a short-term window, while the way out shows new places.
 * ``patrol``: laps around a rectangular block of ``period`` moves (random size, start and direction).
   From the second lap on every frame shows the place seen ``period`` frames before; with ``period``
@@ -61,28 +61,43 @@ def first_visit_mask(positions: Sequence[Tuple[int, int]]) -> np.ndarray:
     return mask
 
 
+def excursion(rng: np.random.Generator, grid: int, home: Tuple[int, int], moves: int,
+              visited: set) -> Tuple[List[Tuple[int, int]], List[int]]:
+    """Up to ``moves`` steps out from ``home`` (fewer where the path is stuck) along a self-avoiding path inside the
+    grid that prefers cells not in ``visited``: its cells from ``home`` on and its actions; adds its cells to
+    ``visited``."""
+    path, actions = [home], []
+    for _ in range(moves):
+        x, y = path[-1]
+        options = [(a, (x + dx, y + dy)) for a, (dx, dy) in MOVES.items()
+                   if 0 <= x + dx < grid and 0 <= y + dy < grid and (x + dx, y + dy) not in path]
+        if not options:
+            break
+        fresh = [o for o in options if o[1] not in visited]
+        action, cell = (fresh or options)[rng.integers(len(fresh or options))]
+        path.append(cell)
+        actions.append(action)
+        visited.add(cell)
+    return path, actions
+
+
+def way_back(actions: Sequence[int]) -> List[int]:
+    """The actions that retrace ``actions`` to where they started: the opposite moves, in reverse order."""
+    return [(a + 2) % 4 for a in reversed(actions)]
+
+
 def trajectory(rng: np.random.Generator, grid: int, length: int,
-               window: int) -> Tuple[List[Tuple[int, int]], List[int]]:
-    """Positions and actions of one episode: excursions of ``window`` to ``3 * window`` steps from a home cell,
-    each out along a self-avoiding path that prefers cells not seen yet, then back along the same path."""
+               excursion_length: Tuple[int, int]) -> Tuple[List[Tuple[int, int]], List[int]]:
+    """Positions and actions of one episode: excursions of ``excursion_length[0]`` to ``excursion_length[1]`` steps
+    from a home cell, each out along a self-avoiding path that prefers cells not seen yet, then back along the same
+    path."""
+    shortest, longest = excursion_length
     home = (int(rng.integers(grid)), int(rng.integers(grid)))
     positions, actions, visited = [home], [START_ACTION], {home}
     while len(positions) < length:
-        path, moves = [home], []
-        for _ in range(rng.integers(window, 3 * window + 1)):
-            x, y = path[-1]
-            options = [(a, (x + dx, y + dy)) for a, (dx, dy) in MOVES.items()
-                       if 0 <= x + dx < grid and 0 <= y + dy < grid and (x + dx, y + dy) not in path]
-            if not options:
-                break
-            fresh = [o for o in options if o[1] not in visited]
-            action, cell = (fresh or options)[rng.integers(len(fresh or options))]
-            path.append(cell)
-            moves.append(action)
-            visited.add(cell)
-        back = [(a + 2) % 4 for a in reversed(moves)]  # the opposite moves, in reverse order
+        path, moves = excursion(rng, grid, home, int(rng.integers(shortest, longest + 1)), visited)
         positions += path[1:] + path[-2::-1]
-        actions += moves + back
+        actions += moves + way_back(moves)
     return positions[:length], actions[:length]
 
 
@@ -123,14 +138,20 @@ def render_views(world: np.ndarray, positions: Sequence[Tuple[int, int]], view: 
     return np.stack(frames).repeat(cell, axis=1).repeat(cell, axis=2)
 
 
+def default_excursion_length(window: int) -> Tuple[int, int]:
+    """The moves out of an excursion when ``excursion_length`` is not set: the way back reaches beyond ``window``."""
+    return window, 3 * window
+
+
 def generate_samples(split: str, num_episodes: int, episode_length: int, grid: int, view: int, resolution: int,
-                     window: int, seed: int, stride: int = 1, route: str = 'excursions',
-                     period: int = 16) -> Iterator[Dict]:
+                     window: int, seed: int, stride: int = 1, route: str = 'excursions', period: int = 16,
+                     excursion_length: Optional[Sequence[int]] = None) -> Iterator[Dict]:
     """The shard samples of one split; episode ``i`` depends only on ``(seed, split, i)``."""
+    excursion_length = default_excursion_length(window) if excursion_length is None else tuple(excursion_length)
     for i in range(num_episodes):
         rng = np.random.default_rng([seed, SPLIT_SEEDS[split], i])
         world = PALETTE[rng.integers(len(PALETTE), size=(grid * stride, grid * stride))]  # indexed [y, x]
-        positions, actions = (trajectory(rng, grid, episode_length, window) if route == 'excursions' else
+        positions, actions = (trajectory(rng, grid, episode_length, excursion_length) if route == 'excursions' else
                               patrol(rng, grid, episode_length, period))
         meta = {'num_frames': episode_length, 'actions': actions,
                 'revisit': revisit_mask(positions, window).tolist(),
@@ -155,6 +176,7 @@ class MazeMemorySource:
     stride: int = 1
     route: Literal['excursions', 'patrol'] = 'excursions'
     period: int = 16
+    excursion_length: Optional[Tuple[int, int]] = None
     seed: int = 0
     episodes_per_shard: int = 64
 
@@ -168,6 +190,15 @@ class MazeMemorySource:
         if self.route == 'patrol' and (self.period < 4 or self.period % 2 or self.period > 4 * (self.grid - 1)):
             raise ValueError(f'MazeMemory: a patrol period must be even, >= 4 and <= 4 * (grid - 1) = '
                              f'{4 * (self.grid - 1)} (a lap around a block inside the grid), got {self.period}')
+        if self.excursion_length is not None:
+            self.check_excursion_length()
+
+    def check_excursion_length(self):
+        shortest, longest = self.excursion_length
+        if self.route != 'excursions' or not 1 <= shortest <= longest:
+            raise ValueError(f'MazeMemory: excursion_length is [shortest, longest] moves out with 1 <= shortest <= '
+                             f'longest, for the excursions route only; got {list(self.excursion_length)} with route '
+                             f'{self.route}')
 
 
 class MazeMemoryDataset(GeneratedDataset):
@@ -181,7 +212,15 @@ class MazeMemoryDataset(GeneratedDataset):
     def samples(self, split: str, generation: dict) -> Iterator[Dict]:
         g = generation
         return generate_samples(split, g['num_episodes'], g['episode_length'], g['grid'], g['view'], g['resolution'],
-                                g['window'], g['seed'], g['stride'], g['route'], g['period'])
+                                g['window'], g['seed'], g['stride'], g['route'], g['period'],
+                                g.get('excursion_length'))
+
+    def generation(self, split: str, source) -> dict:
+        """Unset, ``excursion_length`` is left out: splits rendered before the option existed stay valid."""
+        generation = super().generation(split, source)
+        if generation['excursion_length'] is None:
+            del generation['excursion_length']
+        return generation
 
     @staticmethod
     def check_experiment(experiment, path: str):
