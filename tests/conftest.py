@@ -207,9 +207,11 @@ class Scripts:
 
     repo = REPO
     demo = REPO / 'options' / 'demo' / 'far_moving_shapes.yml'
-    # The demo experiment shrunk to seconds: a 1-layer model, 20 steps, a few small clips.
+    # The demo experiment shrunk to seconds: a 1-layer unconditional model (clips of the tests' own carry no
+    # label), 20 steps, a few small clips.
     tiny = [
-        'model.num_layers=1', 'model.num_attention_heads=1',
+        'model.num_layers=1', 'model.num_attention_heads=1', 'model.condition_cfg=null',
+        'trainer.validation.sampler.guidance_scale=1.0', 'test.sampler.guidance_scale=1.0',
         'trainer.total_steps=20', 'trainer.batch_size=4', 'trainer.lr_schedule.warmup_steps=5',
         'trainer.checkpoint.every=10', 'trainer.checkpoint.keep=2', 'trainer.log.every=5',
         'trainer.validation.every=10', 'trainer.validation.num_videos=2',

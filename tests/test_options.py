@@ -72,10 +72,10 @@ def test_command_line_overrides():
      r"trainer\.accelerator: unknown key for trainer 'FARTrainer'"),
     # wrong type
     ('total_steps: 1700', 'total_steps: many', r"trainer\.total_steps: got 'many', expected an integer"),
-    ('use_kv_cache: true\n  batch_size', 'use_kv_cache: 3\n  batch_size',
+    ('use_kv_cache: true\n    scheduler', 'use_kv_cache: 3\n    scheduler',
      r'test\.sampler\.use_kv_cache: got 3, expected true or false'),
     # unknown key in a sampler block (its options dataclass)
-    ('    num_inference_steps: 20\n    guidance', '    num_inference_step: 20\n    guidance',
+    ('    num_inference_steps: 40\n    guidance', '    num_inference_step: 40\n    guidance',
      r"test\.sampler\.num_inference_step: unknown key for pipeline 'FARPipeline' \(did you mean "
      r"'num_inference_steps'\?\)"),
     ("mixed_precision: 'no'", 'mixed_precision: fp32', r"mixed_precision: got 'fp32', allowed: 'no', 'fp16', 'bf16'"),
@@ -150,8 +150,10 @@ def test_option_differences_name_the_changed_keys():
      r'datasets\.test\.source\.num_frames: is 8, but test\.protocol needs clips of 22 frames'),
     (DEMO, ['trainer.validation.context_length=4', 'trainer.validation.unroll_length=5'],
      r'datasets\.val\.source\.num_frames: is 8, but trainer\.validation needs clips of 9 frames'),
-    (DEMO, ['test.sampler.guidance_scale=2'],
-     r'test\.sampler\.guidance_scale: is 2\.0, but model\.condition_cfg is null'),
+    (DEMO, ['model.condition_cfg=null', 'trainer.validation.sampler.guidance_scale=1'],
+     r'test\.sampler\.guidance_scale: is 1\.5, but model\.condition_cfg is null'),
+    (DEMO, ['model.condition_cfg=null'],
+     r'trainer\.validation\.sampler\.guidance_scale: is 1\.5, but model\.condition_cfg is null'),
     (DEMO, ['test.sampler.scheduler.num_train_timesteps=500'],
      r'test\.sampler\.scheduler\.num_train_timesteps: is 500, but trainer\.objective\.scheduler'),
     (MEMORY, ['datasets.test.source.window=4'],
@@ -251,4 +253,4 @@ def test_the_ema_warms_up_in_new_configs_only():
     assert yaml_parameters(FARTrainer)['ema_warmup'].default is True
     trainers = [load_yaml(str(file)).get('trainer') for file in sorted(DEMO.parents[1].rglob('*.yml'))]
     emas = [trainer for trainer in trainers if trainer and trainer.get('ema_decay') is not None]
-    assert len(emas) == 32 and all(trainer['ema_warmup'] is False for trainer in emas)
+    assert len(emas) == 33 and all(trainer['ema_warmup'] is False for trainer in emas)

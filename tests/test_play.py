@@ -21,6 +21,7 @@ from far.experiment import load_experiment
 from far.options import OptionError
 from far.play import __main__ as module_command
 from far.play.cli import main
+from far.play.measure import psnr, squared_error
 from far.play.session import Session
 from far.play.world import load_world
 
@@ -92,6 +93,14 @@ def test_python_m_far_play_is_the_command(monkeypatch, capsys):
     with pytest.raises(SystemExit) as stop:
         runpy.run_module('far.play', run_name='__main__')
     assert stop.value.code == 0 and '--checkpoint' in capsys.readouterr().out
+
+
+def test_frames_are_scored_in_8_bit_as_the_page_shows_them():
+    black, white = np.zeros((2, 2, 3), np.uint8), np.full((2, 2, 3), 255, np.uint8)
+    assert squared_error(black, white) == 1.0 and squared_error(white, white) == 0.0
+    half = squared_error(black, np.full((2, 2, 3), 51, np.uint8))  # 0.2 off everywhere: MSE 0.04, 13.98 dB
+    assert psnr([half]) == 13.98 and psnr([half, half]) == 13.98
+    assert psnr([0.0, 0.0]) == 'exact' and psnr([]) is None and psnr([0.0, 0.02]) == 20.0
 
 
 def test_a_recall_walk_goes_out_inside_the_world_and_retraces_its_steps(scripts):
