@@ -217,7 +217,7 @@ def test_short_clips_are_scored_without_fvd(tmp_path):
 @pytest.mark.slow
 def test_the_script_trains_scores_and_resumes(tmp_path):
     path = tiny_study(tmp_path, contenders=[{
-        'label': 'FAR', 'experiment': str(REPO / 'options/convergence/contenders/far_moving_shapes_32px.yml'),
+        'label': 'FAR', 'experiment': str(REPO / 'options/convergence/contenders/far_moving_shapes_16px.yml'),
         'overrides': [*TINY, f'datasets.train.source.root={tmp_path}/data9']}])
     command = [sys.executable, '-m', 'scripts.convergence', '-opt', str(path), '--root', str(tmp_path / 'runs')]
     first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -226,6 +226,6 @@ def test_the_script_trains_scores_and_resumes(tmp_path):
     points = json.loads((folder / 'points.json').read_text())['points']
     assert [(p['evaluation'], p['step']) for p in points] == [('convergence', 2), ('convergence', 4), ('2x', 4)]
     assert [bucket['frames'] for bucket in points[2]['metrics']['buckets']] == [[5, 8], [9, 12], [13, 16]]
-    assert (folder / 'far_moving_shapes_32px' / 'checkpoints' / 'checkpoint-2').is_dir()
+    assert (folder / 'far_moving_shapes_16px' / 'checkpoints' / 'checkpoint-2').is_dir()
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and 'training:' not in again.stdout and 'at step' not in again.stdout
