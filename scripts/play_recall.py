@@ -54,10 +54,10 @@ def main(argv=None):
     options, world = load(args)
     rooms = context_rooms(options, world.context_length)
     grid = options.datasets[options.test.dataset]['source'].grid
-    report = {}
+    report, episodes = {}, min(args.episodes, world.num_episodes)
     for moves in range(args.moves[0], args.moves[1] + 1):
         back, home = [], []
-        for episode in range(min(args.episodes, world.num_episodes)):
+        for episode in range(episodes):
             session = Session(world, episode=episode, seed=episode, replay=False)
             seen, last = rooms[episode]
             if not np.array_equal(session.first().frame, last):
@@ -68,7 +68,7 @@ def main(argv=None):
             back += [squared_error(frames[moves + i], frames[moves - i]) for i in range(1, moves + 1)]
             home.append(back[-1])
         report[moves] = {'psnr_way_back': psnr(back), 'psnr_back_home': psnr(home)}
-    print(json.dumps({'episodes': min(args.episodes, world.num_episodes), 'max_frames': world.max_frames,
+    print(json.dumps({'episodes': episodes, 'max_frames': world.max_frames,
                       'moves_out': report}, indent=2))
 
 

@@ -7,8 +7,9 @@ pixels. Each frame the agent moves north, east, south or west (4 actions, as DML
 ``grid`` x ``grid`` world of rooms, with nothing in common between neighbouring views. Two routes:
 
 * ``excursions``: out from a home cell along a fresh random path of ``excursion_length`` moves (by default
-  ``window`` to ``3 * window``), then back along the same path, again and again. On the way back the agent sees places it left long before, so predicting those frames needs
-  memory beyond a short-term window, while the way out shows new places.
+  ``window`` to ``3 * window``), then back along the same path, again and again. On the way back the agent sees
+  places it left long before, so predicting those frames needs memory beyond a short-term window, while the way
+  out shows new places.
 * ``patrol``: laps around a rectangular block of ``period`` moves (random size, start and direction).
   From the second lap on every frame shows the place seen ``period`` frames before; with ``period``
   longer than the short-term window only the long-term context holds it.

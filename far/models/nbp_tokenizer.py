@@ -3,8 +3,8 @@
 
 A clip ``[B, 3, T, H, W]`` in [0, 1] (no normalisation) becomes ``T' = (T - 1) / 4 + 1`` latent frames of
 ``H/8 x W/8`` tokens (``H/4 x W/4`` with ``spatial_compression=4``, which leaves out the space-only down- and
-upsampling: small frames keep enough tokens), each one of ``prod(fsq_levels)`` = 64000 codes: 17 frames at 128x128 give 5x16x16 =
-1280 tokens. The first frame is encoded on its own, every later latent frame summarises 4 frames.
+upsampling: small frames keep enough tokens), each one of ``prod(fsq_levels)`` = 64000 codes: 17 frames at
+128x128 give 5x16x16 = 1280 tokens. The first frame is encoded on its own, every later latent frame summarises 4 frames.
 
 Layout, as in the released ``magvit2_*.pt`` (parameter names are theirs, so they load strictly):
 - every 3D convolution is causal in time: the input is padded by ``2 * (k // 2)`` frames at the front

@@ -12,7 +12,7 @@ from far.play.world import World, load_world
 
 
 def command_line(doc: str, episodes: str) -> argparse.ArgumentParser:
-    """``run.command_line`` with ``--episodes`` (what they are for: ``episodes``), ``--max-frames`` and ``--threads``."""
+    """``run.command_line`` with ``--episodes`` (what they are for: ``episodes``), ``--max-frames``, ``--threads``."""
     parser = run.command_line(doc)
     parser.add_argument('--episodes', type=int, default=8, help=episodes)
     parser.add_argument('--max-frames', type=int, help="frames a stream keeps (default: the stream's; the short-term "
