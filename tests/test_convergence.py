@@ -55,7 +55,7 @@ def study_error(path: Path, overrides=()) -> str:
 def test_the_study_files_and_their_contenders_validate(name):
     path = REPO / 'options' / 'convergence' / f'{name}.yml'
     study = Study(study=load_study(str(path)), file=str(path), root='unused', train_script=Path('train.py'))
-    nbp = ['token AR (NBP k=1)', 'NBP k=16'] if name == 'moving_shapes_cpu' else []
+    nbp = ['token AR (NBP k=1)', 'NBP k=4'] if name == 'moving_shapes_cpu' else []
     assert [run.label for run in study.runs['contenders']] == ['FAR', 'Video DiT', *nbp]
     far_run, dit = (run.options for run in study.runs['contenders'][:2])
     assert {k: v for k, v in far_run.model.items() if k != 'type'} == {k: v for k, v in dit.model.items() if k != 'type'}
@@ -65,11 +65,11 @@ def test_the_nbp_contenders_read_the_tokenizer_the_cpu_study_prepares():
     study = Study(study=load_study(str(CPU_STUDY)), file=str(CPU_STUDY), root='experiments',
                   train_script=Path('train.py'))
     tokenizer, = study.runs['prepare']
-    assert tokenizer.options.name == 'nbp_tokenizer_moving_shapes_32px'
+    assert tokenizer.options.name == 'nbp_tokenizer_moving_shapes_16px'
     final = f"checkpoint-{tokenizer.options.trainer['total_steps']}"
     prepared = f'experiments/{study.study.name}/{tokenizer.options.name}/checkpoints/{final}'
     nbp = [run for run in study.runs['contenders'] if run.options.model['type'] == 'NBPTransformer']
-    assert [run.options.model['token_number_per_step'] for run in nbp] == [1, 16]
+    assert [run.options.model['token_number_per_step'] for run in nbp] == [1, 4]
     assert all(run.options.autoencoder['checkpoint'] == prepared for run in nbp)
     assert all(run.requires == (tokenizer.training_key,) for run in nbp)
 
@@ -129,13 +129,13 @@ def test_a_killed_study_resumes_without_redoing_finished_points(tmp_path):
     killed = FakeRuns(kill_after=2)
     with pytest.raises(Killed):
         run_study(path, root, killed)
-    assert killed.tests == [('far_moving_shapes_32px.yml', '2'), ('far_moving_shapes_32px.yml', '4')]
+    assert killed.tests == [('far_moving_shapes_16px.yml', '2'), ('far_moving_shapes_16px.yml', '4')]
 
     resumed = FakeRuns()
     run_study(path, root, resumed)
     # neither FAR's finished training nor its two finished points again: its 2x rollout, then the Video DiT
-    assert [Path(c[c.index('-opt') + 1]).name for c in resumed.launches] == ['video_dit_moving_shapes_32px.yml']
-    assert resumed.tests == [('far_moving_shapes_32px.yml', '4'), *(('video_dit_moving_shapes_32px.yml', step)
+    assert [Path(c[c.index('-opt') + 1]).name for c in resumed.launches] == ['video_dit_moving_shapes_16px.yml']
+    assert resumed.tests == [('far_moving_shapes_16px.yml', '4'), *(('video_dit_moving_shapes_16px.yml', step)
                                                                      for step in ('2', '4', '4'))]
     record = json.loads((root / 'tiny_study' / 'points.json').read_text())
     assert sorted((p['contender'], p['evaluation'], p['step']) for p in record['points']) == sorted(

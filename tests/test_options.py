@@ -68,10 +68,10 @@ def test_command_line_overrides():
     ('num_layers: 4', 'num_layer: 4',
      r"run\.yml: model\.num_layer: unknown key for model 'FAR' \(did you mean 'num_layers'\?\); allowed keys: "),
     # runtime objects are not YAML keys
-    ('total_steps: 1700', 'accelerator: cpu',
+    ('total_steps: 2400', 'accelerator: cpu',
      r"trainer\.accelerator: unknown key for trainer 'FARTrainer'"),
     # wrong type
-    ('total_steps: 1700', 'total_steps: many', r"trainer\.total_steps: got 'many', expected an integer"),
+    ('total_steps: 2400', 'total_steps: many', r"trainer\.total_steps: got 'many', expected an integer"),
     ('use_kv_cache: true\n    scheduler', 'use_kv_cache: 3\n    scheduler',
      r'test\.sampler\.use_kv_cache: got 3, expected true or false'),
     # unknown key in a sampler block (its options dataclass)
@@ -83,7 +83,7 @@ def test_command_line_overrides():
     ('type: FARTrainer', 'type: FARTrainr',
      r"trainer\.type: unknown trainer 'FARTrainr' \(did you mean 'FARTrainer'\?\)"),
     # missing required key
-    ('  total_steps: 1700\n', '', r"trainer\.total_steps: missing required key for trainer 'FARTrainer'"),
+    ('  total_steps: 2400\n', '', r"trainer\.total_steps: missing required key for trainer 'FARTrainer'"),
     ('name: demo_far_moving_shapes\n', '', r'run\.yml: name: missing required key for ExperimentOptions'),
     # a key that names a dataset
     ('dataset: test ', 'dataset: tset ', r"test\.dataset: names dataset 'tset', which is not a key of `datasets` "
@@ -151,9 +151,9 @@ def test_option_differences_name_the_changed_keys():
     (DEMO, ['trainer.validation.context_length=4', 'trainer.validation.unroll_length=5'],
      r'datasets\.val\.source\.num_frames: is 8, but trainer\.validation needs clips of 9 frames'),
     (DEMO, ['model.condition_cfg=null', 'trainer.validation.sampler.guidance_scale=1'],
-     r'test\.sampler\.guidance_scale: is 1\.5, but model\.condition_cfg is null'),
+     r'test\.sampler\.guidance_scale: is 1\.25, but model\.condition_cfg is null'),
     (DEMO, ['model.condition_cfg=null'],
-     r'trainer\.validation\.sampler\.guidance_scale: is 1\.5, but model\.condition_cfg is null'),
+     r'trainer\.validation\.sampler\.guidance_scale: is 1\.25, but model\.condition_cfg is null'),
     (DEMO, ['test.sampler.scheduler.num_train_timesteps=500'],
      r'test\.sampler\.scheduler\.num_train_timesteps: is 500, but trainer\.objective\.scheduler'),
     (MEMORY, ['datasets.test.source.window=4'],
@@ -253,4 +253,4 @@ def test_the_ema_warms_up_in_new_configs_only():
     assert yaml_parameters(FARTrainer)['ema_warmup'].default is True
     trainers = [load_yaml(str(file)).get('trainer') for file in sorted(DEMO.parents[1].rglob('*.yml'))]
     emas = [trainer for trainer in trainers if trainer and trainer.get('ema_decay') is not None]
-    assert len(emas) == 33 and all(trainer['ema_warmup'] is False for trainer in emas)
+    assert len(emas) == 31 and all(trainer['ema_warmup'] is False for trainer in emas)

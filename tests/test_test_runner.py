@@ -37,7 +37,7 @@ def test_test_py_writes_results_and_videos(scripts, tmp_path, random_weights):
     assert results['protocol']['context_frames'] == 2 and results['protocol']['predicted_frames'] == 3
     assert results['sampling'] == {'type': 'FARPipeline', 'num_inference_steps': 2, 'guidance_scale': 1.0,
                                    'use_kv_cache': True, 'multi_level_cache': True, 'slope_scale': None,
-                                   'context_window': None, 'scheduler': {'num_train_timesteps': 1000, 'shift': 3.0},
+                                   'context_window': None, 'scheduler': {'num_train_timesteps': 1000, 'shift': 16.0},
                                    'execution': 'eager', 'batch_size': 2}
     assert results['per_seed'][0]['seed'] == 0 and 'torch' in json.dumps(results['environment'])
     # both figures are printed
