@@ -138,6 +138,29 @@ def test_two_process_long_context_training_stays_in_sync(scripts, tmp_path):
 
 @pytest.mark.slow
 @needs_launcher
+def test_two_process_far_long_training_survives_clips_without_long_term_frames(scripts, tmp_path):
+    """A clip as long as the short-term window leaves FAR-Long's long-term stream without gradient: DDP, told so,
+    trains on; both ranks end with the same weights."""
+    script = tmp_path / 'spy.py'
+    script.write_text(SPY.format(repo=str(scripts.repo)))
+    tiny = ['model.num_layers=1', 'model.num_attention_heads=1', 'model.attention_head_dim=32',
+            'model.axes_dims_rope=[8,12,12]', 'model.short_term_ctx_winsize=4', 'datasets.train.source.window=4',
+            'datasets.train.source.num_episodes=8', 'datasets.train.source.episode_length=8',
+            'datasets.test.source.window=4', 'datasets.test.source.num_episodes=2',
+            'test.protocol.sliding_window_baseline=4', 'test.protocol.context_length=4',
+            'test.protocol.unroll_length=4', 'trainer.total_steps=8', 'trainer.batch_size=2', 'trainer.log.every=4',
+            'trainer.checkpoint.every=8', 'trainer.clip_length_buckets=2', 'name=ddp_long']
+    result = scripts.run(str(script), '-opt', str(scripts.repo / 'options/long_context/far_long_maze_memory.yml'),
+                         *tiny, cwd=tmp_path, launcher=two_processes(scripts))
+    assert result.returncode == 0, result.stdout + result.stderr
+    ranks = [torch.load(tmp_path / f'rank{r}.pt') for r in range(2)]
+    assert ranks[0]['lengths'] == ranks[1]['lengths'] and set(ranks[0]['lengths']) == {4, 8}  # 4: no long-term frame
+    for key in ranks[0]['model']:
+        assert torch.equal(ranks[0]['model'][key], ranks[1]['model'][key]), key
+
+
+@pytest.mark.slow
+@needs_launcher
 def test_two_process_evaluation_gives_the_same_results(scripts, tmp_path):
     from far.experiment import load_experiment
 

@@ -3,6 +3,7 @@ import random
 from typing import Dict, List, Optional
 
 import torch
+from accelerate.utils import DistributedDataParallelKwargs
 
 from far.models.autoencoders import LATENT_FAMILIES
 from far.objectives import FlowMatchingObjective
@@ -33,6 +34,11 @@ class FARTrainer(GenerativeTrainer):
 
     def __init__(self, *, objective: FlowMatchingObjective = FlowMatchingObjective(),
                  clip_length_buckets: Optional[int] = 4, **options):
+        accelerator, model = options['accelerator'], options['model']
+        if accelerator.num_processes > 1 and objective.long_context and getattr(model, 'has_long_term_stream', False):
+            # A clip no longer than the short-term window has no long-term frames, and its step leaves the
+            # long-term stream without gradient, which DDP must be told about.
+            accelerator.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
         super().__init__(**options)
         if clip_length_buckets is not None and clip_length_buckets < 1:
             raise ValueError(f'clip_length_buckets must be >= 1 or null, got {clip_length_buckets}')
