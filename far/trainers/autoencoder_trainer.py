@@ -7,7 +7,7 @@ from typing import Dict, Literal, Optional, Tuple
 
 import torch
 import torch.nn as nn
-from accelerate.utils import DistributedDataParallelKwargs, gather_object
+from accelerate.utils import gather_object
 from torch.utils.data import default_collate
 
 from far.losses.autoencoder_loss import AutoencoderLoss
@@ -15,6 +15,7 @@ from far.models.interfaces import Autoencoder
 from far.registry import METRICS, TRAINERS
 from far.trainers.autoencoder_networks import AutoencoderWithDiscriminator
 from far.trainers.base import OptimizerOptions, Trainer
+from far.trainers.parallel import allow_unused_parameters
 from far.utils.distributed import split_batches
 from far.grids import save_grid
 from far.video import save_videos
@@ -73,8 +74,8 @@ class AutoencoderTrainer(Trainer):
         model = AutoencoderWithDiscriminator(autoencoder, loss.discriminator())
         if accelerator.num_processes > 1 and loss.disc_weight > 0:
             # Each phase leaves some parameters without gradient (the discriminator before disc_start,
-            # the encoder after it), which DDP must be told about.
-            accelerator.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
+            # the encoder after it).
+            allow_unused_parameters(accelerator)
             if accelerator.device.type == 'cuda':  # BatchNorm statistics over the global batch
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         super().__init__(accelerator=accelerator, model=model, optimizer=optimizer, validation=validation, **options)

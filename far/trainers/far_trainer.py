@@ -3,12 +3,12 @@ import random
 from typing import Dict, List, Optional
 
 import torch
-from accelerate.utils import DistributedDataParallelKwargs
 
 from far.models.autoencoders import LATENT_FAMILIES
 from far.objectives import FlowMatchingObjective
 from far.registry import TRAINERS
 from far.trainers.generative import GenerativeTrainer
+from far.trainers.parallel import allow_unused_parameters
 from far.utils.distributed import seed_for
 
 
@@ -35,10 +35,10 @@ class FARTrainer(GenerativeTrainer):
     def __init__(self, *, objective: FlowMatchingObjective = FlowMatchingObjective(),
                  clip_length_buckets: Optional[int] = 4, **options):
         accelerator, model = options['accelerator'], options['model']
-        if accelerator.num_processes > 1 and objective.long_context and getattr(model, 'has_long_term_stream', False):
-            # A clip no longer than the short-term window has no long-term frames, and its step leaves the
-            # long-term stream without gradient, which DDP must be told about.
-            accelerator.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
+        if accelerator.num_processes > 1 and objective.long_context and model.has_long_term_stream:
+            # A clip no longer than the short-term window has no long-term frames: its step leaves the long-term
+            # stream without gradient.
+            allow_unused_parameters(accelerator)
         super().__init__(**options)
         if clip_length_buckets is not None and clip_length_buckets < 1:
             raise ValueError(f'clip_length_buckets must be >= 1 or null, got {clip_length_buckets}')

@@ -10,8 +10,14 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import torch
-from accelerate.utils import DistributedType
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType
 from safetensors.torch import load_model, save_model
+
+
+def allow_unused_parameters(accelerator):
+    """Tell DDP, before the model is prepared, that a step may leave some parameters without gradient (it then looks
+    for them every step, a cost only such trainings pay)."""
+    accelerator.ddp_handler = DistributedDataParallelKwargs(find_unused_parameters=True)
 
 
 @dataclass(frozen=True)
