@@ -32,13 +32,15 @@ def context_rooms(options, context_length: int) -> list:
              sample['frames.npy'][context_length - 1]) for sample in MazeMemory.samples(block['split'], generation)]
 
 
-def walk_out(seed: int, grid: int, seen: list, moves: int) -> list:
+def walk_out(seed: int, grid: int, seen: list, moves: int, tries: int = 1000) -> list:
     """The actions of a path of exactly ``moves`` steps from the last of ``seen``, preferring rooms not in it."""
     rng = np.random.default_rng(seed)
-    while True:
+    for _ in range(tries):
         _, actions = excursion(rng, grid, seen[-1], moves, set(seen))
         if len(actions) == moves:
             return actions
+    raise SystemExit(f'error: no path of {moves} moves without a room twice from {seen[-1]} in a {grid} x {grid} '
+                     f'world was found in {tries} tries; pass fewer --moves')
 
 
 def walk(session: Session, actions: list) -> list:

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from far.data.maze_memory import (MOVES, START_ACTION, first_visit_mask, generate_samples, patrol, render_views,
-                                  revisit_mask, trajectory)
+from far.data.maze_memory import (MOVES, START_ACTION, first_visit_mask, generate_samples, hud_colours, patrol,
+                                  render_views, revisit_mask, trajectory, walk)
 
 
 @pytest.fixture(scope='module')
@@ -146,6 +146,35 @@ def test_patrols_lap_a_block_and_repeat_with_the_period():
         assert all(0 <= c < 3 for p in positions for c in p) and positions[8] == positions[0]
 
 
+def test_walks_take_any_move_and_stay_at_the_edge():
+    positions, actions = walk(np.random.default_rng(0), grid=3, length=2000)
+    assert actions[0] == START_ACTION and len(positions) == len(actions) == 2000
+    counts = np.bincount(actions[1:], minlength=4)
+    assert counts.min() > 400  # every key pressed about as often (499.75 each)
+    bumps = 0
+    for t in range(1, 2000):
+        x, y = positions[t - 1][0] + MOVES[actions[t]][0], positions[t - 1][1] + MOVES[actions[t]][1]
+        inside = 0 <= x < 3 and 0 <= y < 3
+        assert positions[t] == ((x, y) if inside else positions[t - 1])
+        bumps += not inside
+    assert 500 < bumps < 850  # a third of the moves from a random cell of a 3 x 3 grid point at the edge
+    assert len(set(positions)) == 9
+
+
+def test_rooms_with_a_readout_come_back_as_they_were_after_any_walk():
+    for sample in generate_samples('train', 4, 48, 3, 2, 48, 2, seed=0, stride=2, route='walk', hud=True):
+        frames, meta = sample['frames.npy'], sample['json']
+        positions = [tuple(p) for p in meta['positions']]
+        assert frames.shape == (48, 48, 48, 3)
+        for t in range(48):
+            seen = [s for s in range(t) if positions[s] == positions[t]]
+            assert all(np.array_equal(frames[s], frames[t]) for s in seen)
+            assert meta['revisit'][t] == (bool(seen) and t - seen[-1] > 2)
+        # the readout of a grid of 3: x and y as pure red, green or blue
+        assert {tuple(c) for c in hud_colours(3)} == {(255, 0, 0), (0, 255, 0), (0, 0, 255)}
+        assert sum(meta['revisit']) >= 10
+
+
 def test_registered_and_validated(dataset_of, tmp_path):
     ds = dataset_of('MazeMemory', 'test', {'root': str(tmp_path), 'num_episodes': 2, 'episode_length': 64, 'window': 4})
     assert ds[1]['video'].shape == (64, 3, 32, 32)
@@ -160,5 +189,27 @@ def test_registered_and_validated(dataset_of, tmp_path):
         with pytest.raises(ValueError, match=r'excursion_length is \[shortest, longest\] moves out'):
             dataset_of('MazeMemory', 'test', {'root': str(tmp_path), 'num_episodes': 2, 'route': route,
                                               'excursion_length': bad})
-    with pytest.raises(ValueError, match=r"source\.route: got 'loop', allowed: 'excursions', 'patrol'"):
+    with pytest.raises(ValueError, match=r"source\.route: got 'loop', allowed: 'excursions', 'patrol', 'walk'"):
         dataset_of('MazeMemory', 'test', {'root': str(tmp_path), 'num_episodes': 2, 'route': 'loop'})
+
+
+def test_the_readout_shows_where_the_agent_is_beside_the_same_view(dataset_of, tmp_path):
+    plain = list(generate_samples('train', 2, 30, 8, 2, 32, 4, seed=0, excursion_length=[2, 12]))
+    framed = list(generate_samples('train', 2, 30, 8, 2, 48, 4, seed=0, excursion_length=[2, 12], hud=True))
+    colours = hud_colours(8)
+    assert len({tuple(c) for c in colours}) == 8
+    for a, b in zip(plain, framed):
+        assert a['json'] == b['json'] and b['frames.npy'].shape == (30, 48, 48, 3)
+        assert np.array_equal(b['frames.npy'][:, :32, :32], a['frames.npy'])  # the view is unchanged
+        x, y = np.array(b['json']['positions']).T
+        assert np.array_equal(b['frames.npy'][:, :16, 32:], np.broadcast_to(colours[x][:, None, None], (30, 16, 16, 3)))
+        assert np.array_equal(b['frames.npy'][:, 16:32, 32:], np.broadcast_to(colours[y][:, None, None], (30, 16, 16, 3)))
+        assert not b['frames.npy'][:, 32:].any()
+    # frames at the same place are equal, readout included, whatever the path that led there
+    positions = [tuple(p) for p in framed[0]['json']['positions']]
+    frames = framed[0]['frames.npy']
+    assert all(np.array_equal(frames[s], frames[t]) for t in range(30) for s in range(t) if positions[s] == positions[t])
+    with pytest.raises(ValueError, match=r'with hud, resolution must be divisible by view \+ 1 = 3'):
+        dataset_of('MazeMemory', 'test', {'root': str(tmp_path), 'num_episodes': 2, 'view': 2, 'hud': True})
+    dataset_of('MazeMemory', 'test', {'root': str(tmp_path / 'plain'), 'num_episodes': 1})
+    assert 'hud' not in json.loads((tmp_path / 'plain' / 'test' / 'generation.json').read_text())

@@ -183,14 +183,17 @@ def test_a_window_covering_the_video_changes_nothing_and_a_short_one_does(pipeli
 def test_long_context_configs_validate_and_fit_together(config):
     opt = load_experiment(str(config))
     model, protocol = opt.model, opt.test.protocol
-    assert model['type'] == 'FAR_Long' and opt.datasets[opt.test.dataset]['split'] == 'test'
+    assert model['type'] in ('FAR_Long', 'FAR') and opt.datasets[opt.test.dataset]['split'] == 'test'
     test_set = opt.datasets[opt.test.dataset]['source']
     assert protocol['context_length'] + protocol['unroll_length'] <= test_set.episode_length
-    assert test_set.window == model['short_term_ctx_winsize']  # the revisit mask is relative to the window
+    if model['type'] == 'FAR_Long':  # the revisit mask is relative to the short-term window
+        assert test_set.window == model['short_term_ctx_winsize']
+    else:  # every frame at full resolution, the loss on all of them; the revisit window is the dataset's
+        assert model['short_term_ctx_winsize'] >= opt.datasets['train']['source'].episode_length
     if opt.trainer is not None:
-        assert protocol['sliding_window_baseline'] == model['short_term_ctx_winsize']
-        assert opt.trainer['objective'].training_type == 'long_context'
-        assert opt.datasets['train']['source'].window == model['short_term_ctx_winsize']
+        assert protocol['sliding_window_baseline'] == test_set.window
+        assert (opt.trainer['objective'].training_type == 'long_context') == (model['type'] == 'FAR_Long')
+        assert opt.datasets['train']['source'].window == test_set.window
 
 
 def test_the_benchmark_rolls_out_beyond_the_training_length():

@@ -14,6 +14,7 @@ from far.utils.experiment_dir import option_differences, resumable
 
 DEMO = Path(__file__).resolve().parents[1] / 'options' / 'demo' / 'far_moving_shapes.yml'
 MEMORY = DEMO.parents[1] / 'long_context' / 'far_long_maze_memory.yml'
+ROOMS = DEMO.parents[1] / 'long_context' / 'far_maze_rooms.yml'
 NBP = DEMO.parent / 'nbp_moving_shapes.yml'
 NBP_TOKENIZER = DEMO.parent / 'nbp_tokenizer_moving_shapes.yml'
 UCF_TEXT = ('model.condition_cfg={type: text, vocab_size: 32000, num_tokens: 8, '
@@ -158,6 +159,9 @@ def test_option_differences_name_the_changed_keys():
      r'test\.sampler\.scheduler\.num_train_timesteps: is 500, but trainer\.objective\.scheduler'),
     (MEMORY, ['datasets.test.source.window=4'],
      r'datasets\.test\.source\.window: is 4, but model\.short_term_ctx_winsize is 8'),
+    # plain FAR sees every frame at full resolution and takes any revisit window (ROOMS: 2 with 48); FAR-Long does not
+    (ROOMS, ['model.type=FAR_Long', 'model.context_patch_size=3'],
+     r'datasets\.train\.source\.window: is 2, but model\.short_term_ctx_winsize is 48'),
     (MEMORY, ['test.protocol.sliding_window_baseline=48'],
      r'test\.protocol\.sliding_window_baseline: is 48 frames, but the protocol samples only 48'),
     (MEMORY, ['test.protocol.unroll_length=17'],

@@ -113,6 +113,10 @@ def test_a_recall_walk_goes_out_inside_the_world_and_retraces_its_steps(scripts)
             rooms.append((rooms[-1][0] + MOVES[action][0], rooms[-1][1] + MOVES[action][1]))
         assert len(out) == 6 and len(set(rooms[:7])) == 7 and rooms[7:] == rooms[5::-1]
         assert all(0 <= c < 4 for room in rooms for c in room) and rooms[1] not in seen  # a fresh room first
+    # from an edge room of a 3 x 3 world a path visits at most 8 rooms (7 moves): 8 moves is refused, not looped on
+    with pytest.raises(SystemExit, match=r'no path of 8 moves without a room twice from \(1, 0\) in a 3 x 3 world'):
+        recall.walk_out(0, 3, [(1, 0)], 8, tries=50)
+    assert len(recall.walk_out(0, 3, [(1, 1)], 8)) == 8  # from the centre it exists
 
 
 def test_the_recall_walk_scores_each_number_of_moves(maze, scripts, capsys):

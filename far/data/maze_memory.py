@@ -4,7 +4,7 @@ A top-down world of cells, each painted a random colour of a 16-colour palette (
 episode), seen through an egocentric window of ``view`` x ``view`` cells, rendered to ``resolution``
 pixels. Each frame the agent moves north, east, south or west (4 actions, as DMLab) by ``stride`` cells:
 ``stride: 1`` slides the view one cell (a scrolling maze), ``stride == view`` moves from room to room of a
-``grid`` x ``grid`` world of rooms, with nothing in common between neighbouring views. Two routes:
+``grid`` x ``grid`` world of rooms, with nothing in common between neighbouring views. Three routes:
 
 * ``excursions``: out from a home cell along a fresh random path of ``excursion_length`` moves (by default
   ``window`` to ``3 * window``), then back along the same path, again and again. On the way back the agent sees
@@ -13,6 +13,14 @@ pixels. Each frame the agent moves north, east, south or west (4 actions, as DML
 * ``patrol``: laps around a rectangular block of ``period`` moves (random size, start and direction).
   From the second lap on every frame shows the place seen ``period`` frames before; with ``period``
   longer than the short-term window only the long-term context holds it.
+* ``walk``: every move drawn uniformly, as a player presses keys; a move into the world's edge leaves the agent
+  in place. Places come back after any number of moves, along any path.
+
+With ``hud: true`` each frame also shows where the agent is, as a game's heads-up display does: the view fills the
+top-left ``view`` x ``view`` blocks of a ``view + 1`` square, and the right column's first two blocks show the
+agent's x and y, each as one of ``grid`` hues (pure red, green and blue for a grid of 3; the rest of the border is
+black). A place is then found in memory by its coordinates, whatever path led back to it; without them, a way back
+is recalled by matching the current view against the history and copying the frame that followed the match.
 
 Items carry ``'video'``, ``'action'`` (``action[t]`` is the move that produced frame ``t``; frame 0 carries
 ``START_ACTION``), ``'revisit'``: True where the frame's view position was seen before, more than
@@ -30,7 +38,7 @@ from typing import Dict, Iterator, List, Literal, Optional, Sequence, Tuple
 import numpy as np
 
 from far.data.dataset import GeneratedDataset
-from far.registry import DATASETS
+from far.registry import DATASETS, MODELS
 
 MOVES = {0: (0, -1), 1: (1, 0), 2: (0, 1), 3: (-1, 0)}  # action -> (dx, dy): north, east, south, west
 NUM_ACTIONS = len(MOVES)
@@ -125,6 +133,18 @@ def patrol(rng: np.random.Generator, grid: int, length: int, period: int) -> Tup
     return positions, actions
 
 
+def walk(rng: np.random.Generator, grid: int, length: int) -> Tuple[List[Tuple[int, int]], List[int]]:
+    """Positions and actions of a free walk: every move drawn uniformly, as a player may press any key; a move
+    into the world's edge leaves the agent where it was."""
+    positions, actions = [(int(rng.integers(grid)), int(rng.integers(grid)))], [START_ACTION]
+    while len(positions) < length:
+        action = int(rng.integers(NUM_ACTIONS))
+        x, y = positions[-1][0] + MOVES[action][0], positions[-1][1] + MOVES[action][1]
+        positions.append((x, y) if 0 <= x < grid and 0 <= y < grid else positions[-1])
+        actions.append(action)
+    return positions, actions
+
+
 def render_views(world: np.ndarray, positions: Sequence[Tuple[int, int]], view: int, resolution: int,
                  stride: int = 1) -> np.ndarray:
     """uint8 ``[T, resolution, resolution, 3]``: the ``view`` x ``view`` cells around each position, black beyond
@@ -139,6 +159,24 @@ def render_views(world: np.ndarray, positions: Sequence[Tuple[int, int]], view: 
     return np.stack(frames).repeat(cell, axis=1).repeat(cell, axis=2)
 
 
+def hud_colours(grid: int) -> np.ndarray:
+    """uint8 ``[grid, 3]``: coordinate ``i`` as hue ``i / grid`` at full saturation, far apart for a small grid."""
+    return np.array([[round(255 * c) for c in colorsys.hsv_to_rgb(i / grid, 1.0, 1.0)] for i in range(grid)], np.uint8)
+
+
+def add_hud(frames: np.ndarray, positions: Sequence[Tuple[int, int]], grid: int, view: int) -> np.ndarray:
+    """``frames`` ``[T, view * cell, view * cell, 3]`` inside a ``(view + 1) * cell`` square whose right column shows
+    each position's x above its y (``hud_colours``)."""
+    t, size = frames.shape[0], frames.shape[1]
+    cell = size // view
+    framed = np.zeros((t, size + cell, size + cell, 3), np.uint8)
+    framed[:, :size, :size] = frames
+    colours, xy = hud_colours(grid), np.asarray(positions)
+    framed[:, :cell, size:] = colours[xy[:, 0]][:, None, None]
+    framed[:, cell:2 * cell, size:] = colours[xy[:, 1]][:, None, None]
+    return framed
+
+
 def default_excursion_length(window: int) -> Tuple[int, int]:
     """The moves out of an excursion when ``excursion_length`` is not set: the way back reaches beyond ``window``."""
     return window, 3 * window
@@ -146,19 +184,24 @@ def default_excursion_length(window: int) -> Tuple[int, int]:
 
 def generate_samples(split: str, num_episodes: int, episode_length: int, grid: int, view: int, resolution: int,
                      window: int, seed: int, stride: int = 1, route: str = 'excursions', period: int = 16,
-                     excursion_length: Optional[Sequence[int]] = None) -> Iterator[Dict]:
+                     excursion_length: Optional[Sequence[int]] = None, hud: bool = False) -> Iterator[Dict]:
     """The shard samples of one split; episode ``i`` depends only on ``(seed, split, i)``."""
     excursion_length = default_excursion_length(window) if excursion_length is None else tuple(excursion_length)
     for i in range(num_episodes):
         rng = np.random.default_rng([seed, SPLIT_SEEDS[split], i])
         world = PALETTE[rng.integers(len(PALETTE), size=(grid * stride, grid * stride))]  # indexed [y, x]
         positions, actions = (trajectory(rng, grid, episode_length, excursion_length) if route == 'excursions' else
-                              patrol(rng, grid, episode_length, period))
+                              patrol(rng, grid, episode_length, period) if route == 'patrol' else
+                              walk(rng, grid, episode_length))
         meta = {'num_frames': episode_length, 'actions': actions,
                 'revisit': revisit_mask(positions, window).tolist(),
                 'first_visit': first_visit_mask(positions).tolist(),
                 'positions': [list(p) for p in positions], 'source': 'MazeMemory'}
-        frames = render_views(world, positions, view, resolution, stride)
+        if hud:
+            frames = add_hud(render_views(world, positions, view, resolution // (view + 1) * view, stride),
+                             positions, grid, view)
+        else:
+            frames = render_views(world, positions, view, resolution, stride)
         yield {'__key__': f'{split}-{i:06d}', 'frames.npy': frames, 'json': meta}
 
 
@@ -166,7 +209,8 @@ def generate_samples(split: str, num_episodes: int, episode_length: int, grid: i
 class MazeMemorySource:
     """What is rendered into ``root/<split>``: ``num_episodes`` episodes (default 256 for train, 32 for val/test)
     of ``episode_length`` frames; ``period`` is the lap length of the ``patrol`` route (even, at least 4);
-    ``'revisit'`` is relative to the short-term ``window``."""
+    ``'revisit'`` is relative to the short-term ``window``; ``hud`` adds the coordinate readout (``resolution`` then
+    divisible by ``view + 1``)."""
     root: str = 'datasets/maze_memory'
     num_episodes: Optional[int] = None
     episode_length: int = 96
@@ -175,15 +219,20 @@ class MazeMemorySource:
     resolution: int = 32
     window: int = 8
     stride: int = 1
-    route: Literal['excursions', 'patrol'] = 'excursions'
+    route: Literal['excursions', 'patrol', 'walk'] = 'excursions'
     period: int = 16
     excursion_length: Optional[Tuple[int, int]] = None
+    hud: bool = False
     seed: int = 0
     episodes_per_shard: int = 64
 
     def __post_init__(self):
         episodes = 1 if self.num_episodes is None else self.num_episodes
-        if self.resolution % self.view or episodes < 1 or self.episode_length < 2 or self.window < 1 or self.grid < 2:
+        if self.hud and self.resolution % (self.view + 1):
+            raise ValueError(f'MazeMemory: with hud, resolution must be divisible by view + 1 = {self.view + 1} '
+                             f'(the view and the readout column), got {self.resolution}')
+        blocks = self.view + 1 if self.hud else self.view
+        if self.resolution % blocks or episodes < 1 or self.episode_length < 2 or self.window < 1 or self.grid < 2:
             raise ValueError(f'MazeMemory: need resolution divisible by view ({self.resolution}, {self.view}), '
                              f'num_episodes >= 1, episode_length >= 2, window >= 1 and grid >= 2')
         if self.stride < 1:
@@ -214,21 +263,27 @@ class MazeMemoryDataset(GeneratedDataset):
         g = generation
         return generate_samples(split, g['num_episodes'], g['episode_length'], g['grid'], g['view'], g['resolution'],
                                 g['window'], g['seed'], g['stride'], g['route'], g['period'],
-                                g.get('excursion_length'))
+                                g.get('excursion_length'), hud=g.get('hud', False))
 
     def generation(self, split: str, source) -> dict:
-        """Unset, ``excursion_length`` is left out: splits rendered before the option existed stay valid."""
+        """Unset, ``excursion_length`` and ``hud`` are left out: splits rendered before the options existed stay
+        valid."""
         generation = super().generation(split, source)
         if generation['excursion_length'] is None:
             del generation['excursion_length']
+        if not generation['hud']:
+            del generation['hud']
         return generation
 
     @staticmethod
     def check_experiment(experiment, path: str):
-        """The revisit frames are those beyond a long-context model's short-term window: both windows agree."""
+        """The revisit frames are those beyond a FAR-Long model's short-term window: both windows agree. (A model
+        without a long-term stream sees every frame at full resolution; its window is the video it is trained on.)"""
+        from far.checks import entry_class  # far.checks reads the registries this module fills
         window, model = experiment.settings(path)['source'].window, experiment.settings('model') or {}
         model_window = model.get('short_term_ctx_winsize')
-        if model_window is not None and window != model_window:
+        model_class = entry_class(MODELS, model['type']) if model.get('type') in MODELS else None
+        if getattr(model_class, 'has_long_term_stream', False) and model_window is not None and window != model_window:
             experiment.fail(f'{path}.source.window',
                             f"is {window}, but model.short_term_ctx_winsize is {model_window}: the dataset's revisit "
                             f"frames are defined by the model's short-term window; set both to the same number of "
