@@ -257,4 +257,4 @@ def test_the_ema_warms_up_in_new_configs_only():
     assert yaml_parameters(FARTrainer)['ema_warmup'].default is True
     trainers = [load_yaml(str(file)).get('trainer') for file in sorted(DEMO.parents[1].rglob('*.yml'))]
     emas = [trainer for trainer in trainers if trainer and trainer.get('ema_decay') is not None]
-    assert len(emas) == 32 and all(trainer['ema_warmup'] is False for trainer in emas)
+    assert len(emas) == 33 and all(trainer['ema_warmup'] is False for trainer in emas)
