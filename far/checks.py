@@ -19,13 +19,7 @@ from typing import Any, Iterator, List, NoReturn, Optional, Tuple
 from far.conditions import KINDS, Condition
 from far.evaluation import SamplingOptions
 from far.options import OptionError
-from far.registry import AUTOENCODERS, DATASETS, MODELS, PIPELINES, PROTOCOLS, TRAINERS, Registry
-
-
-def entry_class(registry: Registry, name: str):
-    """The class behind a registry entry (a size variant stands for its class)."""
-    target = registry.get(name)
-    return getattr(target, 'target', target)
+from far.registry import AUTOENCODERS, DATASETS, MODELS, PIPELINES, PROTOCOLS, TRAINERS
 
 
 def option(node: Any, path: str) -> Any:
@@ -123,8 +117,8 @@ def _classes(experiment: Experiment) -> Iterator[Tuple[str, Any]]:
     """``(key path, class)`` of every class the experiment uses."""
     opt = experiment.options
     if opt.model is not None:
-        yield 'model', entry_class(MODELS, opt.model['type'])
-    yield 'autoencoder', entry_class(AUTOENCODERS, opt.autoencoder['type'])
+        yield 'model', MODELS.entry_class(opt.model['type'])
+    yield 'autoencoder', AUTOENCODERS.entry_class(opt.autoencoder['type'])
     for key in experiment.used_datasets():
         yield f'datasets.{key}', DATASETS.get(opt.datasets[key]['type'])
     if opt.trainer is not None:
@@ -139,7 +133,7 @@ def _model_condition(experiment: Experiment) -> Optional[Condition]:
     model = experiment.options.model
     if model is None:
         return None
-    kinds = getattr(entry_class(MODELS, model['type']), 'condition_kinds', KINDS)
+    kinds = getattr(MODELS.entry_class(model['type']), 'condition_kinds', KINDS)
     try:
         return Condition.parse(model.settings.get('condition_cfg'), kinds)
     except (ValueError, OSError) as error:
@@ -162,7 +156,7 @@ def _check_families(experiment: Experiment):
     for key, registry, block in (('model', MODELS, opt.model), ('autoencoder', AUTOENCODERS, opt.autoencoder)):
         if block is None:
             continue
-        family = getattr(entry_class(registry, block['type']), 'family', None)
+        family = getattr(registry.entry_class(block['type']), 'family', None)
         accepted = getattr(trainer, f'{key}_families', None)
         if accepted is not None and family not in accepted:
             experiment.fail(f'{key}.type', f"is {block['type']} (family {family}), but trainer.type "
@@ -195,7 +189,7 @@ def explain_sampler_error(opt: dict, error: OptionError):
         for key, registry in (('model', MODELS), ('autoencoder', AUTOENCODERS)):
             block = opt.get(key)
             if isinstance(block, dict) and block.get('type') in registry:
-                family = getattr(entry_class(registry, block['type']), 'family', None)
+                family = getattr(registry.entry_class(block['type']), 'family', None)
                 problem = _sampler_misfit(sampler['type'], key, block['type'], family)
                 if problem:
                     raise OptionError(error.file, f'{path}.type', problem) from None
@@ -256,7 +250,7 @@ def _check_encoded_clips(experiment: Experiment):
     clips of 1 + r m frames: the training clips, the clips it reconstructs in validation, and the context and
     whole videos of every sampling."""
     name = experiment.options.autoencoder['type']
-    rate = getattr(entry_class(AUTOENCODERS, name), 'temporal_compression', 1)
+    rate = getattr(AUTOENCODERS.entry_class(name), 'temporal_compression', 1)
     if rate == 1:
         return
     fix = f'1 + {rate} m frames (1, {1 + rate}, {1 + 2 * rate}, {1 + 3 * rate}, {1 + 4 * rate}, ...)'

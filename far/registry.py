@@ -42,6 +42,11 @@ class Registry:
             raise KeyError(f"{self.name} registry has no '{name}'; registered: {', '.join(self.keys())}")
         return self._entries[self.canonical(name)]
 
+    def entry_class(self, name: str):
+        """The class behind entry ``name``: a size variant (a factory with ``target``) stands for its class."""
+        target = self.get(name)
+        return getattr(target, 'target', target)
+
     def __contains__(self, name: str) -> bool:
         return self.canonical(name) in self._entries
 

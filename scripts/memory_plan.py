@@ -92,7 +92,7 @@ def shallow_model(block: dict, depth: int) -> torch.nn.Module:
     """The model of the YAML ``block`` (a size variant included) with ``depth`` blocks."""
     factory = MODELS.get(block['type'])
     arguments = {**getattr(factory, 'fixed_kwargs', {}), **{k: v for k, v in block.items() if k != 'type'}}
-    return getattr(factory, 'target', factory)(**{**arguments, 'num_layers': depth})
+    return MODELS.entry_class(block['type'])(**{**arguments, 'num_layers': depth})
 
 
 def activations_per_item(options, frame_size: Optional[int]) -> tuple:

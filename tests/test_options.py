@@ -241,11 +241,10 @@ def test_trainers_and_samplers_accept_their_own_families(file):
 
 
 def test_every_registered_class_declares_its_family_and_what_it_accepts():
-    from far.checks import entry_class
     from far.registry import AUTOENCODERS, MODELS, PIPELINES, TRAINERS
     for registry in (MODELS, AUTOENCODERS):
-        assert all(isinstance(entry_class(registry, name).family, str) for name in registry.keys())
-    families = {entry_class(registry, name).family for registry in (MODELS, AUTOENCODERS) for name in registry.keys()}
+        assert all(isinstance(registry.entry_class(name).family, str) for name in registry.keys())
+    families = {registry.entry_class(name).family for registry in (MODELS, AUTOENCODERS) for name in registry.keys()}
     for registry in (TRAINERS, PIPELINES):
         for name in registry.keys():
             accepted = {*registry.get(name).model_families, *registry.get(name).autoencoder_families}

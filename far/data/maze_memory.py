@@ -228,13 +228,13 @@ class MazeMemorySource:
 
     def __post_init__(self):
         episodes = 1 if self.num_episodes is None else self.num_episodes
-        if self.hud and self.resolution % (self.view + 1):
-            raise ValueError(f'MazeMemory: with hud, resolution must be divisible by view + 1 = {self.view + 1} '
-                             f'(the view and the readout column), got {self.resolution}')
-        blocks = self.view + 1 if self.hud else self.view
-        if self.resolution % blocks or episodes < 1 or self.episode_length < 2 or self.window < 1 or self.grid < 2:
-            raise ValueError(f'MazeMemory: need resolution divisible by view ({self.resolution}, {self.view}), '
-                             f'num_episodes >= 1, episode_length >= 2, window >= 1 and grid >= 2')
+        blocks = self.view + 1 if self.hud else self.view  # across a frame: the view's cells and the readout column
+        if self.resolution % blocks:
+            raise ValueError(f"MazeMemory: {'with hud, ' if self.hud else ''}resolution must be divisible by "
+                             f"{'view + 1' if self.hud else 'view'} = {blocks} (blocks across a frame), got "
+                             f'{self.resolution}')
+        if episodes < 1 or self.episode_length < 2 or self.window < 1 or self.grid < 2:
+            raise ValueError('MazeMemory: need num_episodes >= 1, episode_length >= 2, window >= 1 and grid >= 2')
         if self.stride < 1:
             raise ValueError(f'MazeMemory: stride must be >= 1 cell, got {self.stride}')
         if self.route == 'patrol' and (self.period < 4 or self.period % 2 or self.period > 4 * (self.grid - 1)):
@@ -279,10 +279,9 @@ class MazeMemoryDataset(GeneratedDataset):
     def check_experiment(experiment, path: str):
         """The revisit frames are those beyond a FAR-Long model's short-term window: both windows agree. (A model
         without a long-term stream sees every frame at full resolution; its window is the video it is trained on.)"""
-        from far.checks import entry_class  # far.checks reads the registries this module fills
         window, model = experiment.settings(path)['source'].window, experiment.settings('model') or {}
         model_window = model.get('short_term_ctx_winsize')
-        model_class = entry_class(MODELS, model['type']) if model.get('type') in MODELS else None
+        model_class = MODELS.entry_class(model['type']) if model.get('type') in MODELS else None
         if getattr(model_class, 'has_long_term_stream', False) and model_window is not None and window != model_window:
             experiment.fail(f'{path}.source.window',
                             f"is {window}, but model.short_term_ctx_winsize is {model_window}: the dataset's revisit "

@@ -50,9 +50,8 @@ class ReconstructionProtocol(Protocol):
         if test.sampler is not None:
             experiment.fail('test.sampler', f"{path}.type {test.protocol['type']} scores the autoencoder's "
                                             'reconstructions and samples no model: remove test.sampler')
-        from ..checks import entry_class  # far.checks reads the protocols
         autoencoder = experiment.options.autoencoder['type']
-        rate = getattr(entry_class(AUTOENCODERS, autoencoder), 'temporal_compression', 1)
+        rate = getattr(AUTOENCODERS.entry_class(autoencoder), 'temporal_compression', 1)
         if (frames - 1) % rate:
             experiment.fail(f'{path}.num_frames', f'is {frames}, but autoencoder {autoencoder} compresses time by '
                                                   f'{rate} and encodes 1 + {rate} m frames; change it')
